@@ -1,0 +1,631 @@
+"""The V3 pipeline: five steps, each re-runnable alone, all state kept in `base_dir`.
+
+    from v3_colab_training import V3CoLabPipeline
+    p = V3CoLabPipeline()                    # base_dir: /content in Colab, ./v3_output elsewhere
+    p.COINS = ["BTCUSDT", "ETHUSDT"]         # optional subset of the guide's 20 coins
+    p.run_full_pipeline(epochs=100, batch_size=32, learning_rate=0.001)
+
+Steps: 1 setup, 2 download (binance | csv | synthetic), 3 indicators + PCA, 4 training,
+5 Hugging Face upload. Outputs (see README): data/SYMBOL_INTERVAL.csv,
+all_models/v3_model_SYMBOL_INTERVAL.pt, results/v3_training_results.json,
+results/predictions/SYMBOL_INTERVAL.csv, results/config.json.
+
+Command line: `python v3_colab_training.py --help`; `--demo` runs offline in under a minute.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from v3_common import (DEFAULT_COINS, DEFAULT_TIMEFRAMES, ConfigError, V3Error, atomic_write_bytes,
+                       atomic_write_json,
+                       check_interval, default_base_dir, log, normalize_symbol, pair_key, progress,
+                       read_json, setup_logging)
+from v3_data_processor import (WARMUP_CANDLES, FeatureConfig, PreparedData, check_feature_config,
+                               prepare_dataset)
+from v3_lstm_model import ModelConfig
+from v3_trainer import TrainConfig, check_train_config
+
+SOURCES = ("binance", "csv", "synthetic")
+STEPS = ("setup", "download", "preprocess", "train", "upload")
+RESULTS_FILE = "v3_training_results.json"
+
+
+@dataclass
+class PipelineConfig:
+    """Everything a run depends on; written to results/config.json and into every checkpoint."""
+    candles: int = 3000               # latest closed candles per pair
+    source: str = "binance"           # 'binance', 'csv' or 'synthetic'
+    data_dir: str | None = None       # the folder of SYMBOL_INTERVAL.csv[.gz] for source 'csv'
+    model: ModelConfig = field(default_factory=ModelConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    hf_repo: str | None = None        # default '<your user>/cpb-models'
+    hf_folder: str = "v3"
+    upload: bool = True
+    show_progress: bool = True
+    preset: str = "guide"             # 'guide' or 'demo'
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return d
+
+
+def demo_config() -> PipelineConfig:
+    """The offline demo: synthetic candles, a small model, a few epochs (< 1 min on 2 cores)."""
+    return PipelineConfig(
+        candles=2000, source="synthetic", preset="demo", upload=False,
+        model=ModelConfig(hidden_size=32, num_layers=2),
+        train=TrainConfig(epochs=5, patience=5))
+
+
+DEMO_COINS = ["BTCUSDT", "ETHUSDT"]
+
+
+def _iso(ms) -> str | None:
+    if ms is None:
+        return None
+    return dt.datetime.fromtimestamp(int(ms) / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class V3CoLabPipeline:
+    """The guide's five-step pipeline. `COINS` and `TIMEFRAMES` can be replaced per instance."""
+
+    def __init__(self, base_dir: str | Path | None = None, *, config: PipelineConfig | None = None,
+                 coins: list[str] | None = None, timeframes: list[str] | None = None,
+                 hf_token: str | None = None, **overrides):
+        self.config = config or PipelineConfig()
+        if overrides:  # e.g. source='synthetic', candles=2000
+            self.config = dataclasses.replace(self.config, **overrides)
+        self.base_dir = Path(base_dir) if base_dir is not None else default_base_dir()
+        self.COINS = list(coins) if coins is not None else list(DEFAULT_COINS)
+        self.TIMEFRAMES = list(timeframes) if timeframes is not None else list(DEFAULT_TIMEFRAMES)
+        self._hf_token = hf_token  # never printed or stored
+        self.device_report: dict = {}
+        setup_logging()
+
+    # -- paths -------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.base_dir / "data"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.base_dir / "all_models"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.base_dir / "results"
+
+    @property
+    def processed_dir(self) -> Path:
+        return self.base_dir / "processed"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.base_dir / "checkpoints"
+
+    @property
+    def results_path(self) -> Path:
+        return self.results_dir / RESULTS_FILE
+
+    def model_path(self, symbol: str, interval: str) -> Path:
+        return self.models_dir / f"v3_model_{pair_key(symbol, interval)}.pt"
+
+    def predictions_path(self, symbol: str, interval: str) -> Path:
+        return self.results_dir / "predictions" / f"{pair_key(symbol, interval)}.csv"
+
+    def processed_path(self, symbol: str, interval: str) -> Path:
+        return self.processed_dir / f"{pair_key(symbol, interval)}.npz"
+
+    def resume_path(self, symbol: str, interval: str) -> Path:
+        return self.checkpoints_dir / f"{pair_key(symbol, interval)}_resume.pt"
+
+    # -- validation --------------------------------------------------------------------
+    def pairs(self) -> list[tuple[str, str]]:
+        """(symbol, interval) for every coin x timeframe; raises ConfigError on bad input."""
+        if isinstance(self.COINS, str) or not self.COINS:
+            raise ConfigError(f"COINS must be a non-empty list of symbols such as ['BTCUSDT'], "
+                              f"got {self.COINS!r}.")
+        if isinstance(self.TIMEFRAMES, str) or not self.TIMEFRAMES:
+            raise ConfigError(f"TIMEFRAMES must be a non-empty list such as ['15m', '1h'], "
+                              f"got {self.TIMEFRAMES!r}.")
+        symbols = list(dict.fromkeys(normalize_symbol(c) for c in self.COINS))
+        intervals = list(dict.fromkeys(check_interval(t) for t in self.TIMEFRAMES))
+        return [(s, i) for s in symbols for i in intervals]
+
+    def _check_config(self) -> None:
+        c = self.config
+        if c.source not in SOURCES:
+            raise ConfigError(f"source {c.source!r} is not one of {', '.join(SOURCES)}.")
+        if c.source == "csv":
+            if not c.data_dir:
+                raise ConfigError("source 'csv' needs a data folder: pass --data-dir DIR "
+                                  "(a folder of SYMBOL_INTERVAL.csv or .csv.gz files).")
+            if not Path(c.data_dir).is_dir():
+                raise ConfigError(f"data folder {c.data_dir} does not exist.")
+        check_feature_config(c.features)
+        need = c.features.min_candles()
+        if not isinstance(c.candles, int) or c.candles < need:
+            raise ConfigError(
+                f"candles={c.candles!r} is too few: need >= {need} per pair (indicator warm-up "
+                f"{WARMUP_CANDLES} + window {c.features.seq_len} + enough windows for the "
+                f"70/15/15 splits). The guide uses 3000.")
+        check_train_config(c.train)
+
+    # -- results -----------------------------------------------------------------------
+    def load_results(self) -> dict:
+        return read_json(self.results_path, default={}) or {}
+
+    def _update_result(self, key: str, **fields) -> dict:
+        results = self.load_results()
+        entry = results.get(key, {})
+        entry.update(fields)
+        for k in [k for k, v in entry.items() if v is None and k in ("reason", "failed_step",
+                                                                      "skip_reason")]:
+            del entry[k]  # a field that no longer applies
+        entry["updated_at"] = _now_iso()
+        results[key] = entry
+        atomic_write_json(self.results_path, results)
+        return entry
+
+    def _fail(self, symbol: str, interval: str, step: str, err: BaseException) -> None:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        log.error("%s %s: %s failed: %s", symbol, interval, step, reason)
+        self._update_result(pair_key(symbol, interval), symbol=symbol, interval=interval,
+                            status="failed", failed_step=step, reason=reason)
+
+    def _write_config(self) -> None:
+        cfg = self.config.to_dict()
+        cfg.update(coins=self.COINS, timeframes=self.TIMEFRAMES, base_dir=str(self.base_dir),
+                   warmup_candles=WARMUP_CANDLES, written_at=_now_iso())
+        atomic_write_json(self.results_dir / "config.json", cfg)
+
+    # -- step 1 ------------------------------------------------------------------------
+    def step_1_setup_environment(self) -> dict:
+        """Create the folders, check the packages, report the device."""
+        import importlib
+        log.info("STEP 1/5: setup (base_dir %s)", self.base_dir.resolve())
+        for d in (self.data_dir, self.models_dir, self.results_dir / "predictions",
+                  self.processed_dir, self.checkpoints_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        versions, missing = {}, []
+        for mod, pip_name in (("torch", "torch"), ("numpy", "numpy"), ("pandas", "pandas"),
+                              ("sklearn", "scikit-learn"), ("tqdm", "tqdm"),
+                              ("binance", "python-binance"), ("huggingface_hub", "huggingface-hub")):
+            try:
+                import warnings
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    m = importlib.import_module(mod)
+                versions[pip_name] = getattr(m, "__version__", "?")
+            except ImportError:
+                missing.append(pip_name)
+        if missing:
+            log.warning("missing packages: %s. Install them with: pip install %s",
+                        ", ".join(missing), " ".join(missing))
+        import torch
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            self.device_report = {"device": "cuda", "name": props.name,
+                                  "memory_gb": round(props.total_memory / 1e9, 2)}
+            log.info("GPU: %s (%.2f GB)", props.name, props.total_memory / 1e9)
+        else:
+            self.device_report = {"device": "cpu", "name": "cpu", "memory_gb": None}
+            log.info("No GPU found: training will run on the CPU and will be slow "
+                     "(in Colab: Runtime > Change runtime type > GPU).")
+        self.device_report["packages"] = versions
+        self.device_report["missing"] = missing
+        return self.device_report
+
+    # -- step 2 ------------------------------------------------------------------------
+    def step_2_download_binance_data(self) -> dict:
+        """Fetch candles for every pair into base_dir/data (source: binance, csv or synthetic)."""
+        from v3_market_data import data_path, find_csv, read_klines, synthetic_klines, write_klines
+        from v3_data_processor import validate_klines
+        pairs = self.pairs()
+        self._check_config()
+        c = self.config
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log.info("STEP 2/5: download %d pairs x %d candles from %s%s", len(pairs), c.candles,
+                 c.source, " (SYNTHETIC data, not market prices)" if c.source == "synthetic" else "")
+        done = {}
+        client_cache: dict = {}
+        bar = progress(pairs, enabled=c.show_progress, desc="download", unit="pair")
+        for symbol, interval in bar:
+            bar.set_postfix_str(pair_key(symbol, interval))
+            try:
+                if c.source == "synthetic":
+                    df = synthetic_klines(symbol, interval, c.candles)
+                elif c.source == "csv":
+                    src = find_csv(c.data_dir, symbol, interval)
+                    df = validate_klines(read_klines(src), str(src)).tail(c.candles)
+                else:
+                    from v3_binance_data import download_klines, make_client
+                    if "client" not in client_cache:
+                        client_cache["client"] = make_client(_api_urls()[0])
+                    df = download_klines(symbol, interval, c.candles, client=client_cache["client"])
+                write_klines(df, data_path(self.data_dir, symbol, interval))
+            except V3Error as e:
+                self._fail(symbol, interval, "download", e)
+                continue
+            info = {"source": c.source, "synthetic": c.source == "synthetic", "rows": len(df),
+                    "first_open_time": int(df["open_time"].iloc[0]),
+                    "last_open_time": int(df["open_time"].iloc[-1]),
+                    "first": _iso(df["open_time"].iloc[0]), "last": _iso(df["open_time"].iloc[-1])}
+            status = self.load_results().get(pair_key(symbol, interval), {}).get("status")
+            self._update_result(pair_key(symbol, interval), symbol=symbol, interval=interval,
+                                requested_symbol=symbol, data=info, reason=None, failed_step=None,
+                                status=status if status in ("success", "skipped") else "downloaded")
+            done[pair_key(symbol, interval)] = info
+        bar.close()
+        log.info("downloaded %d of %d pairs", len(done), len(pairs))
+        return done
+
+    # -- step 3 ------------------------------------------------------------------------
+    def step_3_preprocess_features(self, pairs: list[tuple[str, str]] | None = None) -> dict:
+        """Indicators, train-only scaling + PCA and windows, saved to base_dir/processed."""
+        from v3_market_data import data_path, read_klines
+        pairs = pairs or self.pairs()
+        self._check_config()
+        c = self.config
+        log.info("STEP 3/5: indicators + PCA for %d pairs", len(pairs))
+        done = {}
+        for symbol, interval in progress(pairs, enabled=c.show_progress, desc="features", unit="pair"):
+            key = pair_key(symbol, interval)
+            src = data_path(self.data_dir, symbol, interval)
+            if not src.exists():
+                if self.load_results().get(key, {}).get("status") != "failed":
+                    self._fail(symbol, interval, "preprocess",
+                               ConfigError(f"no data file {src.name}: run step 2 (download) first."))
+                continue
+            try:
+                data = prepare_dataset(read_klines(src), c.features, interval=interval,
+                                       name=f"{symbol} {interval}")
+                data.save(self.processed_path(symbol, interval))
+            except V3Error as e:
+                self._fail(symbol, interval, "preprocess", e)
+                continue
+            info = _features_info(data)
+            status = self.load_results().get(key, {}).get("status")
+            self._update_result(key, symbol=symbol, interval=interval, features=info,
+                                status=status if status in ("success", "skipped") else "preprocessed",
+                                reason=None, failed_step=None)
+            done[key] = info
+        log.info("preprocessed %d of %d pairs", len(done), len(pairs))
+        return done
+
+    # -- step 4 ------------------------------------------------------------------------
+    def step_4_train_models(self, epochs: int | None = None, batch_size: int | None = None,
+                            learning_rate: float | None = None, *, retrain: bool = False) -> dict:
+        """Train one model per pair; skip pairs already trained; resume interrupted ones."""
+        overrides = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size),
+                                       ("learning_rate", learning_rate)) if v is not None}
+        if overrides:
+            self.config = dataclasses.replace(
+                self.config, train=dataclasses.replace(self.config.train, **overrides))
+        pairs = self.pairs()
+        self._check_config()
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        c = self.config
+        log.info("STEP 4/5: train %d models (epochs %d, batch %d, lr %g, device %s)",
+                 len(pairs), c.train.epochs, c.train.batch_size, c.train.learning_rate,
+                 _device_name(c.train.device))
+        # preprocess pairs whose features are missing or older than their data
+        from v3_market_data import data_path
+        stale = [(s, i) for s, i in pairs if data_path(self.data_dir, s, i).exists() and (
+            not self.processed_path(s, i).exists() or
+            self.processed_path(s, i).stat().st_mtime < data_path(self.data_dir, s, i).stat().st_mtime)]
+        if stale:
+            self.step_3_preprocess_features(stale)
+        out = {}
+        for n, (symbol, interval) in enumerate(pairs, 1):
+            key = pair_key(symbol, interval)
+            if not self.processed_path(symbol, interval).exists():
+                if self.load_results().get(key, {}).get("status") != "failed":
+                    self._fail(symbol, interval, "train", ConfigError(
+                        "no data for this pair: run steps 2 and 3 first."))
+                continue
+            try:
+                out[key] = self._train_pair(symbol, interval, retrain=retrain,
+                                            label=f"[{n}/{len(pairs)}] {key}")
+            except V3Error as e:
+                self._fail(symbol, interval, "train", e)
+        self._log_summary(pairs)
+        return self.load_results()
+
+    def step_3_train_models(self, epochs: int | None = None, batch_size: int | None = None,
+                            learning_rate: float | None = None, *, retrain: bool = False) -> dict:
+        """The guide's 'resume training' call: preprocess if needed, then continue training."""
+        return self.step_4_train_models(epochs, batch_size, learning_rate, retrain=retrain)
+
+    def _train_pair(self, symbol: str, interval: str, *, retrain: bool, label: str) -> dict:
+        from v3_evaluation import evaluate_with_baseline, regression_metrics
+        from v3_trainer import (load_resume_state, model_from_checkpoint, predict_standardized,
+                                save_checkpoint, save_resume_state, train_model)
+        c = self.config
+        key = pair_key(symbol, interval)
+        data = PreparedData.load(self.processed_path(symbol, interval))
+        fingerprint = _fingerprint(data)
+        prior = self.load_results().get(key, {})
+        resume = None if retrain else load_resume_state(self.resume_path(symbol, interval))
+        if resume is not None and (resume.get("data_fingerprint") != fingerprint or
+                                   resume.get("model_config") != c.model.to_dict()):
+            log.info("%s: data or model changed since the last training; training from scratch", key)
+            resume = None
+        if (resume is not None and self.model_path(symbol, interval).exists()
+                and resume.get("completed") and resume["epochs_requested"] >= c.train.epochs):
+            reason = (f"already trained ({resume['epoch']} epochs of {resume['epochs_requested']}); "
+                      f"pass retrain=True (--retrain) to train again")
+            log.info("%s: skipped, %s", key, reason)
+            return self._update_result(key, status="skipped", skip_reason=reason,
+                                       reason=None, failed_step=None)
+        if resume is not None:
+            log.info("%s: resuming from epoch %d", key, resume["epoch"])
+
+        def save_state(state: dict) -> None:
+            state.update(data_fingerprint=fingerprint, model_config=c.model.to_dict(), completed=False)
+            save_resume_state(state, self.resume_path(symbol, interval))
+
+        model_cfg = dataclasses.replace(c.model, input_size=data.transform.n_components)
+        t0 = time.perf_counter()
+        outcome = train_model(data, model_cfg, c.train, resume=resume, desc=label,
+                              show_progress=c.show_progress, checkpoint_fn=save_state)
+        seconds = time.perf_counter() - t0
+
+        ckpt_model = _load_best(model_cfg, outcome.best_state)
+        te, va = data.split("test"), data.split("val")
+        pred_test = data.to_close(predict_standardized(ckpt_model, data, te), te)
+        pred_val = data.to_close(predict_standardized(ckpt_model, data, va), va)
+        test, baseline = evaluate_with_baseline(data.actual_close[te], pred_test, data.last_close[te])
+        val = regression_metrics(data.actual_close[va], pred_val, data.last_close[va])
+        prior_data = prior.get("data", {})
+        meta = {
+            "symbol": symbol, "interval": interval,
+            "requested_symbol": prior.get("requested_symbol", symbol),
+            "source": prior_data.get("source", c.source),
+            "synthetic": bool(prior_data.get("synthetic", c.source == "synthetic")),
+            "data_range": {"first_open_time": data.first_open_time,
+                           "last_open_time": data.last_open_time},
+            "splits": {"train": data.n_train, "val": data.n_val, "test": data.n_test,
+                       "test_first_open_time": int(data.target_open_time[te][0]),
+                       "test_last_open_time": int(data.target_open_time[te][-1])},
+            "train_config": c.train.to_dict(),
+            "best_val_loss": outcome.best_val_loss, "best_epoch": outcome.best_epoch,
+            "total_epochs": outcome.epochs_done,
+            "test": test, "baseline": baseline, "val": val,
+            "created_at": _now_iso(),
+        }
+        save_checkpoint(self.model_path(symbol, interval), model_state=outcome.best_state,
+                        model_config=model_cfg, data=data, feature_config=c.features.to_dict(),
+                        meta=meta)
+        preds = pd.DataFrame({"open_time": data.target_open_time[te],
+                              "last_close": data.last_close[te],
+                              "actual_close": data.actual_close[te],
+                              "predicted_close": pred_test})
+        self.predictions_path(symbol, interval).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.predictions_path(symbol, interval), preds.to_csv(index=False).encode())
+        final = dict(outcome.resume_state, data_fingerprint=fingerprint,
+                     model_config=c.model.to_dict(), completed=True)
+        save_resume_state(final, self.resume_path(symbol, interval))
+        return self._update_result(
+            key, symbol=symbol, interval=interval, status="success", reason=None,
+            failed_step=None, skip_reason=None,
+            best_val_loss=outcome.best_val_loss, best_epoch=outcome.best_epoch,
+            total_epochs=outcome.epochs_done, val_mape=val["mape"],
+            stopped_early=outcome.stopped_early, test=test, baseline=baseline,
+            synthetic=meta["synthetic"], train_seconds=round(seconds, 2),
+            device=_device_name(c.train.device),
+            model_path=str(self.model_path(symbol, interval).relative_to(self.base_dir)),
+            predictions_path=str(self.predictions_path(symbol, interval).relative_to(self.base_dir)),
+            history=outcome.history)
+
+    def _log_summary(self, pairs) -> None:
+        results = self.load_results()
+        rows = []
+        for symbol, interval in pairs:
+            r = results.get(pair_key(symbol, interval), {})
+            t, b = r.get("test") or {}, (r.get("baseline") or {}).get("persistence") or {}
+            rows.append((pair_key(symbol, interval), r.get("status", "-"),
+                         _fmt(t.get("mape"), ".4f"), _fmt(b.get("mape"), ".4f"),
+                         _fmt(t.get("directional_accuracy"), ".1f"), str(t.get("n_direction", "-")),
+                         (r.get("reason") or r.get("skip_reason") or "")[:60]))
+        head = ("pair", "status", "MAPE %", "persist. %", "dir acc %", "n dir", "note")
+        widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
+        line = lambda x: "  ".join(str(v).ljust(w) for v, w in zip(x, widths))
+        synthetic = any(results.get(pair_key(*p), {}).get("synthetic") for p in pairs)
+        log.info("results (test split; persistence = 'next close = last close' on the same "
+                 "samples)%s:\n%s", " [SYNTHETIC DATA]" if synthetic else "",
+                 "\n".join(line(x) for x in [head] + rows))
+
+    # -- step 5 ------------------------------------------------------------------------
+    def step_5_upload_to_huggingface(self, repo_id: str | None = None, *, token: str | None = None,
+                                     private: bool = False) -> dict | None:
+        """Upload all models and results in one commit; skipped with a hint when no token."""
+        from v3_hub import upload_to_hub
+        log.info("STEP 5/5: upload to the Hugging Face Hub")
+        return upload_to_hub(self.base_dir, repo_id=repo_id or self.config.hf_repo,
+                             token=token or self._hf_token, folder=self.config.hf_folder,
+                             private=private)
+
+    # -- all ---------------------------------------------------------------------------
+    def run_full_pipeline(self, epochs: int = 100, batch_size: int = 32,
+                          learning_rate: float = 0.001, *, retrain: bool = False,
+                          upload: bool | None = None) -> dict:
+        """Steps 1-5 in order. Returns the results (also in results/v3_training_results.json)."""
+        self.config = dataclasses.replace(self.config, train=dataclasses.replace(
+            self.config.train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate))
+        self.pairs()
+        self._check_config()  # bad input fails here, before any heavy work
+        self.step_1_setup_environment()
+        self.step_2_download_binance_data()
+        self.step_3_preprocess_features()
+        results = self.step_4_train_models(retrain=retrain)
+        if self.config.upload if upload is None else upload:
+            self.step_5_upload_to_huggingface()
+        else:
+            log.info("STEP 5/5: upload switched off")
+        return results
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _api_urls() -> list[str]:
+    import os
+    from v3_binance_data import DEFAULT_API_URLS
+    env = os.environ.get("V3_BINANCE_API_URLS")
+    return [u.strip() for u in env.split(",") if u.strip()] if env else list(DEFAULT_API_URLS)
+
+
+def _device_name(name: str) -> str:
+    from v3_trainer import resolve_device
+    return str(resolve_device(name))
+
+
+def _features_info(data: PreparedData) -> dict:
+    return {"n_features": len(data.feature_names), "n_components": data.transform.n_components,
+            "explained_variance": float(data.transform.explained_variance_ratio.sum()),
+            "n_samples": len(data.ends), "n_train": data.n_train, "n_val": data.n_val,
+            "n_test": data.n_test, "seq_len": data.seq_len, "warmup_candles": WARMUP_CANDLES,
+            "gap_windows_dropped": data.gap_windows_dropped}
+
+
+def _fingerprint(data: PreparedData) -> str:
+    return f"{data.first_open_time}-{data.last_open_time}-{len(data.ends)}-{data.seq_len}"
+
+
+def _load_best(model_cfg: ModelConfig, state: dict):
+    from v3_lstm_model import V3LSTMModel
+    m = V3LSTMModel(model_cfg)
+    m.load_state_dict(state)
+    return m.eval()
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="v3_colab_training.py",
+        description="V3: download Binance candles, build indicator+PCA features, train one "
+                    "BiLSTM-attention model per coin and timeframe, report metrics next to the "
+                    "persistence baseline, and upload to the Hugging Face Hub.")
+    p.add_argument("--demo", action="store_true",
+                   help="offline demo: synthetic data, BTCUSDT+ETHUSDT x 15m+1h, a small model, "
+                        "5 epochs (under a minute on 2 CPU cores); no upload unless --hf-repo")
+    p.add_argument("--coins", nargs="+", metavar="SYMBOL",
+                   help="symbols such as BTCUSDT ETHUSDT (or BTC,ETH); default: the guide's 20")
+    p.add_argument("--timeframes", nargs="+", metavar="TF", help="default: 15m 1h")
+    p.add_argument("--epochs", type=int, help="default 100 (demo: 5)")
+    p.add_argument("--batch-size", type=int, help="default 32")
+    p.add_argument("--learning-rate", type=float, help="default 0.001")
+    p.add_argument("--candles", type=int, help="latest closed candles per pair (default 3000)")
+    p.add_argument("--source", choices=SOURCES, help="where step 2 gets candles (default binance)")
+    p.add_argument("--data-dir", help="folder of SYMBOL_INTERVAL.csv[.gz] files for --source csv")
+    p.add_argument("--base-dir", help="output folder (default /content in Colab, else ./v3_output;"
+                                      " or $V3_BASE_DIR)")
+    p.add_argument("--steps", nargs="+", choices=STEPS, metavar="STEP",
+                   help=f"run only these steps, in order (of: {', '.join(STEPS)})")
+    p.add_argument("--retrain", action="store_true", help="train pairs again even if already trained")
+    p.add_argument("--no-upload", action="store_true", help="skip step 5")
+    p.add_argument("--hf-repo", help="Hub model repo id (default <your user>/cpb-models)")
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--seed", type=int, help="random seed (default 42)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    return p
+
+
+def _split_list(values: list[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    return [v for item in values for v in item.replace(",", " ").split()]
+
+
+def pipeline_from_args(args: argparse.Namespace) -> tuple[V3CoLabPipeline, list[str]]:
+    cfg = demo_config() if args.demo else PipelineConfig()
+    train_over = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                                    ("learning_rate", args.learning_rate), ("device", args.device),
+                                    ("seed", args.seed)) if v is not None}
+    top = {k: v for k, v in (("candles", args.candles), ("source", args.source),
+                             ("data_dir", args.data_dir), ("hf_repo", args.hf_repo)) if v is not None}
+    if args.hf_repo:
+        top["upload"] = True
+    if args.no_upload:
+        top["upload"] = False
+    if args.no_progress:
+        top["show_progress"] = False
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train_over), **top)
+    coins = _split_list(args.coins) or (DEMO_COINS if args.demo else None)
+    pipe = V3CoLabPipeline(args.base_dir, config=cfg, coins=coins,
+                           timeframes=_split_list(args.timeframes))
+    steps = list(args.steps) if args.steps else list(STEPS)
+    steps = [s for s in STEPS if s in steps]
+    return pipe, steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("WARNING" if args.quiet else "INFO")
+    t0 = time.perf_counter()
+    try:
+        pipe, steps = pipeline_from_args(args)
+        pipe.pairs()
+        pipe._check_config()
+        if pipe.config.preset == "demo":
+            log.info("demo preset: SYNTHETIC candles, small model (hidden %d, %d layers), %d epochs",
+                     pipe.config.model.hidden_size, pipe.config.model.num_layers,
+                     pipe.config.train.epochs)
+        produced = None
+        for step in steps:
+            if step == "setup":
+                pipe.step_1_setup_environment()
+            elif step == "download":
+                produced = len(pipe.step_2_download_binance_data())
+            elif step == "preprocess":
+                produced = len(pipe.step_3_preprocess_features())
+            elif step == "train":
+                results = pipe.step_4_train_models(retrain=args.retrain)
+                produced = sum(1 for s, i in pipe.pairs() if results.get(pair_key(s, i), {}).get(
+                    "status") in ("success", "skipped"))
+            elif step == "upload":
+                if pipe.config.upload:
+                    pipe.step_5_upload_to_huggingface(private=args.private)
+                else:
+                    log.info("STEP 5/5: upload switched off (--no-upload, or --demo without --hf-repo)")
+    except V3Error as e:
+        log.error("%s: %s", type(e).__name__, e)
+        return 2
+    except KeyboardInterrupt:
+        log.warning("interrupted: everything finished so far is saved in %s; re-run to resume",
+                    pipe.base_dir if "pipe" in locals() else "base_dir")
+        return 130
+    log.info("done in %.1f s; outputs in %s", time.perf_counter() - t0, pipe.base_dir.resolve())
+    if produced == 0:
+        log.error("nothing usable was produced: see %s", pipe.results_path)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

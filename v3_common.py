@@ -1,0 +1,197 @@
+"""Shared pieces of V3: the logger, named errors, the kline schema, symbols and intervals.
+
+Nothing here runs at import: no logging set-up, no device probing, no network.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+log = logging.getLogger("v3")
+
+# ---------------------------------------------------------------------------------------
+# Errors, named by what the caller should do about them.
+
+
+class V3Error(Exception):
+    """Base class of every error V3 raises on purpose."""
+
+
+class ConfigError(V3Error, ValueError):
+    """Bad input from the user (coin, timeframe, epochs, paths): fix the call and re-run."""
+
+
+class DataValidationError(V3Error, ValueError):
+    """A candle series is malformed (missing columns, NaN, unsorted, OHLC inconsistent)."""
+
+
+class InsufficientDataError(V3Error, ValueError):
+    """Too few candles for the indicator warm-up, the window and the splits."""
+
+
+class DownloadError(V3Error):
+    """A download needs a person: bad symbol, blocked region, banned IP."""
+
+
+class RetryableDownloadError(DownloadError):
+    """A temporary download failure (429, 5xx, timeout): retried with backoff."""
+
+
+class UploadError(V3Error):
+    """The Hugging Face upload cannot go on (bad token, no write access, missing repo)."""
+
+
+class CheckpointError(V3Error):
+    """A checkpoint file is missing, corrupt or from an incompatible version."""
+
+
+# ---------------------------------------------------------------------------------------
+# The kline schema (Binance's layout, times in ms UTC).
+
+KLINE_COLUMNS = [
+    "open_time", "open", "high", "low", "close", "volume", "close_time",
+    "quote_volume", "trades", "taker_buy_base", "taker_buy_quote",
+]
+REQUIRED_COLUMNS = ["open_time", "open", "high", "low", "close", "volume"]
+
+# Binance kline intervals with a fixed length ('1M' is calendar-based and not supported).
+INTERVAL_MS = {
+    "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
+    "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000,
+    "8h": 28_800_000, "12h": 43_200_000, "1d": 86_400_000, "3d": 259_200_000,
+    "1w": 604_800_000,
+}
+
+# The guide's 20 coins, as USDT pairs.
+DEFAULT_COINS = [
+    "BTCUSDT", "ETHUSDT", "BNBUSDT", "XRPUSDT", "LTCUSDT", "ADAUSDT", "SOLUSDT",
+    "DOGEUSDT", "AVAXUSDT", "LINKUSDT", "MATICUSDT", "ATOMUSDT", "NEARUSDT", "FTMUSDT",
+    "ARBUSDT", "OPUSDT", "STXUSDT", "INJUSDT", "LUNCUSDT", "LUNAUSDT",
+]
+DEFAULT_TIMEFRAMES = ["15m", "1h"]
+
+QUOTE_ASSETS = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
+_SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
+
+
+def normalize_symbol(coin: str, *, quote: str = "USDT") -> str:
+    """Return a Binance symbol for `coin`: 'BTCUSDT' stays, a bare base 'BTC' becomes 'BTCUSDT'.
+
+    Raises ConfigError for anything that is not an upper-case Binance symbol.
+    """
+    if not isinstance(coin, str) or not coin.strip():
+        raise ConfigError(f"coin {coin!r} is not a symbol: use an upper-case Binance symbol "
+                          f"such as 'BTCUSDT' (or a bare base such as 'BTC').")
+    s = coin.strip()
+    if not _SYMBOL_RE.match(s):
+        hint = re.sub(r"[^A-Za-z0-9]", "", s).upper()
+        fix = f" Did you mean {hint!r}?" if hint and _SYMBOL_RE.match(hint) else ""
+        raise ConfigError(f"coin {coin!r} is not an upper-case Binance symbol (letters and "
+                          f"digits only, 2-20 characters, e.g. 'BTCUSDT').{fix}")
+    for q in QUOTE_ASSETS:
+        if s.endswith(q) and len(s) > len(q):
+            return s  # a full pair such as BTCUSDT or ETHBTC
+    return s + quote  # a bare base such as BTC, SOL or LUNC
+
+
+def check_interval(interval: str) -> str:
+    if interval not in INTERVAL_MS:
+        raise ConfigError(f"timeframe {interval!r} is not supported: use one of "
+                          f"{', '.join(INTERVAL_MS)} (the guide uses 15m and 1h).")
+    return interval
+
+
+def pair_key(symbol: str, interval: str) -> str:
+    """'BTCUSDT_15m': the key of a pair in file names and in the results JSON."""
+    return f"{symbol}_{interval}"
+
+
+# ---------------------------------------------------------------------------------------
+# Logging and progress bars.
+
+
+def setup_logging(level: int | str = logging.INFO) -> logging.Logger:
+    """Give the 'v3' logger one stdout handler. Idempotent: Colab re-runs cells."""
+    if not any(getattr(h, "_v3", False) for h in log.handlers):
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+        h._v3 = True  # type: ignore[attr-defined]
+        log.addHandler(h)
+    log.setLevel(level)
+    log.propagate = False
+    return log
+
+
+def progress(iterable: Iterable | None = None, *, enabled: bool = True, **kw: Any):
+    """A tqdm.auto bar (widgets in Colab, text elsewhere); `enabled=False` turns it off."""
+    from tqdm.auto import tqdm
+    kw.setdefault("dynamic_ncols", True)
+    kw.setdefault("leave", False)
+    return tqdm(iterable, disable=not enabled, **kw)
+
+
+# ---------------------------------------------------------------------------------------
+# Files: written through a temporary file and renamed, so an interruption never leaves a
+# truncated file behind.
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default)
+                              + "\n").encode())
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    path = Path(path)
+    if not path.exists():
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules or bool(os.environ.get("COLAB_RELEASE_TAG"))
+
+
+def default_base_dir() -> Path:
+    """`V3_BASE_DIR` if set, else /content inside Colab, else ./v3_output."""
+    env = os.environ.get("V3_BASE_DIR")
+    if env:
+        return Path(env)
+    return Path("/content") if in_colab() else Path("v3_output")

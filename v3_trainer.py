@@ -1,0 +1,343 @@
+"""Step 4's engine: train one V3 model with early stopping, and save/load checkpoints.
+
+The same lines run on CPU and GPU: the whole dataset of a pair sits on the device and batches
+are gathered there (no DataLoader), losses are summed on the device and read once per epoch,
+autocast is a null context on CPU and the grad scaler a no-op unless fp16. AdamW, cosine
+annealing with warm restarts (stepped per batch, by fractional epoch), gradient accumulation,
+gradient clipping at 1.0 (after unscaling), and early stopping that restores the best weights.
+Every epoch is seeded by (seed, epoch), so a run resumed from its last state repeats exactly
+what an uninterrupted run would have done.
+
+Checkpoints hold only tensors, numbers, strings, lists and dicts, so
+`torch.load(path, weights_only=True)` reads them.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from v3_common import CheckpointError, ConfigError, atomic_write_bytes, log, progress
+from v3_data_processor import FittedTransform, PreparedData
+from v3_lstm_model import ModelConfig, V3LSTMModel
+
+CHECKPOINT_FORMAT = "v3-checkpoint-1"
+RESUME_FORMAT = "v3-resume-1"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_accum_steps: int = 2       # optimizer step every N batches (effective batch N x B)
+    grad_clip: float = 1.0          # max gradient norm
+    patience: int = 15              # epochs without a better validation loss before stopping
+    min_delta: float = 0.0          # improvement smaller than this does not count
+    early_stopping: bool = True
+    scheduler_t0: int = 10          # epochs in the first cosine cycle
+    scheduler_t_mult: int = 2       # each cycle this many times longer
+    eta_min: float = 1e-6
+    seed: int = 42
+    device: str = "auto"            # 'auto', 'cpu', 'cuda' or 'cuda:N'
+    amp: str = "auto"               # 'auto' (fp16 on CUDA with tensor cores), 'fp16', 'bf16', 'off'
+    eval_batch_size: int = 1024
+    checkpoint_every_s: float = 30.0  # how often the resume state is written during training
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Raise ConfigError for settings that cannot work, before any heavy work."""
+    if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
+        raise ConfigError(f"epochs must be an integer >= 1, got {cfg.epochs!r} "
+                          f"(the guide uses 100; try 5 for a quick test).")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {cfg.batch_size!r} "
+                          f"(the guide uses 32).")
+    if not cfg.learning_rate > 0:
+        raise ConfigError(f"learning_rate must be > 0, got {cfg.learning_rate!r} "
+                          f"(the guide uses 0.001).")
+    if cfg.grad_accum_steps < 1:
+        raise ConfigError(f"grad_accum_steps must be >= 1, got {cfg.grad_accum_steps}.")
+    if cfg.amp not in ("auto", "fp16", "bf16", "off"):
+        raise ConfigError(f"amp must be 'auto', 'fp16', 'bf16' or 'off', got {cfg.amp!r}.")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here. "
+                          f"Use --device cpu, or in Colab switch the runtime to a GPU.")
+    return dev
+
+
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. CPU always trains in fp32."""
+    if device.type != "cuda" or cfg.amp == "off":
+        return None
+    if cfg.amp == "bf16":
+        return torch.bfloat16
+    if cfg.amp == "fp16":
+        return torch.float16
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.float16 if major >= 7 else None  # tensor cores from Volta/Turing (T4) on
+
+
+@dataclass
+class TrainOutcome:
+    best_state: dict                # weights with the best validation loss (on CPU)
+    best_val_loss: float
+    best_epoch: int                 # 1-based
+    epochs_done: int                # epochs trained in total (this run and earlier ones)
+    stopped_early: bool
+    history: list = field(default_factory=list)  # one dict per epoch
+    resume_state: dict = field(default_factory=dict)  # everything needed to continue
+
+
+def _batch_windows(features: torch.Tensor, ends: torch.Tensor, offsets: torch.Tensor):
+    return features[ends[:, None] + offsets[None, :]]  # (B, T, K)
+
+
+def _cpu_state(module_or_dict) -> dict:
+    sd = module_or_dict.state_dict() if hasattr(module_or_dict, "state_dict") else module_or_dict
+    return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
+
+
+def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
+                resume: dict | None = None, desc: str = "train", show_progress: bool = True,
+                checkpoint_fn: Callable[[dict], None] | None = None) -> TrainOutcome:
+    """Train one model on `data`'s train split, early-stopping on its validation split.
+
+    `resume` is a previous outcome's `resume_state`: training continues from its last epoch
+    (weights, optimizer and scheduler state) up to `cfg.epochs`. `checkpoint_fn(resume_state)`
+    is called every `cfg.checkpoint_every_s` seconds, at the end, and on KeyboardInterrupt.
+    """
+    check_train_config(cfg)
+    device = resolve_device(cfg.device)
+    dtype = amp_dtype(cfg, device)
+    torch.manual_seed(cfg.seed)
+    model = V3LSTMModel(model_cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        opt, T_0=cfg.scheduler_t0, T_mult=cfg.scheduler_t_mult, eta_min=cfg.eta_min)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+    start_epoch, best_val, best_epoch, bad, history = 0, float("inf"), 0, 0, []
+    best_state = None
+    if resume:
+        model.load_state_dict(resume["model_state"])
+        opt.load_state_dict(resume["optimizer_state"])
+        sched.load_state_dict(resume["scheduler_state"])
+        if resume.get("scaler_state"):
+            scaler.load_state_dict(resume["scaler_state"])
+        start_epoch = int(resume["epoch"])
+        best_val, best_epoch = float(resume["best_val_loss"]), int(resume["best_epoch"])
+        best_state = resume["best_state"]
+        history = list(resume.get("history", []))
+        bad = 0 if resume.get("stopped_early") else int(resume.get("bad_epochs", 0))
+    model.lstm.flatten_parameters()
+
+    feats = torch.as_tensor(data.features, device=device)                 # (R, K)
+    ends = torch.as_tensor(data.ends, device=device)                       # (N,)
+    target = torch.as_tensor(data.target, device=device)                   # (N,)
+    offsets = torch.arange(-(data.seq_len - 1), 1, device=device)          # (T,)
+    tr, va = data.split("train"), data.split("val")
+    train_ends, train_y = ends[tr], target[tr]
+    val_ends, val_y = ends[va], target[va]
+    n_train = len(train_ends)
+    n_batches = (n_train + cfg.batch_size - 1) // cfg.batch_size
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+
+    epoch = start_epoch
+    stopped_early = False
+    last_save = time.monotonic()
+
+    def state() -> dict:
+        return {"format": RESUME_FORMAT, "model_state": _cpu_state(model),
+                "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict(),
+                "scaler_state": scaler.state_dict() if scaler.is_enabled() else {},
+                "epoch": epoch, "best_val_loss": best_val, "best_epoch": best_epoch,
+                "best_state": best_state if best_state is not None else _cpu_state(model),
+                "bad_epochs": bad, "stopped_early": stopped_early, "history": history,
+                "epochs_requested": cfg.epochs, "train_config": cfg.to_dict()}
+
+    bar = progress(range(start_epoch, cfg.epochs), enabled=show_progress, desc=desc, unit="epoch",
+                   total=cfg.epochs, initial=start_epoch)
+    try:
+        for ep in bar:
+            torch.manual_seed(cfg.seed * 100_003 + ep)  # dropout and shuffle depend on (seed, epoch)
+            model.train()
+            perm = torch.randperm(n_train, device="cpu").to(device)
+            loss_sum = torch.zeros((), device=device)
+            opt.zero_grad(set_to_none=True)
+            for i in range(n_batches):
+                b = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                x = _batch_windows(feats, train_ends[b], offsets)  # (B, T, K)
+                with autocast():
+                    pred = model(x)
+                    loss = nn.functional.mse_loss(pred.float(), train_y[b])
+                scaler.scale(loss / cfg.grad_accum_steps).backward()
+                loss_sum += loss.detach() * len(b)
+                if (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == n_batches:
+                    scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    scaler.step(opt)
+                    scaler.update()
+                    opt.zero_grad(set_to_none=True)
+                sched.step(ep + (i + 1) / n_batches)
+            val_loss = _mse(model, feats, val_ends, val_y, offsets, cfg.eval_batch_size, autocast)
+            train_loss = float(loss_sum) / n_train  # one host sync per epoch
+            epoch = ep + 1
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                            "lr": opt.param_groups[0]["lr"]})
+            if val_loss < best_val - cfg.min_delta:
+                best_val, best_epoch, bad = val_loss, epoch, 0
+                best_state = _cpu_state(model)
+            else:
+                bad += 1
+            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}",
+                            best=f"{best_val:.4f}@{best_epoch}")
+            if cfg.early_stopping and bad >= cfg.patience:
+                stopped_early = True
+                log.info("%s: early stop at epoch %d (best %.5f at epoch %d)",
+                         desc, epoch, best_val, best_epoch)
+                break
+            if checkpoint_fn and time.monotonic() - last_save >= cfg.checkpoint_every_s:
+                checkpoint_fn(state())
+                last_save = time.monotonic()
+    except KeyboardInterrupt:
+        if checkpoint_fn and epoch > start_epoch:
+            checkpoint_fn(state())
+            log.warning("%s: interrupted after epoch %d; its state is saved, re-run to resume",
+                        desc, epoch)
+        raise
+    finally:
+        bar.close()
+    final = state()
+    if checkpoint_fn:
+        checkpoint_fn(final)
+    return TrainOutcome(best_state=final["best_state"], best_val_loss=best_val,
+                        best_epoch=best_epoch, epochs_done=epoch, stopped_early=stopped_early,
+                        history=history, resume_state=final)
+
+
+@torch.no_grad()
+def _mse(model, feats, ends, y, offsets, batch, autocast) -> float:
+    model.eval()
+    total = torch.zeros((), device=feats.device)
+    for i in range(0, len(ends), batch):
+        with autocast():
+            p = model(_batch_windows(feats, ends[i:i + batch], offsets)).float()
+        total += ((p - y[i:i + batch]) ** 2).sum()
+    return float(total) / max(1, len(ends))
+
+
+@torch.no_grad()
+def predict_standardized(model: V3LSTMModel, data: PreparedData, idx, *, batch: int = 1024,
+                         device: torch.device | str = "cpu") -> np.ndarray:
+    """Model outputs (standardised log returns) for the samples `idx`, in fp32."""
+    model = model.to(device).eval()
+    feats = torch.as_tensor(data.features, device=device)
+    ends = torch.as_tensor(data.ends[idx], device=device)
+    offsets = torch.arange(-(data.seq_len - 1), 1, device=device)
+    out = [model(_batch_windows(feats, ends[i:i + batch], offsets)).float().cpu()
+           for i in range(0, len(ends), batch)]
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _save(obj: dict, path: str | Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_checkpoint(path: str | Path, *, model_state: dict, model_config: ModelConfig,
+                    data: PreparedData, feature_config: dict, meta: dict) -> None:
+    """The model file a user keeps: best weights + everything needed to predict."""
+    from v3_data_processor import WARMUP_CANDLES
+    obj = {
+        "format": CHECKPOINT_FORMAT,
+        "model_state": model_state,
+        "model_config": model_config.to_dict(),
+        "feature_config": dict(feature_config),
+        "transform": {k: torch.as_tensor(v, dtype=torch.float64)
+                      for k, v in data.transform.to_arrays().items()},
+        "feature_names": list(data.feature_names),
+        "seq_len": int(data.seq_len),
+        "warmup_candles": int(WARMUP_CANDLES),
+        "target_mean": float(data.target_mean),
+        "target_std": float(data.target_std),
+        "torch_version": torch.__version__,
+        **meta,
+    }
+    _save(obj, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a model checkpoint with weights_only=True; CheckpointError if it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}: train that pair first (step 4).")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt file; translate them all
+        raise CheckpointError(f"{path} is not a readable V3 checkpoint ({type(e).__name__}: "
+                              f"{str(e)[:200]}). Re-train or re-download it.") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path} has format {fmt!r}, this V3 reads {CHECKPOINT_FORMAT!r}. "
+                              f"Re-train the pair with this version.")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> V3LSTMModel:
+    """A ready model (eval mode, CPU) from a loaded checkpoint."""
+    model = V3LSTMModel(ModelConfig.from_dict(ckpt["model_config"]))
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not fit the stored model config: {e}") from e
+    model.lstm.flatten_parameters()
+    return model.eval()
+
+
+def transform_from_checkpoint(ckpt: dict) -> FittedTransform:
+    return FittedTransform.from_arrays({k: v.numpy() for k, v in ckpt["transform"].items()})
+
+
+def save_resume_state(state: dict, path: str | Path) -> None:
+    _save(state, path)
+
+
+def load_resume_state(path: str | Path) -> dict | None:
+    """The saved training state, or None when there is none or it is unreadable."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt resume file only costs a fresh start
+        log.warning("%s is unreadable (%s); training that pair from scratch", path, type(e).__name__)
+        return None
+    return st if isinstance(st, dict) and st.get("format") == RESUME_FORMAT else None
