@@ -331,7 +331,7 @@ class V3CoLabPipeline:
             self.processed_path(s, i).stat().st_mtime < data_path(self.data_dir, s, i).stat().st_mtime)]
         if stale:
             self.step_3_preprocess_features(stale)
-        out = {}
+        jobs = []
         for n, (symbol, interval) in enumerate(pairs, 1):
             key = pair_key(symbol, interval)
             if not self.processed_path(symbol, interval).exists():
@@ -340,10 +340,16 @@ class V3CoLabPipeline:
                         "no data for this pair: run steps 2 and 3 first."))
                 continue
             try:
-                out[key] = self._train_pair(symbol, interval, retrain=retrain,
-                                            label=f"[{n}/{len(pairs)}] {key}")
+                job = self._plan_pair(symbol, interval, retrain=retrain,
+                                      label=f"[{n}/{len(pairs)}] {key}")
             except V3Error as e:
                 self._fail(symbol, interval, "train", e)
+                continue
+            if job is not None:
+                jobs.append(job)
+        from v3_trainer import train_jobs
+        train_jobs(jobs, c.train, show_progress=c.show_progress, on_done=self._finalize_pair,
+                   on_error=lambda job, e: self._fail(job.symbol, job.interval, "train", e))
         self._log_summary(pairs)
         return self.load_results()
 
@@ -352,15 +358,13 @@ class V3CoLabPipeline:
         """The guide's 'resume training' call: preprocess if needed, then continue training."""
         return self.step_4_train_models(epochs, batch_size, learning_rate, retrain=retrain)
 
-    def _train_pair(self, symbol: str, interval: str, *, retrain: bool, label: str) -> dict:
-        from v3_evaluation import evaluate_with_baseline, regression_metrics
-        from v3_trainer import (load_resume_state, model_from_checkpoint, predict_standardized,
-                                save_checkpoint, save_resume_state, train_model)
+    def _plan_pair(self, symbol: str, interval: str, *, retrain: bool, label: str):
+        """A TrainJob for the pair (fresh or resumed), or None when it is already trained."""
+        from v3_trainer import TrainJob, load_resume_state, save_resume_state
         c = self.config
         key = pair_key(symbol, interval)
         data = PreparedData.load(self.processed_path(symbol, interval))
         fingerprint = _fingerprint(data)
-        prior = self.load_results().get(key, {})
         resume = None if retrain else load_resume_state(self.resume_path(symbol, interval))
         if resume is not None and (resume.get("data_fingerprint") != fingerprint or
                                    resume.get("model_config") != c.model.to_dict()):
@@ -371,25 +375,32 @@ class V3CoLabPipeline:
             reason = (f"already trained ({resume['epoch']} epochs of {resume['epochs_requested']}); "
                       f"pass retrain=True (--retrain) to train again")
             log.info("%s: skipped, %s", key, reason)
-            return self._update_result(key, status="skipped", skip_reason=reason,
-                                       reason=None, failed_step=None)
+            self._update_result(key, status="skipped", skip_reason=reason, reason=None,
+                                failed_step=None)
+            return None
         if resume is not None:
             log.info("%s: resuming from epoch %d", key, resume["epoch"])
+        resume_path = self.resume_path(symbol, interval)
 
         def save_state(state: dict) -> None:
             state.update(data_fingerprint=fingerprint, model_config=c.model.to_dict(), completed=False)
-            save_resume_state(state, self.resume_path(symbol, interval))
+            save_resume_state(state, resume_path)
 
         model_cfg = dataclasses.replace(c.model, input_size=data.transform.n_components)
-        t0 = time.perf_counter()
-        outcome = train_model(data, model_cfg, c.train, resume=resume, desc=label,
-                              show_progress=c.show_progress, checkpoint_fn=save_state)
-        seconds = time.perf_counter() - t0
+        return TrainJob(key=key, symbol=symbol, interval=interval, data=data, model_config=model_cfg,
+                        resume=resume, checkpoint_fn=save_state, desc=label)
 
-        ckpt_model = _load_best(model_cfg, outcome.best_state)
+    def _finalize_pair(self, job, outcome) -> dict:
+        """Predict the test split with the best weights, score it, save every artifact."""
+        from v3_evaluation import evaluate_with_baseline, regression_metrics
+        from v3_trainer import predict_standardized, save_checkpoint, save_resume_state
+        c = self.config
+        data, symbol, interval, key = job.data, job.symbol, job.interval, job.key
+        prior = self.load_results().get(key, {})
+        model = _load_best(job.model_config, outcome.best_state)
         te, va = data.split("test"), data.split("val")
-        pred_test = data.to_close(predict_standardized(ckpt_model, data, te), te)
-        pred_val = data.to_close(predict_standardized(ckpt_model, data, va), va)
+        pred_test = data.to_close(predict_standardized(model, data, te), te)
+        pred_val = data.to_close(predict_standardized(model, data, va), va)
         test, baseline = evaluate_with_baseline(data.actual_close[te], pred_test, data.last_close[te])
         val = regression_metrics(data.actual_close[va], pred_val, data.last_close[va])
         prior_data = prior.get("data", {})
@@ -410,15 +421,14 @@ class V3CoLabPipeline:
             "created_at": _now_iso(),
         }
         save_checkpoint(self.model_path(symbol, interval), model_state=outcome.best_state,
-                        model_config=model_cfg, data=data, feature_config=c.features.to_dict(),
-                        meta=meta)
+                        model_config=job.model_config, data=data,
+                        feature_config=c.features.to_dict(), meta=meta)
         preds = pd.DataFrame({"open_time": data.target_open_time[te],
                               "last_close": data.last_close[te],
                               "actual_close": data.actual_close[te],
                               "predicted_close": pred_test})
-        self.predictions_path(symbol, interval).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.predictions_path(symbol, interval), preds.to_csv(index=False).encode())
-        final = dict(outcome.resume_state, data_fingerprint=fingerprint,
+        final = dict(outcome.resume_state, data_fingerprint=_fingerprint(data),
                      model_config=c.model.to_dict(), completed=True)
         save_resume_state(final, self.resume_path(symbol, interval))
         return self._update_result(
@@ -427,7 +437,7 @@ class V3CoLabPipeline:
             best_val_loss=outcome.best_val_loss, best_epoch=outcome.best_epoch,
             total_epochs=outcome.epochs_done, val_mape=val["mape"],
             stopped_early=outcome.stopped_early, test=test, baseline=baseline,
-            synthetic=meta["synthetic"], train_seconds=round(seconds, 2),
+            synthetic=meta["synthetic"], train_seconds=round(outcome.seconds, 2),
             device=_device_name(c.train.device),
             model_path=str(self.model_path(symbol, interval).relative_to(self.base_dir)),
             predictions_path=str(self.predictions_path(symbol, interval).relative_to(self.base_dir)),

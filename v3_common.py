@@ -117,14 +117,17 @@ def pair_key(symbol: str, interval: str) -> str:
 
 
 def setup_logging(level: int | str = logging.INFO) -> logging.Logger:
-    """Give the 'v3' logger one stdout handler. Idempotent: Colab re-runs cells."""
+    """Give the 'v3' logger one stdout handler. Idempotent: Colab re-runs cells.
+
+    A handler marked `_v3` that is already there (a test's, say) is kept as it is.
+    """
     if not any(getattr(h, "_v3", False) for h in log.handlers):
         h = logging.StreamHandler(sys.stdout)
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
         h._v3 = True  # type: ignore[attr-defined]
         log.addHandler(h)
+        log.propagate = False  # one line per message, even where the root logger prints too
     log.setLevel(level)
-    log.propagate = False
     return log
 
 

@@ -109,6 +109,43 @@ class TrainOutcome:
     stopped_early: bool
     history: list = field(default_factory=list)  # one dict per epoch
     resume_state: dict = field(default_factory=dict)  # everything needed to continue
+    seconds: float = 0.0            # wall time of this run
+
+
+@dataclass
+class TrainJob:
+    """One pair to train: its data, model config and (optionally) the state to resume."""
+    key: str                        # 'BTCUSDT_15m'
+    symbol: str
+    interval: str
+    data: PreparedData
+    model_config: ModelConfig
+    resume: dict | None = None
+    checkpoint_fn: Callable[[dict], None] | None = None
+    desc: str = "train"
+
+
+def train_jobs(jobs: list[TrainJob], cfg: TrainConfig, *, show_progress: bool = True,
+               on_done: Callable[[TrainJob, TrainOutcome], object] | None = None,
+               on_error: Callable[[TrainJob, Exception], object] | None = None) -> dict:
+    """Train every job; `on_done(job, outcome)` as each finishes. One failing job (a V3Error
+    from training or from `on_done`) goes to `on_error` and the others go on.
+    Returns {job.key: outcome} for the jobs that finished."""
+    from v3_common import V3Error
+    out = {}
+    for job in jobs:
+        try:
+            outcome = train_model(job.data, job.model_config, cfg, resume=job.resume,
+                                  desc=job.desc, show_progress=show_progress,
+                                  checkpoint_fn=job.checkpoint_fn)
+            if on_done:
+                on_done(job, outcome)
+            out[job.key] = outcome
+        except V3Error as e:
+            if on_error is None:
+                raise
+            on_error(job, e)
+    return out
 
 
 def _batch_windows(features: torch.Tensor, ends: torch.Tensor, offsets: torch.Tensor):
@@ -167,7 +204,7 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
 
     epoch = start_epoch
     stopped_early = False
-    last_save = time.monotonic()
+    t_start = last_save = time.monotonic()
 
     def state() -> dict:
         return {"format": RESUME_FORMAT, "model_state": _cpu_state(model),
@@ -235,7 +272,7 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
         checkpoint_fn(final)
     return TrainOutcome(best_state=final["best_state"], best_val_loss=best_val,
                         best_epoch=best_epoch, epochs_done=epoch, stopped_early=stopped_early,
-                        history=history, resume_state=final)
+                        history=history, resume_state=final, seconds=time.monotonic() - t_start)
 
 
 @torch.no_grad()

@@ -35,9 +35,14 @@ def klines():
     return synthetic_klines("BTCUSDT", "15m", 1200)
 
 
-@pytest.fixture(autouse=True)
-def _v3_logs_propagate():
-    """Let caplog see the 'v3' logger (setup_logging turns propagation off for users)."""
+@pytest.fixture(autouse=True, scope="session")
+def _v3_logs_to_caplog():
+    """Route the 'v3' logger to pytest's caplog: a marked handler stops setup_logging from
+    adding its stdout handler and turning propagation off."""
     log = logging.getLogger("v3")
-    yield
+    h = logging.NullHandler()
+    h._v3 = True
+    log.addHandler(h)
     log.propagate = True
+    yield
+    log.removeHandler(h)
