@@ -90,8 +90,11 @@ class V3CoLabPipeline:
         if overrides:  # e.g. source='synthetic', candles=2000
             self.config = dataclasses.replace(self.config, **overrides)
         self.base_dir = Path(base_dir) if base_dir is not None else default_base_dir()
-        self.COINS = list(coins) if coins is not None else list(DEFAULT_COINS)
-        self.TIMEFRAMES = list(timeframes) if timeframes is not None else list(DEFAULT_TIMEFRAMES)
+        # a string stays a string, so that pairs() can say that a list is needed
+        self.COINS = list(DEFAULT_COINS) if coins is None else (
+            list(coins) if isinstance(coins, (list, tuple)) else coins)
+        self.TIMEFRAMES = list(DEFAULT_TIMEFRAMES) if timeframes is None else (
+            list(timeframes) if isinstance(timeframes, (list, tuple)) else timeframes)
         self._hf_token = hf_token  # never printed or stored
         self.device_report: dict = {}
         setup_logging()

@@ -1,0 +1,318 @@
+"""The pipeline end to end on synthetic data: artifacts, JSON fields, reloads, bad input."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import tiny_config
+from v3_colab_training import PipelineConfig, V3CoLabPipeline, demo_config, main
+from v3_common import (DEFAULT_COINS, KLINE_COLUMNS, ConfigError, DataValidationError,
+                       InsufficientDataError, V3Error)
+from v3_data_processor import PreparedData
+from v3_evaluation import regression_metrics
+from v3_market_data import read_klines, synthetic_klines, write_klines
+from v3_trainer import load_checkpoint, model_from_checkpoint, predict_standardized
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One full tiny run: 2 coins x 2 timeframes, synthetic, 2 epochs."""
+    base = tmp_path_factory.mktemp("run")
+    p = V3CoLabPipeline(base, config=tiny_config(), coins=["BTCUSDT", "ETH"],
+                        timeframes=["15m", "1h"])
+    results = p.run_full_pipeline(epochs=2, batch_size=64, learning_rate=0.001)
+    return p, results
+
+
+PAIRS = ["BTCUSDT_15m", "BTCUSDT_1h", "ETHUSDT_15m", "ETHUSDT_1h"]
+
+
+def test_defaults_follow_the_guide(tmp_path):
+    p = V3CoLabPipeline(tmp_path)
+    assert p.COINS == DEFAULT_COINS and len(p.COINS) == 20
+    assert p.COINS[0] == "BTCUSDT" and "LUNAUSDT" in p.COINS and "MATICUSDT" in p.COINS
+    assert p.TIMEFRAMES == ["15m", "1h"]
+    c = PipelineConfig()
+    assert (c.model.input_size, c.model.hidden_size, c.model.num_layers, c.model.dropout,
+            c.model.bidirectional, c.model.use_attention) == (30, 128, 3, 0.3, True, True)
+    assert (c.train.epochs, c.train.batch_size, c.train.learning_rate) == (100, 32, 0.001)
+    assert (c.features.seq_len, c.features.n_components, c.candles) == (60, 30, 3000)
+    # replacing per instance does not touch the defaults of other instances
+    p.COINS = ["BTCUSDT"]
+    assert V3CoLabPipeline(tmp_path).COINS == DEFAULT_COINS
+
+
+def test_base_dir_defaults(monkeypatch, tmp_path):
+    monkeypatch.delenv("V3_BASE_DIR", raising=False)
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    assert V3CoLabPipeline().base_dir == Path("v3_output")
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20261101")
+    assert V3CoLabPipeline().base_dir == Path("/content")
+    monkeypatch.setenv("V3_BASE_DIR", str(tmp_path))
+    assert V3CoLabPipeline().base_dir == tmp_path
+
+
+def test_every_artifact_is_written(trained):
+    p, results = trained
+    base = p.base_dir
+    for key in PAIRS:
+        assert (base / "data" / f"{key}.csv").exists()
+        assert (base / "all_models" / f"v3_model_{key}.pt").exists()
+        assert (base / "results" / "predictions" / f"{key}.csv").exists()
+    assert (base / "results" / "v3_training_results.json").exists()
+    assert (base / "results" / "config.json").exists()
+    header = (base / "data" / "BTCUSDT_15m.csv").read_text().splitlines()[0]
+    assert header == ",".join(KLINE_COLUMNS)
+    on_disk = json.loads((base / "results" / "v3_training_results.json").read_text())
+    assert set(on_disk) == set(PAIRS) and on_disk == results
+
+
+def test_results_json_fields(trained):
+    _, results = trained
+    metric_fields = {"mape", "mae", "rmse", "mse", "directional_accuracy", "n", "n_direction"}
+    for key in PAIRS:
+        r = results[key]
+        assert r["status"] == "success"
+        for f in ("best_val_loss", "best_epoch", "total_epochs", "val_mape"):
+            assert f in r, f
+        assert 1 <= r["best_epoch"] <= r["total_epochs"] == 2
+        assert r["best_val_loss"] == min(h["val_loss"] for h in r["history"])
+        assert metric_fields <= set(r["test"])
+        assert metric_fields <= set(r["baseline"]["persistence"])
+        assert r["test"]["n"] == r["baseline"]["persistence"]["n"] == r["features"]["n_test"] > 0
+        assert r["baseline"]["persistence"]["directional_accuracy"] is None
+        assert 0 <= r["test"]["directional_accuracy"] <= 100
+        assert r["synthetic"] is True and r["data"]["source"] == "synthetic"
+        assert r["data"]["rows"] == 700
+        assert "reason" not in r
+
+
+def test_predictions_csv_and_persistence_recomputed(trained):
+    p, results = trained
+    for key in PAIRS:
+        df = pd.read_csv(p.base_dir / "results" / "predictions" / f"{key}.csv")
+        assert list(df.columns) == ["open_time", "last_close", "actual_close", "predicted_close"]
+        assert len(df) == results[key]["test"]["n"]
+        assert df["open_time"].is_monotonic_increasing
+        persist = regression_metrics(df.actual_close, df.last_close, df.last_close)
+        assert persist == results[key]["baseline"]["persistence"]
+        model = regression_metrics(df.actual_close, df.predicted_close, df.last_close)
+        for f in ("mape", "mae", "rmse", "mse", "directional_accuracy"):
+            assert model[f] == pytest.approx(results[key]["test"][f], rel=1e-9)
+        # the predicted candle follows the last one: actual close is that candle's close
+        candles = read_klines(p.base_dir / "data" / f"{key}.csv").set_index("open_time")
+        assert np.allclose(candles.loc[df.open_time, "close"].to_numpy(), df.actual_close)
+
+
+def test_checkpoint_reload_reproduces_predictions(trained):
+    p, results = trained
+    for key in ("BTCUSDT_15m", "ETHUSDT_1h"):
+        path = p.base_dir / "all_models" / f"v3_model_{key}.pt"
+        raw = torch.load(path, weights_only=True)  # what a user does
+        for field in ("model_state", "model_config", "transform", "feature_names", "seq_len",
+                      "data_range", "test", "baseline", "target_mean", "target_std"):
+            assert field in raw, field
+        assert raw["transform"]["components"].shape == (8, len(raw["feature_names"]))
+        ckpt = load_checkpoint(path)
+        model = model_from_checkpoint(ckpt)
+        data = PreparedData.load(p.base_dir / "processed" / f"{key}.npz")
+        te = data.split("test")
+        pred = data.to_close(predict_standardized(model, data, te), te)
+        saved = pd.read_csv(p.base_dir / "results" / "predictions" / f"{key}.csv")
+        np.testing.assert_allclose(pred, saved.predicted_close, rtol=1e-6)
+        assert ckpt["test"] == results[key]["test"]
+
+
+def test_rerun_skips_trained_pairs(trained, caplog):
+    p, _ = trained
+    before = {k: (p.base_dir / "all_models" / f"v3_model_{k}.pt").stat().st_mtime_ns for k in PAIRS}
+    results = p.step_4_train_models(epochs=2)
+    assert all(results[k]["status"] == "skipped" for k in PAIRS)
+    assert "already trained" in results["BTCUSDT_15m"]["skip_reason"]
+    assert "skipped, already trained" in caplog.text
+    after = {k: (p.base_dir / "all_models" / f"v3_model_{k}.pt").stat().st_mtime_ns for k in PAIRS}
+    assert before == after
+    assert results["BTCUSDT_15m"]["test"]["n"] > 0  # the earlier metrics stay
+
+
+def test_resume_training_continues_from_checkpoint(tmp_path, caplog):
+    """The guide's pipeline.step_3_train_models(epochs=N) continues instead of restarting,
+    and 2 + 2 epochs give the same model as 4 epochs straight."""
+    cfg = tiny_config(train=dataclasses.replace(tiny_config().train, early_stopping=False))
+    a = V3CoLabPipeline(tmp_path / "a", config=cfg, coins=["BTCUSDT"], timeframes=["1h"])
+    a.step_1_setup_environment()
+    a.step_2_download_binance_data()
+    # no explicit step 3: the resume call preprocesses what is missing
+    r = a.step_3_train_models(epochs=2)
+    assert r["BTCUSDT_1h"]["total_epochs"] == 2
+    r = a.step_3_train_models(epochs=4)
+    assert "resuming from epoch 2" in caplog.text
+    assert r["BTCUSDT_1h"]["status"] == "success" and r["BTCUSDT_1h"]["total_epochs"] == 4
+    assert [h["epoch"] for h in r["BTCUSDT_1h"]["history"]] == [1, 2, 3, 4]
+
+    b = V3CoLabPipeline(tmp_path / "b", config=cfg, coins=["BTCUSDT"], timeframes=["1h"])
+    rb = b.run_full_pipeline(epochs=4, batch_size=cfg.train.batch_size, upload=False)
+    ha = [h["val_loss"] for h in r["BTCUSDT_1h"]["history"]]
+    hb = [h["val_loss"] for h in rb["BTCUSDT_1h"]["history"]]
+    np.testing.assert_allclose(ha, hb, rtol=1e-5)
+
+
+def test_interrupted_training_resumes(tmp_path, monkeypatch, caplog):
+    """Ctrl-C mid-run keeps the finished epochs; the next call picks up from there."""
+    import v3_trainer
+    cfg = tiny_config(train=dataclasses.replace(tiny_config().train, epochs=3, early_stopping=False))
+    p = V3CoLabPipeline(tmp_path, config=cfg, coins=["BTCUSDT"], timeframes=["1h"])
+    p.step_2_download_binance_data()
+    p.step_3_preprocess_features()
+    real = v3_trainer._mse
+    calls = {"n": 0}
+
+    def interrupt_on_second_epoch(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(v3_trainer, "_mse", interrupt_on_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        p.step_4_train_models()
+    monkeypatch.setattr(v3_trainer, "_mse", real)
+    assert p.resume_path("BTCUSDT", "1h").exists()
+    assert not p.model_path("BTCUSDT", "1h").exists()
+    r = p.step_4_train_models()
+    assert "resuming from epoch 1" in caplog.text
+    assert r["BTCUSDT_1h"]["total_epochs"] == 3
+
+
+def test_retrain_and_changed_data_train_from_scratch(trained, caplog):
+    p, _ = trained
+    r = p.step_4_train_models(epochs=2, retrain=True)
+    assert r["BTCUSDT_15m"]["status"] == "success"
+    assert [h["epoch"] for h in r["BTCUSDT_15m"]["history"]] == [1, 2]
+
+
+def test_one_bad_pair_does_not_stop_the_others(tmp_path):
+    src = tmp_path / "csv"
+    src.mkdir()
+    write_klines(synthetic_klines("BTCUSDT", "1h", 700), src / "BTCUSDT_1h.csv")
+    bad = synthetic_klines("ETHUSDT", "1h", 700)
+    bad.loc[10, "high"] = bad.loc[10, "low"] / 2  # high < low
+    write_klines(bad, src / "ETHUSDT_1h.csv")
+    write_klines(synthetic_klines("SOLUSDT", "1h", 200), src / "SOLUSDT_1h.csv")  # too short
+    (src / "XRPUSDT_1h.csv").write_text("not,a,kline,file\n1,2,3,4\n")
+    p = V3CoLabPipeline(tmp_path / "out", config=tiny_config(source="csv", data_dir=str(src)),
+                        coins=["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT"],
+                        timeframes=["1h"])
+    r = p.run_full_pipeline(epochs=1, batch_size=64)
+    assert r["BTCUSDT_1h"]["status"] == "success"
+    assert r["ETHUSDT_1h"]["status"] == "failed" and "high < low" in r["ETHUSDT_1h"]["reason"]
+    assert r["SOLUSDT_1h"]["status"] == "failed" and "200 candles" in r["SOLUSDT_1h"]["reason"]
+    assert r["XRPUSDT_1h"]["status"] == "failed" and "lacks the column" in r["XRPUSDT_1h"]["reason"]
+    assert r["ADAUSDT_1h"]["status"] == "failed" and "no CSV for ADAUSDT 1h" in r["ADAUSDT_1h"]["reason"]
+    assert r["ADAUSDT_1h"]["failed_step"] == "download"
+    assert "\n" not in r["ETHUSDT_1h"]["reason"]
+
+
+@pytest.mark.parametrize("coins,timeframes,over,err,text", [
+    (["btc-usd"], ["1h"], {}, ConfigError, "not an upper-case Binance symbol"),
+    (["BTCUSDT"], ["2m"], {}, ConfigError, "timeframe '2m' is not supported"),
+    ([], ["1h"], {}, ConfigError, "COINS must be a non-empty list"),
+    ("BTCUSDT", ["1h"], {}, ConfigError, "COINS must be a non-empty list"),
+    (["BTCUSDT"], ["1h"], {"candles": 100}, ConfigError, "candles=100 is too few: need >= "),
+    (["BTCUSDT"], ["1h"], {"source": "csv"}, ConfigError, "--data-dir"),
+    (["BTCUSDT"], ["1h"], {"source": "kraken"}, ConfigError, "source 'kraken'"),
+])
+def test_bad_input_fails_before_heavy_work(tmp_path, coins, timeframes, over, err, text):
+    p = V3CoLabPipeline(tmp_path, config=tiny_config(**over), coins=coins, timeframes=timeframes)
+    with pytest.raises(err, match=text.replace("(", r"\(")):
+        p.run_full_pipeline(epochs=1)
+    assert not (tmp_path / "data").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("epochs", [0, -3])
+def test_epochs_below_one(tmp_path, epochs):
+    p = V3CoLabPipeline(tmp_path, config=tiny_config(), coins=["BTCUSDT"], timeframes=["1h"])
+    with pytest.raises(ConfigError, match="epochs must be an integer >= 1"):
+        p.run_full_pipeline(epochs=epochs)
+    assert not (tmp_path / "data").exists()
+
+
+def test_bare_coin_is_completed(tmp_path):
+    p = V3CoLabPipeline(tmp_path, coins=["BTC", "ETHUSDT", "LUNC"], timeframes=["1h"])
+    assert [s for s, _ in p.pairs()] == ["BTCUSDT", "ETHUSDT", "LUNCUSDT"]
+
+
+def test_malformed_csv_errors_are_named(tmp_path):
+    (tmp_path / "a.csv").write_text("open_time,open,high\n1,2,3\n")
+    with pytest.raises(DataValidationError, match=r"lacks the column\(s\) \['low', 'close', 'volume'\]"):
+        read_klines(tmp_path / "a.csv")
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_klines(tmp_path / "missing.csv")
+    (tmp_path / "b.csv.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(DataValidationError, match="not a readable kline CSV"):
+        read_klines(tmp_path / "b.csv.gz")
+
+
+def test_too_few_candles_in_a_file(tmp_path):
+    from v3_data_processor import FeatureConfig, prepare_dataset
+    with pytest.raises(InsufficientDataError, match=r"300 candles, need >= \d+ \(warm-up"):
+        prepare_dataset(synthetic_klines("BTCUSDT", "1h", 300), FeatureConfig(), interval="1h")
+
+
+def test_errors_are_v3_errors():
+    for e in (ConfigError, DataValidationError, InsufficientDataError):
+        assert issubclass(e, V3Error)
+
+
+# -- command line ----------------------------------------------------------------------
+
+
+def test_help_lists_the_options():
+    out = subprocess.run([sys.executable, "v3_colab_training.py", "--help"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    for opt in ("--coins", "--timeframes", "--epochs", "--batch-size", "--learning-rate",
+                "--candles", "--source", "--data-dir", "--base-dir", "--steps", "--no-upload",
+                "--hf-repo", "--demo", "binance", "csv", "synthetic"):
+        assert opt in out, opt
+
+
+def test_cli_demo_subset_and_steps(tmp_path, caplog):
+    rc = main(["--demo", "--base-dir", str(tmp_path), "--coins", "SOL", "--timeframes", "1h",
+               "--epochs", "1", "--no-progress", "--steps", "setup", "download"])
+    assert rc == 0
+    assert (tmp_path / "data" / "SOLUSDT_1h.csv").exists()
+    assert not (tmp_path / "all_models").exists() or not any((tmp_path / "all_models").iterdir())
+    rc = main(["--demo", "--base-dir", str(tmp_path), "--coins", "SOL", "--timeframes", "1h",
+               "--epochs", "1", "--no-progress", "--steps", "preprocess", "train"])
+    assert rc == 0
+    assert (tmp_path / "all_models" / "v3_model_SOLUSDT_1h.pt").exists()
+    assert "SYNTHETIC" in caplog.text
+
+
+def test_cli_bad_input_exit_codes(tmp_path, caplog):
+    assert main(["--demo", "--base-dir", str(tmp_path), "--coins", "btc/usdt"]) == 2
+    assert "ConfigError" in caplog.text and "not an upper-case Binance symbol" in caplog.text
+    assert main(["--demo", "--base-dir", str(tmp_path), "--epochs", "0"]) == 2
+    # nothing usable: every pair fails -> exit code 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["--source", "csv", "--data-dir", str(empty), "--base-dir", str(tmp_path / "o"),
+                 "--coins", "BTCUSDT", "--timeframes", "1h", "--no-upload", "--no-progress",
+                 "--epochs", "1"]) == 1
+
+
+def test_demo_preset_is_small_and_offline():
+    c = demo_config()
+    assert c.source == "synthetic" and c.upload is False
+    assert c.model.hidden_size < PipelineConfig().model.hidden_size
