@@ -1,0 +1,54 @@
+import logging
+import os
+
+import pytest
+
+from v3_common import (ConfigError, atomic_write_bytes, check_interval, normalize_symbol,
+                       pair_key, read_json, atomic_write_json, setup_logging)
+
+
+@pytest.mark.parametrize("given,expected", [
+    ("BTCUSDT", "BTCUSDT"), ("BTC", "BTCUSDT"), ("LUNC", "LUNCUSDT"), ("BNB", "BNBUSDT"),
+    ("ETHBTC", "ETHBTC"), (" SOLUSDT ", "SOLUSDT"), ("1000PEPEUSDT", "1000PEPEUSDT"),
+])
+def test_normalize_symbol(given, expected):
+    assert normalize_symbol(given) == expected
+
+
+@pytest.mark.parametrize("bad,hint", [("btcusdt", "BTCUSDT"), ("BTC-USDT", "BTCUSDT"),
+                                      ("BTC/USDT", "BTCUSDT"), ("", None), ("B", None), (42, None)])
+def test_normalize_symbol_rejects_with_a_fix(bad, hint):
+    with pytest.raises(ConfigError) as e:
+        normalize_symbol(bad)
+    if hint:
+        assert f"Did you mean {hint!r}" in str(e.value)
+
+
+def test_intervals():
+    assert check_interval("15m") == "15m"
+    with pytest.raises(ConfigError, match="use one of 1m, 3m"):
+        check_interval("1M")
+    assert pair_key("BTCUSDT", "1h") == "BTCUSDT_1h"
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "x.json"
+    atomic_write_json(path, {"a": 1})
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic_write_bytes(path, b"partial")
+    monkeypatch.undo()
+    assert read_json(path) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temporary left behind
+
+
+def test_setup_logging_is_idempotent():
+    log = logging.getLogger("v3")
+    n = len(log.handlers)
+    setup_logging()
+    setup_logging()
+    assert len(log.handlers) == n  # the test suite's marked handler is kept, nothing added
