@@ -362,17 +362,32 @@ class V3CoLabPipeline:
         return self.step_4_train_models(epochs, batch_size, learning_rate, retrain=retrain)
 
     def _plan_pair(self, symbol: str, interval: str, *, retrain: bool, label: str):
-        """A TrainJob for the pair (fresh or resumed), or None when it is already trained."""
+        """A TrainJob for the pair (fresh or resumed), or None when it is already trained.
+
+        A model keeps training on the candles it started with: when step 2 has fetched newer
+        candles since (a re-run in Colab always does), the pair's data is cut back to the
+        range recorded in its training state, so a finished pair is skipped and an
+        interrupted one resumes. `retrain=True` trains from scratch on the newest candles.
+        """
         from v3_trainer import TrainJob, load_resume_state, save_resume_state
         c = self.config
         key = pair_key(symbol, interval)
         data = PreparedData.load(self.processed_path(symbol, interval))
-        fingerprint = _fingerprint(data)
         resume = None if retrain else load_resume_state(self.resume_path(symbol, interval))
-        if resume is not None and (resume.get("data_fingerprint") != fingerprint or
-                                   resume.get("model_config") != c.model.to_dict()):
-            log.info("%s: data or model changed since the last training; training from scratch", key)
+        if resume is not None and (resume.get("model_config") != c.model.to_dict() or
+                                   resume.get("feature_config") != c.features.to_dict()):
+            log.info("%s: the model or feature settings changed since the last training; "
+                     "training from scratch", key)
             resume = None
+        if resume is not None and resume.get("data_fingerprint") != _fingerprint(data):
+            older = self._data_as_trained(symbol, interval, resume)
+            if older is None:
+                log.info("%s: the candles it was trained on are gone; training from scratch", key)
+                resume = None
+            else:
+                log.info("%s: keeps the candles it was trained on (up to %s); newer ones are "
+                         "used with retrain=True (--retrain)", key, _iso(older.last_open_time))
+                data = older
         if (resume is not None and self.model_path(symbol, interval).exists()
                 and resume.get("completed") and resume["epochs_requested"] >= c.train.epochs):
             reason = (f"already trained ({resume['epoch']} epochs of {resume['epochs_requested']}); "
@@ -384,14 +399,38 @@ class V3CoLabPipeline:
         if resume is not None:
             log.info("%s: resuming from epoch %d", key, resume["epoch"])
         resume_path = self.resume_path(symbol, interval)
+        stamp = self._resume_stamp(data)
 
         def save_state(state: dict) -> None:
-            state.update(data_fingerprint=fingerprint, model_config=c.model.to_dict(), completed=False)
+            state.update(stamp, completed=False)
             save_resume_state(state, resume_path)
 
         model_cfg = dataclasses.replace(c.model, input_size=data.transform.n_components)
         return TrainJob(key=key, symbol=symbol, interval=interval, data=data, model_config=model_cfg,
                         resume=resume, checkpoint_fn=save_state, desc=label)
+
+    def _resume_stamp(self, data: PreparedData) -> dict:
+        """What a training state must match to be resumed: data range and settings."""
+        return {"data_fingerprint": _fingerprint(data), "model_config": self.config.model.to_dict(),
+                "feature_config": self.config.features.to_dict(),
+                "data_first_open_time": data.first_open_time,
+                "data_last_open_time": data.last_open_time}
+
+    def _data_as_trained(self, symbol: str, interval: str, resume: dict) -> PreparedData | None:
+        """The pair's dataset rebuilt on the candle range its training state recorded."""
+        from v3_market_data import data_path, read_klines
+        first, last = resume.get("data_first_open_time"), resume.get("data_last_open_time")
+        path = data_path(self.data_dir, symbol, interval)
+        if first is None or last is None or not path.exists():
+            return None
+        df = read_klines(path)
+        df = df[(df["open_time"] >= first) & (df["open_time"] <= last)]
+        try:
+            data = prepare_dataset(df, self.config.features, interval=interval,
+                                   name=f"{symbol} {interval}")
+        except V3Error:
+            return None
+        return data if _fingerprint(data) == resume.get("data_fingerprint") else None
 
     def _finalize_pair(self, job, outcome) -> dict:
         """Predict the test split with the best weights, score it, save every artifact."""
@@ -431,8 +470,7 @@ class V3CoLabPipeline:
                               "actual_close": data.actual_close[te],
                               "predicted_close": pred_test})
         atomic_write_bytes(self.predictions_path(symbol, interval), preds.to_csv(index=False).encode())
-        final = dict(outcome.resume_state, data_fingerprint=_fingerprint(data),
-                     model_config=c.model.to_dict(), completed=True)
+        final = dict(outcome.resume_state, **self._resume_stamp(data), completed=True)
         save_resume_state(final, self.resume_path(symbol, interval))
         return self._update_result(
             key, symbol=symbol, interval=interval, status="success", reason=None,
@@ -440,6 +478,7 @@ class V3CoLabPipeline:
             best_val_loss=outcome.best_val_loss, best_epoch=outcome.best_epoch,
             total_epochs=outcome.epochs_done, val_mape=val["mape"],
             stopped_early=outcome.stopped_early, test=test, baseline=baseline,
+            features=_features_info(data),
             synthetic=meta["synthetic"], train_seconds=round(outcome.seconds, 2),
             device=_device_name(c.train.device),
             model_path=str(self.model_path(symbol, interval).relative_to(self.base_dir)),

@@ -316,3 +316,27 @@ def test_demo_preset_is_small_and_offline():
     c = demo_config()
     assert c.source == "synthetic" and c.upload is False
     assert c.model.hidden_size < PipelineConfig().model.hidden_size
+
+
+def test_newer_candles_do_not_retrain_finished_or_interrupted_pairs(tmp_path, caplog):
+    """A Colab re-run fetches newer candles: finished pairs stay skipped, and a longer
+    training resumes on the candles it started with; retrain=True uses the new ones."""
+    from v3_market_data import data_path
+    cfg = tiny_config(train=dataclasses.replace(tiny_config().train, early_stopping=False))
+    p = V3CoLabPipeline(tmp_path, config=cfg, coins=["BTCUSDT"], timeframes=["1h"])
+    full = synthetic_klines("BTCUSDT", "1h", 760)
+    path = data_path(p.data_dir, "BTCUSDT", "1h")
+    write_klines(full.iloc[:700], path)
+    first = p.step_4_train_models(epochs=2)["BTCUSDT_1h"]
+    assert first["status"] == "success"
+    write_klines(full, path)  # 60 newer candles arrived
+    r = p.step_4_train_models(epochs=2)["BTCUSDT_1h"]
+    assert r["status"] == "skipped"
+    assert "keeps the candles it was trained on" in caplog.text
+    r = p.step_3_train_models(epochs=3)["BTCUSDT_1h"]
+    assert r["status"] == "success" and r["total_epochs"] == 3
+    assert r["features"]["n_samples"] == first["features"]["n_samples"]  # same candles
+    assert "resuming from epoch 2" in caplog.text
+    r = p.step_4_train_models(epochs=3, retrain=True)["BTCUSDT_1h"]
+    assert r["features"]["n_samples"] == first["features"]["n_samples"] + 60
+    assert [h["epoch"] for h in r["history"]] == [1, 2, 3]
