@@ -1,15 +1,20 @@
 """A small Hugging Face Hub for the tests, on 127.0.0.1 (port 0), in a thread.
 
 It speaks enough of the Hub's HTTP API for huggingface_hub's own `whoami`, `create_repo`,
-`repo_info`, `auth_check`, `create_commit` / `upload_folder` (regular files in an NDJSON
-commit) and `hf_hub_download`:
+`repo_info`, `auth_check`, `create_commit` / `upload_folder` and `hf_hub_download`. As on the
+real Hub, the preupload answer decides how a file travels: files ending in `lfs_suffixes`
+(default `.pt`) go by the basic git-LFS transfer (batch, PUT, then an `lfsFile` commit line),
+the rest base64-encoded inside the NDJSON commit. It has no Xet storage: set
+`huggingface_hub.constants.HF_HUB_DISABLE_XET = True` so the client uses plain LFS.
 
     GET  /api/whoami-v2
     POST /api/repos/create
     GET  /api/models/NS/NAME[/revision/REV]          repo info (head commit sha, files)
     GET  /api/models/NS/NAME/auth-check[/write]
-    POST /api/models/NS/NAME/preupload/REV           every file 'regular', with the remote oid
-    POST /api/models/NS/NAME/commit/REV              NDJSON: header, file, deletedFile lines
+    POST /api/models/NS/NAME/preupload/REV           upload mode and remote oid of each file
+    POST /NS/NAME.git/info/lfs/objects/batch         LFS batch: where to PUT each new object
+    PUT  /lfs-objects/SHA256                         the object's bytes
+    POST /api/models/NS/NAME/commit/REV              NDJSON: header, file, lfsFile, deletedFile
     POST /api/validate-yaml                          the README front matter must parse
     HEAD|GET /NS/NAME/resolve/REV/PATH               X-Repo-Commit, ETag, Content-Length
 
@@ -101,6 +106,8 @@ ROUTES = [  # (method, name, pattern)
     ("GET", "auth_check", rf"/api/models/{REPO}/auth-check(?P<write>/write)?"),
     ("POST", "preupload", rf"/api/models/{REPO}/preupload/(?P<rev>[^/]+)"),
     ("POST", "commit", rf"/api/models/{REPO}/commit/(?P<rev>[^/]+)"),
+    ("POST", "lfs_batch", rf"/{REPO}\.git/info/lfs/objects/batch"),
+    ("PUT", "lfs_put", r"/lfs-objects/(?P<oid>[0-9a-f]{64})"),
     ("GET", "repo_info", rf"/api/models/{REPO}(?:/revision/(?P<rev>[^/]+))?"),
     ("HEAD", "resolve", rf"/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)"),
     ("GET", "resolve", rf"/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)"),
@@ -108,8 +115,11 @@ ROUTES = [  # (method, name, pattern)
 
 
 class FakeHub:
-    def __init__(self, tokens: dict[str, FakeUser] | None = None):
+    def __init__(self, tokens: dict[str, FakeUser] | None = None, *,
+                 lfs_suffixes: tuple[str, ...] = (".pt",)):
         self.tokens = dict(tokens or {})
+        self.lfs_suffixes = lfs_suffixes
+        self.lfs_objects: dict[str, bytes] = {}  # sha256 hex -> bytes
         self.repos: dict[str, FakeRepo] = {}
         self.requests: list[tuple[str, str, str, int]] = []
         self._failures: list[tuple[str, int]] = []
@@ -271,10 +281,35 @@ class FakeHub:
     def _preupload(self, method, params, user, body):
         repo = self._need_write(params["repo"], user)
         files = json.loads(body)["files"]
-        out = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                "oid": git_sha1(repo.files[f["path"]]) if f["path"] in repo.files else None}
+        out = [{"path": f["path"], "uploadMode": "lfs" if self._is_lfs(f["path"]) else "regular",
+                "shouldIgnore": False, "oid": self._oid(f["path"], repo.files.get(f["path"]))}
                for f in files]
         return _json(200, {"files": out, "commitOid": repo.head["oid"]})
+
+    def _is_lfs(self, path: str) -> bool:
+        return path.endswith(self.lfs_suffixes)
+
+    def _oid(self, path: str, data: bytes | None) -> str | None:
+        """What the client compares its local oid with: sha256 for LFS, the git blob hash else."""
+        if data is None:
+            return None
+        return hashlib.sha256(data).hexdigest() if self._is_lfs(path) else git_sha1(data)
+
+    def _lfs_batch(self, method, params, user, body):
+        self._need_write(params["repo"], user)
+        objects = []
+        for obj in json.loads(body)["objects"]:
+            entry = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
+            if obj["oid"] not in self.lfs_objects:  # no 'actions': already stored, skipped
+                entry["actions"] = {"upload": {"href": f"{self.url}/lfs-objects/{obj['oid']}"}}
+            objects.append(entry)
+        return _json(200, {"transfer": "basic", "objects": objects})
+
+    def _lfs_put(self, method, params, user, body):
+        if hashlib.sha256(body).hexdigest() != params["oid"]:
+            raise HubError(400, "LFS object does not match its sha256")
+        self.lfs_objects[params["oid"]] = body
+        return 200, {}, b""
 
     def _commit(self, method, params, user, body):
         repo = self._need_write(params["repo"], user)
@@ -288,6 +323,10 @@ class FakeHub:
             key, value = line["key"], line["value"]
             if key == "file":
                 files[value["path"]] = base64.b64decode(value["content"])
+            elif key == "lfsFile":
+                if value["oid"] not in self.lfs_objects:
+                    raise HubError(400, f"LFS object {value['oid']} was never uploaded")
+                files[value["path"]] = self.lfs_objects[value["oid"]]
             elif key in ("deletedFile", "deletedFolder"):
                 for p in [p for p in files if p == value["path"] or
                           p.startswith(value["path"].rstrip("/") + "/")]:
@@ -308,7 +347,7 @@ class FakeHub:
         if data is None:
             raise HubError(404, "Entry not found", "EntryNotFound",
                            headers={"X-Repo-Commit": commit["oid"]})
-        headers = {"X-Repo-Commit": commit["oid"], "ETag": f'"{git_sha1(data)}"',
+        headers = {"X-Repo-Commit": commit["oid"], "ETag": f'"{self._oid(params["path"], data)}"',
                    "Content-Type": "application/octet-stream"}
         return 200, headers, data  # for HEAD the handler sends the length, not the body
 

@@ -23,7 +23,11 @@ from v3_common import CheckpointError, ConfigError, DownloadError, UploadError, 
 from v3_hub import (CARD_COLUMNS, CARD_MARKER, NO_TOKEN_HINT, build_model_card, load_model_from_hub,
                     resolve_token, upload_to_hub)
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [
+    pytest.mark.timeout(120),
+    # huggingface_hub's LFS PUT passes a file object as data=; httpx2 prefers content=
+    pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning"),
+]
 
 SECRET = "hf_SECRETtokenXyZ0123456789abcdef"   # alice, write access
 READ_ONLY = "hf_READonlyToken0123456789abcdef"  # alice, read access
@@ -61,6 +65,7 @@ def _hub_env(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the fake Hub speaks plain LFS
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-stored-tokens"))
     monkeypatch.setattr(v3_hub, "RETRY_WAIT_S", 0.0)
@@ -98,6 +103,7 @@ def test_upload_puts_everything_in_one_commit(trained, hub, caplog):
         out = upload(trained, hub)
     commits = new_commits(hub)
     assert len(commits) == 1 and hub.count("commit") == 1
+    assert hub.count("lfs_put") == 2  # the models travel by LFS, as on the real Hub
     expected = {f"v3/v3_model_{s}_{i}.pt" for s, i in PAIRS} | {
         "v3/training_results.json", "v3/config.json", "README.md"}
     assert set(commits[0]["changed"]) == expected
@@ -120,6 +126,7 @@ def test_second_run_makes_no_new_commit(trained, hub, caplog):
     with caplog.at_level(logging.INFO, logger="v3"):
         second = upload(trained, hub)
     assert len(new_commits(hub)) == 1 and hub.count("commit") == 1
+    assert hub.count("lfs_put") == 2  # nothing sent twice
     assert second["new_commit"] is False and second["commit"] == first["commit"]
     assert "nothing changed, no new commit" in caplog.text
 
@@ -135,6 +142,7 @@ def test_rerun_after_a_change_commits_only_the_changed_files(run_dir, hub):
     # models and config are unchanged and skipped; the results and the card (its table) changed
     assert set(commits[1]["changed"]) <= {"v3/training_results.json", "README.md"}
     assert "v3/training_results.json" in commits[1]["changed"]
+    assert hub.count("lfs_put") == 2
 
 
 def test_500_on_the_first_commit_attempt_is_retried(trained, hub, caplog):
