@@ -49,7 +49,8 @@ class PipelineConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     hf_repo: str | None = None        # default '<your user>/cpb-models'
-    hf_folder: str = "v3"
+    hf_folder: str = "v3"             # folder in the repo for models, results, config
+    hf_private: bool = False          # create the repo as private (an existing repo keeps its setting)
     upload: bool = True
     show_progress: bool = True
     preset: str = "guide"             # 'guide' or 'demo'
@@ -505,13 +506,22 @@ class V3CoLabPipeline:
 
     # -- step 5 ------------------------------------------------------------------------
     def step_5_upload_to_huggingface(self, repo_id: str | None = None, *, token: str | None = None,
-                                     private: bool = False) -> dict | None:
-        """Upload all models and results in one commit; skipped with a hint when no token."""
+                                     private: bool | None = None,
+                                     folder: str | None = None) -> dict | None:
+        """Upload every model, the results, the config and a model card in ONE commit.
+
+        Repo default '<your user>/cpb-models', folder 'v3' (config.hf_repo / hf_folder /
+        hf_private). Returns what v3_hub.upload_to_hub returns; None when skipped for want of
+        a token (one log line says how to give one). Raises UploadError on a bad token (401),
+        no write access (403) or a repo that cannot be created. Local files are only read.
+        """
         from v3_hub import upload_to_hub
+        c = self.config
         log.info("STEP 5/5: upload to the Hugging Face Hub")
-        return upload_to_hub(self.base_dir, repo_id=repo_id or self.config.hf_repo,
-                             token=token or self._hf_token, folder=self.config.hf_folder,
-                             private=private)
+        return upload_to_hub(self.base_dir, repo_id=repo_id or c.hf_repo,
+                             token=token or self._hf_token, folder=folder or c.hf_folder,
+                             private=c.hf_private if private is None else private,
+                             show_progress=c.show_progress)
 
     # -- all ---------------------------------------------------------------------------
     def run_full_pipeline(self, epochs: int = 100, batch_size: int = 32,
@@ -600,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", action="store_true", help="train pairs again even if already trained")
     p.add_argument("--no-upload", action="store_true", help="skip step 5")
     p.add_argument("--hf-repo", help="Hub model repo id (default <your user>/cpb-models)")
+    p.add_argument("--hf-folder", help="folder in the Hub repo (default v3)")
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--seed", type=int, help="random seed (default 42)")
@@ -620,7 +631,10 @@ def pipeline_from_args(args: argparse.Namespace) -> tuple[V3CoLabPipeline, list[
                                     ("learning_rate", args.learning_rate), ("device", args.device),
                                     ("seed", args.seed)) if v is not None}
     top = {k: v for k, v in (("candles", args.candles), ("source", args.source),
-                             ("data_dir", args.data_dir), ("hf_repo", args.hf_repo)) if v is not None}
+                             ("data_dir", args.data_dir), ("hf_repo", args.hf_repo),
+                             ("hf_folder", args.hf_folder)) if v is not None}
+    if args.private:
+        top["hf_private"] = True
     if args.hf_repo:
         top["upload"] = True
     if args.no_upload:
@@ -662,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
                     "status") in ("success", "skipped"))
             elif step == "upload":
                 if pipe.config.upload:
-                    pipe.step_5_upload_to_huggingface(private=args.private)
+                    pipe.step_5_upload_to_huggingface()
                 else:
                     log.info("STEP 5/5: upload switched off (--no-upload, or --demo without --hf-repo)")
     except V3Error as e:

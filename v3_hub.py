@@ -1,77 +1,663 @@
-"""Step 5: publish the models and results to a Hugging Face model repo in one commit.
+"""Step 5: publish the models to a Hugging Face model repo in one commit, and load one back.
 
-The token is never printed, logged or written anywhere. With no token the step is skipped
-with one line that says how to give one. Facts: REFERENCE.md section 3.
+    from v3_hub import upload_to_hub, load_model_from_hub
+    upload_to_hub("/content", repo_id="me/cpb-models")          # one commit under v3/
+    m = load_model_from_hub("me/cpb-models", "BTCUSDT", "15m")  # m.model, m.transform, ...
+
+What goes up, in ONE commit (the Hub limits commits per repo per hour): every
+`all_models/v3_model_*.pt`, `results/v3_training_results.json` as `training_results.json`,
+`results/config.json`, and a model card. The card is the repo's root `README.md`, unless the
+root already has a README that V3 did not write (no CARD_MARKER line): then it goes to
+`<folder>/README.md` and the root is left alone. Local files are only read.
+
+Re-running is safe: the Hub reports which files it already has, unchanged files are dropped
+from the commit, and a run with nothing new makes no commit at all. Transient failures (HTTP
+5xx/429/408, connection errors) are retried MAX_ATTEMPTS times in all, with growing waits.
+
+The token, in this order: the `token` argument, the HF_TOKEN environment variable, the stored
+login (`hf auth login`), the Colab secret HF_TOKEN (only inside the notebook UI, not from a
+`!python` command), then a hidden prompt when a person is at one. With none, the upload is
+skipped with one line saying how to give one. The token is never printed, logged, written to
+a file or put in an exception message. The endpoint follows HF_ENDPOINT (huggingface_hub's
+default otherwise). Facts: REFERENCE.md section 3.
 """
 from __future__ import annotations
 
+import getpass
 import os
-import shutil
+import re
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
-from v3_common import UploadError, log
+from v3_common import (INTERVAL_MS, CheckpointError, ConfigError, DownloadError, UploadError,
+                       check_interval, log, normalize_symbol, pair_key, read_json)
 
 DEFAULT_REPO_NAME = "cpb-models"
 DEFAULT_FOLDER = "v3"
-NO_TOKEN_HINT = ("no Hugging Face token found: upload skipped. Set HF_TOKEN (a token with write "
-                 "access from https://huggingface.co/settings/tokens), run `hf auth login`, or "
-                 "in Colab add the secret HF_TOKEN; then re-run step 5.")
+CARD_MARKER = "<!-- v3-cpb-models card: written by V3's step 5 -->"
+CARD_LICENSE = "mit"
+MAX_ATTEMPTS = 3          # tries per Hub call when the failure is transient
+RETRY_WAIT_S = 2.0        # wait before the 2nd try; doubled before each next one
+TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
+TOKEN_URL = "https://huggingface.co/settings/tokens"
+NO_TOKEN_HINT = (f"no Hugging Face token found: upload skipped. Give one with write access "
+                 f"(from {TOKEN_URL}) as the HF_TOKEN environment variable, with `hf auth login`, "
+                 f"or as the Colab secret HF_TOKEN (read only by code run in a notebook cell, not "
+                 f"by `!python`); then re-run step 5.")
+RESULTS_NAME = "training_results.json"
+CONFIG_NAME = "config.json"
 
 
-def resolve_token(explicit: str | None = None) -> str | None:
-    """An explicit token, else HF_TOKEN, else the stored login / Colab secret."""
-    if explicit:
-        return explicit
-    if os.environ.get("HF_TOKEN"):
-        return os.environ["HF_TOKEN"]
-    from huggingface_hub import get_token
-    return get_token()
+# ---------------------------------------------------------------------------------------
+# The token
 
 
-def stage_upload(base_dir: Path, staging: Path, folder: str) -> list[Path]:
-    """Copy what goes up into `staging/<folder>/` (the local files are never modified)."""
-    if staging.exists():
-        shutil.rmtree(staging)
-    dest = staging / folder
-    dest.mkdir(parents=True)
-    files = sorted((base_dir / "all_models").glob("v3_model_*.pt"))
-    for f in files:
-        shutil.copy2(f, dest / f.name)
+def resolve_token(explicit: str | None = None, *, prompt: bool | None = None) -> str | None:
+    """The token to use, or None. `prompt`: None asks only when a person is at a prompt."""
+    return _find_token(explicit, prompt=prompt)[0]
+
+
+def _find_token(explicit: str | None, *, prompt: bool | None) -> tuple[str | None, str]:
+    """(token, where it came from): the source is safe to show, the token never is."""
+    if explicit and explicit.strip():
+        return explicit.strip(), "the token argument"
+    env = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if env and env.strip():
+        return env.strip(), "HF_TOKEN"
+    from huggingface_hub import constants, get_token
+    stored = get_token()  # the stored login, then (inside the Colab UI) the Colab secret
+    if stored:
+        source = ("the stored login (hf auth login)" if Path(constants.HF_TOKEN_PATH).exists()
+                  else "the Colab secret HF_TOKEN")
+        return stored, source
+    if _person_at_prompt() if prompt is None else prompt:
+        typed = _ask_token()
+        if typed:
+            return typed, "the prompt"
+    return None, ""
+
+
+def _person_at_prompt() -> bool:
+    """True in a terminal or a notebook front end (Colab, Jupyter); False in scripts and CI."""
+    try:
+        if sys.stdin is not None and sys.stdin.isatty() and sys.stdout.isatty():
+            return True
+    except (AttributeError, ValueError, OSError):  # a closed or replaced stream
+        pass
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
+
+
+def _ask_token() -> str | None:
+    try:
+        typed = getpass.getpass("Hugging Face token with write access (input hidden; Enter skips "
+                                "the upload): ")
+    except (EOFError, NotImplementedError, OSError):  # no stdin (nbclient, a closed pipe)
+        return None
+    return typed.strip() or None
+
+
+def _scrub(text: str, token: str | None) -> str:
+    return text.replace(token, "<token>") if token else text
+
+
+# ---------------------------------------------------------------------------------------
+# Errors and retries
+
+
+def _status(e: BaseException) -> int | None:
+    from huggingface_hub.errors import HfHubHTTPError
+    if isinstance(e, HfHubHTTPError) and e.response is not None:
+        return e.response.status_code
+    return None
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection-level errors of whichever HTTP library huggingface_hub uses."""
+    import importlib
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for name in ("httpx2", "httpx", "requests"):
+        mod = sys.modules.get(name)
+        if mod is None:
+            try:
+                mod = importlib.import_module(name)
+            except ImportError:
+                continue
+        for attr in ("TransportError", "ConnectionError", "Timeout"):
+            cls = getattr(mod, attr, None)
+            if isinstance(cls, type) and issubclass(cls, BaseException):
+                found.append(cls)
+    return tuple(found)
+
+
+def _transient(e: BaseException) -> bool:
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    if isinstance(e, HfHubHTTPError):
+        return _status(e) in TRANSIENT_STATUS
+    if isinstance(e, LocalEntryNotFoundError):  # hf_hub_download: the Hub did not answer
+        return True
+    return isinstance(e, _transport_errors())
+
+
+def _describe(e: BaseException, token: str | None) -> str:
+    status = _status(e)
+    if status is not None:
+        server = e.response.headers.get("X-Error-Message") if e.response is not None else None
+        text = f"HTTP {status}" + (f" ({server})" if server else "")
+    else:
+        text = " ".join(str(e).split())[:200] or type(e).__name__
+        text = f"{type(e).__name__}: {text}"
+    return _scrub(text, token)
+
+
+def _with_retries(what: str, fn: Callable[[], Any], *, attempts: int, wait_s: float,
+                  token: str | None) -> Any:
+    """fn(), tried up to `attempts` times while its failure is transient."""
+    for n in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as e:
+            if n == attempts or not _transient(e):
+                raise
+            delay = wait_s * 2 ** (n - 1)
+            log.warning("%s: %s; trying again in %.0f s (%d of %d)", what, _describe(e, token),
+                        delay, n + 1, attempts)
+            time.sleep(delay)
+
+
+@dataclass(frozen=True)
+class _Who:
+    user: str
+    orgs: tuple[str, ...]
+    source: str            # where the token came from, for messages
+    endpoint: str
+
+
+def _upload_error(e: BaseException, *, what: str, repo_id: str, who: _Who, token: str,
+                  attempts: int) -> UploadError:
+    """One clear UploadError for a failed Hub call; never carries the token."""
+    status = _status(e)
+    ns = repo_id.split("/")[0]
+    if status == 401:
+        msg = (f"the Hugging Face token from {who.source} was rejected (HTTP 401: invalid, "
+               f"expired or revoked). Make a new token with write access at {TOKEN_URL} and set "
+               f"it as HF_TOKEN (or run `hf auth login`), then re-run step 5.")
+    elif status == 403:
+        msg = (f"the token from {who.source} (user {who.user!r}) cannot write to {repo_id} "
+               f"(HTTP 403). Make a token with write access at {TOKEN_URL} (a fine-grained token "
+               f"needs write access to {ns!r}), or upload to a repo you own: "
+               f"--hf-repo {who.user}/{DEFAULT_REPO_NAME}.")
+    elif status == 404:
+        msg = (f"{repo_id} was not found on {who.endpoint} (HTTP 404) while trying to {what}. "
+               f"Check the repo id (--hf-repo NAMESPACE/NAME).")
+    elif _transient(e):
+        msg = (f"the Hub at {who.endpoint} did not answer to {what} ({_describe(e, token)}) after "
+               f"{attempts} tries. Nothing was changed locally; re-run step 5 later: files "
+               f"already on the Hub are skipped.")
+    else:
+        msg = f"could not {what} on {repo_id}: {_describe(e, token)}."
+    return UploadError(_scrub(msg, token))
+
+
+# ---------------------------------------------------------------------------------------
+# The model card
+
+
+def build_model_card(results: dict, config: dict | None, *, repo_id: str,
+                     folder: str = DEFAULT_FOLDER, license: str = CARD_LICENSE) -> str:
+    """The README.md for the Hub: YAML metadata, what the models are, how they were trained,
+    a per-pair table beside the persistence baseline, limitations, and how to load one.
+    Deterministic (no clock): an unchanged run gives an unchanged card, hence no new commit."""
+    config = config or {}
+    pairs = sorted(k for k, r in results.items() if isinstance(r, dict))
+    rows = [results[k] for k in pairs]
+    trained = [r for r in rows if r.get("status") in ("success", "skipped") and r.get("test")]
+    synthetic = any(_is_synthetic(r) for r in rows)
+    tags = ["time-series-forecasting", "cryptocurrency", "lstm", "attention", "pytorch", "v3-cpb"]
+    tags += ["synthetic-data"] if synthetic else []
+    example = (trained or rows or [{}])[0]
+    symbols = sorted({r["symbol"] for r in rows if r.get("symbol")})
+    intervals = sorted({r["interval"] for r in rows if r.get("interval")}, key=_interval_ms)
+    f0 = next((r["features"] for r in rows if r.get("features")), {})
+    seq_len = f0.get("seq_len", (config.get("features") or {}).get("seq_len", "?"))
+    n_comp = f0.get("n_components", (config.get("features") or {}).get("n_components", "?"))
+
+    out = ["---", "library_name: pytorch", f"license: {license}",
+           "pipeline_tag: time-series-forecasting", "tags:", *[f"- {t}" for t in tags], "---",
+           CARD_MARKER, "",
+           f"# V3 cryptocurrency forecasters: {len(trained)} BiLSTM-attention models", ""]
+    if synthetic:
+        out += ["> **Synthetic data.** Some or all of these models were trained on synthetic "
+                "candles from V3's generator, not on market prices (rows marked `synthetic` "
+                "below). Their metrics say nothing about real markets.", ""]
+    out += [f"One PyTorch model per coin and timeframe ({len(symbols)} coins x "
+            f"{', '.join(intervals) or '?'}). Each reads the last {seq_len} closed candles "
+            f"({f0.get('n_features', '?')} technical indicators reduced to {n_comp} PCA "
+            f"components) and predicts the next candle's close, as a log return from the last "
+            f"close. Files in `{folder}/`: `v3_model_SYMBOL_INTERVAL.pt` (weights, model config, "
+            f"the fitted scaler and PCA, feature names, metrics), `{RESULTS_NAME}` (every "
+            f"metric of every pair) and `{CONFIG_NAME}` (the run's configuration).", "",
+            "## How they were trained", "", *_card_training(rows, config, f0, seq_len, n_comp),
+            "", "## Results (test split)", "",
+            "Persistence is the naive baseline \"next close = last close\", scored on the same "
+            "test samples. MAPE and directional accuracy are percentages; directional accuracy "
+            "counts the samples whose actual move is not zero (an honest coin flip scores 50 %).",
+            "", "| " + " | ".join(CARD_COLUMNS) + " |", "|" + "---|" * len(CARD_COLUMNS),
+            *["| " + " | ".join(_card_row(k, results[k])) + " |" for k in pairs],
+            "", "## Limitations", "",
+            "- **Not financial advice.** These are research models; do not trade with them.",
+            "- Read every metric next to the persistence baseline beside it. On real market data "
+            "next-candle forecasts are rarely much better than persistence, and directional "
+            "accuracy near 50 % is what honest results look like; far better numbers usually "
+            "mean a leak.",
+            "- The test window is short and recent; market regimes change and the models know "
+            "nothing but past candles.",
+            *(["- Rows marked `synthetic` were trained and scored on synthetic candles, not on "
+               "market prices."] if synthetic else []),
+            "", "## Load a model", "",
+            *_card_snippet(repo_id, folder, example.get("symbol", "BTCUSDT"),
+                           example.get("interval", "15m")), ""]
+    return "\n".join(out)
+
+
+def _card_training(rows: list[dict], config: dict, f0: dict, seq_len, n_comp) -> list[str]:
+    """The card's 'How they were trained' bullets, from the results and config.json."""
+    model, train = config.get("model") or {}, config.get("train") or {}
+    fcfg = config.get("features") or {}
+    ev = [r["features"]["explained_variance"] for r in rows
+          if (r.get("features") or {}).get("explained_variance") is not None]
+    ev_text = (f", keeping {100 * min(ev):.1f}-{100 * max(ev):.1f} % of the training variance"
+               if ev else "")
+    firsts = [(r.get("data") or {}).get("first") for r in rows]
+    lasts = [(r.get("data") or {}).get("last") for r in rows]
+    firsts, lasts = [x for x in firsts if x], [x for x in lasts if x]
+    span = f"from {min(firsts)} to {max(lasts)}" if firsts and lasts else "(range not recorded)"
+    sources = sorted({(r.get("data") or {}).get("source") or config.get("source") or "?"
+                      for r in rows})
+    tr, va = fcfg.get("train_frac", 0.70), fcfg.get("val_frac", 0.15)
+    warmup = f0.get("warmup_candles", config.get("warmup_candles", "?"))
+    lstm = "bidirectional LSTM" if model.get("bidirectional", True) else "LSTM"
+    pool = ("additive attention over the time steps" if model.get("use_attention", True)
+            else "the last time step")
+    hyper = ", ".join(f"{name} {train[key]}" for key, name in _TRAIN_KEYS if key in train)
+    return [
+        f"- **Data**: {', '.join(_SOURCE_TEXT.get(s, s) for s in sources)}; "
+        f"{config.get('candles', '?')} latest closed candles per pair, {span}. Chronological "
+        f"split {100 * tr:.0f}/{100 * va:.0f}/{100 * (1 - tr - va):.0f} (train / validation / "
+        f"test); nothing is fitted on validation or test rows.",
+        f"- **Features**: {f0.get('n_features', '?')} indicators per candle (returns, "
+        f"moving-average distances, Bollinger Bands, RSI, MACD, ATR, stochastic, ADX, OBV, MFI, "
+        f"volatility, volume ratios, candle shape) after a {warmup}-candle warm-up; standardised "
+        f"and reduced by PCA to {n_comp} components{ev_text}, both fitted on the training rows "
+        f"only; windows of {seq_len} candles.",
+        f"- **Architecture**: input LayerNorm, {lstm} ({n_comp} -> "
+        f"{model.get('hidden_size', '?')} x {model.get('num_layers', '?')} layers, dropout "
+        f"{model.get('dropout', '?')}), {pool}, dense head. Target: the next candle's log "
+        f"return, standardised with the training split's mean and std.",
+        f"- **Training**: {hyper or 'not recorded'}."]
+
+
+def _card_snippet(repo_id: str, folder: str, symbol: str, interval: str) -> list[str]:
+    """The card's code: with V3's loader, and with torch + huggingface_hub alone."""
+    filename = f"{folder}/v3_model_{pair_key(symbol, interval)}.pt"
+    return ["With the V3 code (`v3_hub.py` and the modules it imports):", "", "```python",
+            "from v3_hub import load_model_from_hub",
+            f'm = load_model_from_hub("{repo_id}", "{symbol}", "{interval}", folder="{folder}")',
+            "m.model      # torch.nn.Module in eval mode, on the CPU",
+            "m.transform  # the training scaler + PCA: indicator rows -> model inputs",
+            "```", "", "With torch and huggingface_hub alone:", "", "```python", "import torch",
+            "from huggingface_hub import hf_hub_download",
+            f'path = hf_hub_download("{repo_id}", "{filename}")',
+            'ckpt = torch.load(path, map_location="cpu", weights_only=True)',
+            'print(ckpt["model_config"], ckpt["seq_len"], ckpt["test"], ckpt["baseline"])',
+            "```"]
+
+
+def _is_synthetic(r: dict) -> bool:
+    return bool(r.get("synthetic") or (r.get("data") or {}).get("synthetic"))
+
+
+CARD_COLUMNS = ["pair", "status", "MAPE %", "persistence MAPE %", "RMSE", "persistence RMSE",
+                "direction %", "test samples", "data"]
+_TRAIN_KEYS = [("epochs", "epochs"), ("batch_size", "batch size"),
+               ("learning_rate", "learning rate"), ("weight_decay", "AdamW weight decay"),
+               ("grad_accum_steps", "gradient accumulation"), ("grad_clip", "gradient clip"),
+               ("patience", "early-stopping patience"), ("scheduler_t0", "cosine restarts T0"),
+               ("seed", "seed")]
+_SOURCE_TEXT = {"binance": "Binance spot candles", "csv": "candles from CSV files",
+                "synthetic": "SYNTHETIC candles (no market data)"}
+
+
+def _card_row(key: str, r: dict) -> list[str]:
+    t = r.get("test") or {}
+    b = (r.get("baseline") or {}).get("persistence") or {}
+    source = "synthetic" if _is_synthetic(r) else ((r.get("data") or {}).get("source") or "-")
+    return [key, str(r.get("status", "-")), _num(t.get("mape"), ".4f"), _num(b.get("mape"), ".4f"),
+            _num(t.get("rmse"), ".6g"), _num(b.get("rmse"), ".6g"),
+            _num(t.get("directional_accuracy"), ".1f"), _num(t.get("n"), "d"), source]
+
+
+def _num(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _interval_ms(interval: str) -> int:
+    return INTERVAL_MS.get(interval, 0)
+
+
+# ---------------------------------------------------------------------------------------
+# Upload
+
+
+@dataclass(frozen=True)
+class _LocalFiles:
+    models: list[Path]
+    results: Path | None
+    config: Path | None
+
+
+def _local_files(base_dir: Path) -> _LocalFiles:
+    models = sorted((base_dir / "all_models").glob("v3_model_*.pt"))
+    if not models:
+        raise UploadError(f"no models in {base_dir / 'all_models'} (v3_model_*.pt): train first "
+                          f"(step 4), or point base_dir at the folder that holds all_models/.")
     results = base_dir / "results" / "v3_training_results.json"
-    if results.exists():
-        shutil.copy2(results, dest / "training_results.json")
     config = base_dir / "results" / "config.json"
-    if config.exists():
-        shutil.copy2(config, dest / "config.json")
-    return files
+    return _LocalFiles(models, results if results.exists() else None,
+                       config if config.exists() else None)
+
+
+def _check_folder(folder: str) -> str:
+    f = (folder or "").strip().strip("/")
+    if not f or any(part in ("", ".", "..") for part in f.split("/")) or "\\" in f:
+        raise ConfigError(f"Hub folder {folder!r} is not a plain relative path such as 'v3' "
+                          f"(no leading '/', no '..').")
+    return f
+
+
+def _check_repo_id(repo_id: str, user: str) -> str:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+    repo_id = repo_id.strip()
+    if "/" not in repo_id:
+        repo_id = f"{user}/{repo_id}"
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ConfigError(f"Hub repo id {repo_id!r} is not valid: {e} Use NAMESPACE/NAME, e.g. "
+                          f"{user}/{DEFAULT_REPO_NAME}.") from None
+    return repo_id
+
+
+def _endpoint(endpoint: str | None) -> str | None:
+    """The endpoint to pass to huggingface_hub: the argument, else HF_ENDPOINT as it is now
+    (huggingface_hub reads it only at import), else None for the library's default."""
+    e = endpoint or os.environ.get("HF_ENDPOINT")
+    return e.rstrip("/") if e else None
+
+
+@contextmanager
+def _hf_progress(enabled: bool) -> Iterator[None]:
+    """Switch huggingface_hub's own transfer bars off for the duration, when asked."""
+    from huggingface_hub.utils import (are_progress_bars_disabled, disable_progress_bars,
+                                       enable_progress_bars)
+    was_disabled = are_progress_bars_disabled()
+    if not enabled and not was_disabled:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not enabled and not was_disabled:
+            enable_progress_bars()
 
 
 def upload_to_hub(base_dir: str | Path, *, repo_id: str | None = None, token: str | None = None,
-                  folder: str = DEFAULT_FOLDER, private: bool = False) -> dict | None:
-    """Upload every model and the results in one commit. None when skipped (no token)."""
+                  folder: str = DEFAULT_FOLDER, private: bool = False,
+                  prompt: bool | None = None, endpoint: str | None = None,
+                  license: str = CARD_LICENSE, show_progress: bool = True,
+                  max_attempts: int = MAX_ATTEMPTS, retry_wait_s: float | None = None) -> dict | None:
+    """Upload every model, the results, the config and a model card in one commit.
+
+    Returns None when skipped (no token), else {'repo_id', 'folder', 'url', 'models',
+    'files' (paths in the repo), 'card', 'commit' (the head commit after the upload),
+    'new_commit' (False when nothing had changed), 'private'}. Raises UploadError with a clear
+    message for a bad token (401), no write access (403), a repo that cannot be created, or a
+    Hub that keeps failing; ConfigError for a bad repo id or folder.
+    """
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
     base_dir = Path(base_dir)
-    token = resolve_token(token)
-    if not token:
+    folder = _check_folder(folder)
+    local = _local_files(base_dir)
+    tok, source = _find_token(token, prompt=prompt)
+    if not tok:
         log.info(NO_TOKEN_HINT)
         return None
-    api = HfApi(token=token)
+    wait_s = RETRY_WAIT_S if retry_wait_s is None else retry_wait_s
+    api = HfApi(endpoint=_endpoint(endpoint), token=tok, library_name="v3-cpb")
+    who = _Who(user="?", orgs=(), source=source, endpoint=api.endpoint)
+
+    def call(what: str, fn: Callable[[], Any], repo: str = "",
+             explain: Callable[[BaseException], UploadError | None] | None = None) -> Any:
+        """fn() with retries; any failure becomes one clear UploadError without the token."""
+        try:
+            return _with_retries(what, fn, attempts=max_attempts, wait_s=wait_s, token=tok)
+        except (UploadError, ConfigError):
+            raise
+        except Exception as e:
+            err = explain(e) if explain is not None else None
+            raise err or _upload_error(e, what=what, repo_id=repo or repo_id or "?", who=who,
+                                       token=tok, attempts=max_attempts) from None
+
+    with _hf_progress(show_progress):
+        me = call("check the token (whoami)", lambda: api.whoami(token=tok))
+        orgs = tuple(o.get("name") for o in me.get("orgs") or [] if o.get("name"))
+        who = _Who(user=me["name"], orgs=orgs, source=source, endpoint=api.endpoint)
+        repo_id = _check_repo_id(repo_id or f"{who.user}/{DEFAULT_REPO_NAME}", who.user)
+        role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+        if role == "read":
+            raise UploadError(f"the token from {source} (user {who.user!r}) is read-only, so it "
+                              f"cannot write to {repo_id} (it would get HTTP 403). Make a token "
+                              f"with write access at {TOKEN_URL} and set it as HF_TOKEN.")
+        _ensure_repo(api, repo_id, private=private, who=who, call=call)
+        _check_write(api, repo_id, call=call)
+        card_path = _card_path(api, repo_id, folder, call=call)
+        before = call("read the repo's head commit", lambda: api.repo_info(repo_id).sha, repo_id)
+
+        results = read_json(local.results, default={}) if local.results else {}
+        config = read_json(local.config, default=None) if local.config else None
+        card = build_model_card(results or {}, config, repo_id=repo_id, folder=folder,
+                                license=license).encode()
+        uploads: list[tuple[str, Path | bytes]] = [(f"{folder}/{m.name}", m) for m in local.models]
+        if local.results:
+            uploads.append((f"{folder}/{RESULTS_NAME}", local.results))
+        if local.config:
+            uploads.append((f"{folder}/{CONFIG_NAME}", local.config))
+        uploads.append((card_path, card))
+        _refuse_if_token_inside(uploads, tok)
+
+        from huggingface_hub import CommitOperationAdd
+        message = (f"V3: {len(local.models)} models, {RESULTS_NAME}, {CONFIG_NAME} and the "
+                   f"model card")
+        # Fresh operations on every try: a retry after a lost answer finds the files already
+        # there (same content) and commits nothing twice.
+        info = call("commit the upload", lambda: api.create_commit(
+            repo_id, repo_type="model", commit_message=message,
+            operations=[CommitOperationAdd(path_in_repo=p,
+                                           path_or_fileobj=str(src) if isinstance(src, Path) else src)
+                        for p, src in uploads]), repo_id)
+
+    new_commit = info.oid != before
+    url = f"{api.endpoint}/{repo_id}/tree/main/{folder}"
+    if new_commit:
+        log.info("uploaded %d models, %s, %s and the model card (%s) to %s in one commit (%s)",
+                 len(local.models), RESULTS_NAME if local.results else "no results",
+                 CONFIG_NAME if local.config else "no config", card_path, url, info.oid[:7])
+    else:
+        log.info("%s already has these %d files: nothing changed, no new commit (head %s)",
+                 repo_id, len(uploads), (info.oid or "")[:7])
+    return {"repo_id": repo_id, "folder": folder, "url": url, "models": len(local.models),
+            "files": [p for p, _ in uploads], "card": card_path, "commit": info.oid,
+            "new_commit": new_commit, "private": private}
+
+
+def _ensure_repo(api, repo_id: str, *, private: bool, who: _Who, call) -> None:
+    """Create the repo unless it exists (create_repo with exist_ok=True covers a race)."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def existing():
+        try:
+            return api.repo_info(repo_id, repo_type="model")
+        except RepositoryNotFoundError:
+            return None
+    info = call("look up the repo", existing, repo_id)
+    if info is None:
+        call("create the repo", lambda: api.create_repo(
+            repo_id, repo_type="model", private=private, exist_ok=True), repo_id,
+            explain=lambda e: _not_your_namespace(e, repo_id, who))
+        log.info("created the %s model repo %s", "private" if private else "public", repo_id)
+    elif private and not getattr(info, "private", False):
+        log.info("%s already exists and is public: --private applies only to a new repo; "
+                 "change the visibility in the repo's settings if you want", repo_id)
+
+
+def _not_your_namespace(e: BaseException, repo_id: str, who: _Who) -> UploadError | None:
+    """create_repo was refused in a namespace that is not the user's: say so plainly."""
+    ns = repo_id.split("/")[0]
+    if _status(e) in (403, 404) and ns != who.user and ns not in who.orgs:
+        return UploadError(
+            f"{repo_id} does not exist (or is private) and user {who.user!r} cannot create it: "
+            f"{ns!r} is not your namespace (HTTP {_status(e)}). Upload to your own repo with "
+            f"--hf-repo {who.user}/{DEFAULT_REPO_NAME}, or ask {ns!r} for write access.")
+    return None
+
+
+def _check_write(api, repo_id: str, *, call) -> None:
+    """Fail before sending any file when the token cannot write to the repo."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    def check() -> None:
+        try:
+            api.auth_check(repo_id, repo_type="model", write=True)
+        except HfHubHTTPError as e:
+            if _status(e) == 404:  # a Hub without this check: the commit will tell
+                log.debug("write check not available for %s; the commit will tell", repo_id)
+                return
+            raise
+    call("check write access", check, repo_id)
+
+
+def _card_path(api, repo_id: str, folder: str, *, call) -> str:
+    """'README.md' when the repo's root README is missing or ours, else '<folder>/README.md'."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RevisionNotFoundError
+
+    def fetch() -> str | None:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = hf_hub_download(repo_id, "README.md", endpoint=api.endpoint,
+                                       token=api.token, cache_dir=tmp)
+            except RevisionNotFoundError:
+                return None
+            except HfHubHTTPError as e:
+                if isinstance(e, EntryNotFoundError):
+                    return None
+                raise
+            return Path(path).read_text(encoding="utf-8", errors="replace")
+
+    root = call("read the repo's README.md", fetch, repo_id)
+    if root is None or CARD_MARKER in root:
+        return "README.md"
+    log.info("%s has its own README.md: the model card goes to %s/README.md", repo_id, folder)
+    return f"{folder}/README.md"
+
+
+def _refuse_if_token_inside(uploads: list[tuple[str, Path | bytes]], token: str) -> None:
+    """A last guard: never publish a file that contains the token."""
+    for path_in_repo, src in uploads:
+        data = src if isinstance(src, bytes) else src.read_bytes()
+        if token.encode() in data:
+            raise UploadError(f"{path_in_repo} contains the Hugging Face token: upload refused. "
+                              f"Remove the token from that file and re-run step 5.")
+
+
+# ---------------------------------------------------------------------------------------
+# Loading back
+
+
+@dataclass
+class LoadedModel:
+    """One pair's model from the Hub, ready to predict.
+
+    `model` takes windows (batch, seq_len, n_components) of PCA scores and returns the next
+    candle's standardised log return; `transform` maps raw indicator rows (in `feature_names`
+    order) to those scores; predicted close = last_close * exp(target_mean + target_std * out).
+    """
+    model: Any                     # v3_lstm_model.V3LSTMModel, eval mode, CPU
+    transform: Any                 # v3_data_processor.FittedTransform (training rows only)
+    symbol: str
+    interval: str
+    feature_names: list[str]
+    seq_len: int
+    warmup_candles: int
+    target_mean: float
+    target_std: float
+    checkpoint: dict               # everything in the file: configs, data range, metrics
+    path: Path                     # the downloaded file (in the huggingface_hub cache)
+    repo_id: str
+    revision: str | None           # the commit the file came from
+
+
+def load_model_from_hub(repo_id: str, symbol: str, interval: str, *, folder: str = DEFAULT_FOLDER,
+                        revision: str | None = None, token: str | None = None,
+                        cache_dir: str | Path | None = None,
+                        endpoint: str | None = None) -> LoadedModel:
+    """Download `<folder>/v3_model_SYMBOL_INTERVAL.pt` from a Hub model repo (cached by
+    huggingface_hub) and rebuild the model and its preprocessing, read with weights_only=True.
+
+    `token`: for private repos; None uses huggingface_hub's own lookup (HF_TOKEN, stored login).
+    Raises ConfigError (bad symbol/interval/folder), CheckpointError (no such model in the repo,
+    or not a V3 checkpoint), DownloadError (repo missing or private, no access, Hub unreachable).
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError,
+                                        LocalEntryNotFoundError, RevisionNotFoundError)
+    from v3_trainer import load_checkpoint, model_from_checkpoint, transform_from_checkpoint
+
+    symbol, interval = normalize_symbol(symbol), check_interval(interval)
+    folder = _check_folder(folder)
+    filename = f"{folder}/v3_model_{pair_key(symbol, interval)}.pt"
+    where = f"{repo_id}" + (f"@{revision}" if revision else "")
     try:
-        user = api.whoami()["name"]
-        repo_id = repo_id or f"{user}/{DEFAULT_REPO_NAME}"
-        staging = base_dir / "upload_staging"
-        files = stage_upload(base_dir, staging, folder)
-        if not files:
-            raise UploadError(f"no models in {base_dir / 'all_models'}: train first (step 4).")
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=staging, repo_type="model",
-                                 commit_message=f"V3: {len(files)} models and results")
+        path = Path(hf_hub_download(repo_id, filename, revision=revision, token=token,
+                                    cache_dir=cache_dir, endpoint=_endpoint(endpoint)))
+    except RevisionNotFoundError:
+        raise CheckpointError(f"{repo_id} has no revision {revision!r}.") from None
     except HfHubHTTPError as e:
-        status = e.response.status_code if e.response is not None else None
-        raise UploadError(f"Hugging Face upload to {repo_id or '<your user>/' + DEFAULT_REPO_NAME} "
-                          f"failed with HTTP {status}.") from None
-    log.info("uploaded %d models to https://huggingface.co/%s (folder %s/)", len(files), repo_id, folder)
-    return {"repo_id": repo_id, "folder": folder, "files": len(files),
-            "commit": getattr(info, "oid", None)}
+        if isinstance(e, EntryNotFoundError):
+            raise CheckpointError(f"{where} has no {filename}: upload that pair first, or check "
+                                  f"the symbol, interval and folder.") from None
+        raise DownloadError(f"cannot read {where} ({_describe(e, token)}): check the repo id; a "
+                            f"private repo needs a token with read access (HF_TOKEN).") from None
+    except LocalEntryNotFoundError:
+        raise DownloadError(f"the Hub did not answer while fetching {filename} from {where}, and "
+                            f"the file is not in the local cache. Check the connection (and "
+                            f"HF_ENDPOINT), then try again.") from None
+    ckpt = load_checkpoint(path)  # weights_only=True
+    if (ckpt.get("symbol"), ckpt.get("interval")) != (symbol, interval):
+        raise CheckpointError(f"{filename} in {where} holds {ckpt.get('symbol')} "
+                              f"{ckpt.get('interval')}, not {symbol} {interval}.")
+    parts = path.parts
+    commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+    return LoadedModel(model=model_from_checkpoint(ckpt), transform=transform_from_checkpoint(ckpt),
+                       symbol=symbol, interval=interval,
+                       feature_names=list(ckpt["feature_names"]), seq_len=int(ckpt["seq_len"]),
+                       warmup_candles=int(ckpt["warmup_candles"]),
+                       target_mean=float(ckpt["target_mean"]), target_std=float(ckpt["target_std"]),
+                       checkpoint=ckpt, path=path, repo_id=repo_id, revision=commit)
