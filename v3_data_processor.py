@@ -8,21 +8,29 @@ The rules that keep every number honest:
 - The scaler and the PCA are fitted on the training rows of the chronological split only,
   and kept as plain arrays (`FittedTransform`) that go into the checkpoint.
 - Sample i predicts candle t+1 from the window of rows t-seq_len+1 .. t (all closed).
+- Live prediction (`latest_window`) goes through the same functions as training.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from v3_common import (INTERVAL_MS, REQUIRED_COLUMNS, ConfigError, DataValidationError,
-                       InsufficientDataError, log)
+from v3_common import (INTERVAL_MS, REQUIRED_COLUMNS, CheckpointError, ConfigError,
+                       DataValidationError, InsufficientDataError, check_interval, log)
 
-# Rows dropped at the start of every series: long enough that EMA(26) + signal(9) and Wilder
-# smoothing (ADX smooths twice) have forgotten their starting values to well below 1e-6
-# relative (the decay is (1 - alpha)^k, with alpha >= 1/14 here).
+# Rows dropped (NaN) at the start of every series. Recursive indicators forget where they
+# started as (1 - alpha)^k: EMA(26) and Wilder(14) lose a factor 10 every ~31 candles, ADX
+# (Wilder twice) a little slower. On the real Binance candles of ../shared/data/binance-dev
+# (27 series, 2017-2022, ~2,400 cut points; bench/check_real_data.py) values computed on a
+# short history agree with those on the full history to 1e-6 (relative to the value, floored
+# at the column's median magnitude) from row ~250 on (ADX is the slowest); at row 300 the
+# worst error is 3e-8 to 6e-8 depending on the cut points, a margin of 15x or more. A price
+# jump by a factor X inside the first candles of the short history costs ~30 * log10(X)
+# candles more (a crash like LUNA's in May 2022): fetch more history then.
 WARMUP_CANDLES = 300
 
 
@@ -54,228 +62,294 @@ class FeatureConfig:
 
 
 def validate_klines(df: pd.DataFrame, name: str = "candles") -> pd.DataFrame:
-    """Check a kline frame; return it with numeric dtypes. Raises DataValidationError."""
+    """Check a kline frame; return a copy with float prices and int64 open times.
+
+    Raises DataValidationError naming the problem, the first offending rows (0-based
+    positions in the frame, with their open_time) and the fix, for: missing columns,
+    non-numeric values, NaN or inf, duplicate or unsorted open_time, high < low, open or
+    close outside [low, high], negative volume and prices <= 0.
+    """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise DataValidationError(f"{name}: missing column(s) {missing}. A kline frame needs "
-                                  f"{REQUIRED_COLUMNS}.")
+        raise DataValidationError(
+            f"{name}: missing column(s) {missing}; the columns given are {list(df.columns)[:12]}. "
+            f"A kline frame needs {REQUIRED_COLUMNS}: read files with v3_market_data.read_klines "
+            f"or rename the columns.")
     out = df.copy()
     for c in REQUIRED_COLUMNS:
         num = pd.to_numeric(out[c], errors="coerce")
-        bad = num.isna() & out[c].notna()
+        bad = (num.isna() & out[c].notna()).to_numpy()
         if bad.any():
-            raise DataValidationError(f"{name}: non-numeric values in {c!r} at rows "
-                                      f"{_first_rows(bad)}. Fix or re-download the file.")
-        out[c] = num.astype(np.float64) if c != "open_time" else num
+            raise _invalid(name, f"non-numeric values in {c!r}", bad, df, [c],
+                           "Fix or re-download the file (plain numbers, '.' as decimal point).")
+        out[c] = num.astype(np.float64)
     vals = out[REQUIRED_COLUMNS].to_numpy(dtype=np.float64)
     bad = ~np.isfinite(vals).all(axis=1)
     if bad.any():
-        raise DataValidationError(f"{name}: NaN or inf in {REQUIRED_COLUMNS} at rows "
-                                  f"{_first_rows(bad)}. Re-download the file or drop those rows.")
-    out["open_time"] = out["open_time"].astype(np.int64)
+        raise _invalid(name, f"NaN or inf in {REQUIRED_COLUMNS}", bad, out, REQUIRED_COLUMNS,
+                       "Re-download the pair, or drop those rows (the gap is then handled: "
+                       "windows across it are dropped).")
     t = out["open_time"].to_numpy()
-    dup = pd.Series(t).duplicated().to_numpy()
+    dup = pd.Series(t).duplicated(keep="first").to_numpy()
     if dup.any():
-        raise DataValidationError(f"{name}: duplicate open_time at rows {_first_rows(dup)}. "
-                                  f"Keep one candle per open time.")
+        raise _invalid(name, "duplicate open_time", dup, out, ["open_time"],
+                       "Keep one candle per open time: df.drop_duplicates('open_time', keep='last').")
     unsorted = np.r_[False, np.diff(t) < 0]
     if unsorted.any():
-        raise DataValidationError(f"{name}: open_time not sorted ascending at rows "
-                                  f"{_first_rows(unsorted)}. Sort the candles by open_time.")
+        raise _invalid(name, "open_time not sorted ascending (earlier than the row before)",
+                       unsorted, out, ["open_time"],
+                       "Sort the candles: df.sort_values('open_time').")
+    out["open_time"] = out["open_time"].astype(np.int64)
     o, h, l, c, v = (out[k].to_numpy() for k in ("open", "high", "low", "close", "volume"))
-    for mask, what in ((h < l, "high < low"),
-                       ((c > h) | (c < l), "close outside [low, high]"),
-                       ((o > h) | (o < l), "open outside [low, high]"),
-                       (v < 0, "negative volume"),
-                       (c <= 0, "close <= 0")):
+    broken = "The candles are inconsistent: re-download the pair or fix those rows."
+    for mask, what, cols in ((h < l, "high < low", ["high", "low"]),
+                             ((c > h) | (c < l), "close outside [low, high]", ["low", "high", "close"]),
+                             ((o > h) | (o < l), "open outside [low, high]", ["low", "high", "open"]),
+                             (v < 0, "negative volume", ["volume"]),
+                             (l <= 0, "price <= 0", ["low", "close"])):
         if mask.any():
-            raise DataValidationError(f"{name}: {what} at rows {_first_rows(mask)}. The "
-                                      f"candles are inconsistent: re-download or fix them.")
+            raise _invalid(name, what, mask, out, cols, broken)
     return out
 
 
-def _first_rows(mask, k: int = 5) -> str:
-    idx = np.flatnonzero(np.asarray(mask))
-    more = f" (+{len(idx) - k} more)" if len(idx) > k else ""
-    return ", ".join(str(i) for i in idx[:k]) + more
+def _invalid(name: str, what: str, mask: np.ndarray, df: pd.DataFrame, cols: list[str],
+             fix: str, k: int = 5) -> DataValidationError:
+    """The error for `mask`'s rows: how many, the first k with their values, and the fix."""
+    idx = np.flatnonzero(mask)
+    show = ["open_time"] + [c for c in cols if c != "open_time"]
+    rows = []
+    for i in idx[:k]:
+        vals = ", ".join(f"{c}={_show(df[c].iloc[i])}" for c in show if c in df.columns)
+        rows.append(f"row {i} ({vals})")
+    more = f" and {len(idx) - k} more" if len(idx) > k else ""
+    return DataValidationError(f"{name}: {what} in {len(idx)} row(s): {'; '.join(rows)}{more}. "
+                               f"{fix}")
+
+
+def _show(x) -> str:
+    return repr(x) if isinstance(x, str) else str(x)
 
 
 # ---------------------------------------------------------------------------------------
-# Indicators. Each column is documented in FEATURE_DOCS (one line: formula or convention).
+# Indicators. Every column, in order, with its formula or convention (one line each).
+# Conventions where a ratio has no value: a flat range (high == low over the window), a flat
+# band (std 0), no volume or no price moves give the neutral value named here, never NaN/inf.
 
-
-def _ema(x: pd.Series, span: int) -> pd.Series:
-    return _seeded_ewm(x, 2.0 / (span + 1), span)
-
-
-def _wilder(x: pd.Series, n: int) -> pd.Series:
-    return _seeded_ewm(x, 1.0 / n, n)
-
-
-def _seeded_ewm(x: pd.Series, alpha: float, n: int) -> pd.Series:
-    """Recursive average seeded with the mean of the first n valid values (TA-Lib's way)."""
-    x = x.astype(np.float64)
-    first = x.first_valid_index()
-    out = pd.Series(np.nan, index=x.index)
-    if first is None:
-        return out
-    pos = x.index.get_loc(first)
-    if len(x) - pos < n:
-        return out
-    y = x.copy()
-    y.iloc[: pos + n - 1] = np.nan
-    y.iloc[pos + n - 1] = x.iloc[pos: pos + n].mean()
-    return y.ewm(alpha=alpha, adjust=False).mean()
-
-
-def _rolling_mad(x: pd.Series, n: int) -> pd.Series:
-    """Mean absolute deviation from the mean over the last n values (vectorised)."""
-    a = x.to_numpy(np.float64)
-    out = np.full(len(a), np.nan)
-    if len(a) >= n:
-        w = np.lib.stride_tricks.sliding_window_view(a, n)
-        out[n - 1:] = np.abs(w - w.mean(axis=1, keepdims=True)).mean(axis=1)
-    return pd.Series(out, index=x.index)
-
-
-FEATURE_DOCS: dict[str, str] = {}
-
-
-def _doc(name: str, text: str) -> str:
-    FEATURE_DOCS[name] = text
-    return name
-
-
-def compute_indicators(klines: pd.DataFrame) -> pd.DataFrame:
-    """Indicator columns for each candle. Row t uses only candles <= t.
-
-    Needs open, high, low, close and volume. Returns one column per indicator on the same
-    index and length as the input; the first WARMUP_CANDLES rows are NaN.
-    """
-    o = klines["open"].astype(np.float64)
-    h = klines["high"].astype(np.float64)
-    l = klines["low"].astype(np.float64)
-    c = klines["close"].astype(np.float64)
-    v = klines["volume"].astype(np.float64)
-    f: dict[str, pd.Series] = {}
-    logc = np.log(c)
-
-    for k in (1, 3, 6, 12):
-        f[_doc(f"ret_{k}", f"close_t / close_(t-{k}) - 1")] = c / c.shift(k) - 1
-        f[_doc(f"log_ret_{k}", f"ln(close_t / close_(t-{k}))")] = logc - logc.shift(k)
-    for n in (7, 14, 30, 50):
-        f[_doc(f"sma_{n}_rel", f"SMA({n}) of close / close - 1")] = c.rolling(n).mean() / c - 1
-    for n in (12, 26):
-        f[_doc(f"ema_{n}_rel", f"EMA({n}) of close (SMA-seeded) / close - 1")] = _ema(c, n) / c - 1
-
-    mid = c.rolling(20).mean()
-    sd = c.rolling(20).std(ddof=0)
-    upper, lower = mid + 2 * sd, mid - 2 * sd
-    f[_doc("bb_upper_rel", "Bollinger upper (SMA20 + 2 population std) / close - 1")] = upper / c - 1
-    f[_doc("bb_lower_rel", "Bollinger lower (SMA20 - 2 population std) / close - 1")] = lower / c - 1
-    f[_doc("bb_width", "(upper - lower) / SMA20")] = (upper - lower) / mid
-    f[_doc("bb_pct_b", "%B = (close - lower) / (upper - lower); 0.5 when the band is flat")] = (
-        ((c - lower) / (upper - lower)).where(upper > lower, 0.5))
-
-    delta = c.diff()
-    gain = _wilder(delta.clip(lower=0), 14)
-    loss = _wilder((-delta).clip(lower=0), 14)
-    rsi = 100 - 100 / (1 + gain / loss)
-    f[_doc("rsi_14", "Wilder RSI(14), 0-100; 100 when there were no losses")] = (
-        rsi.where(loss > 0, 100.0).where(gain.notna()))
-
-    macd = _ema(c, 12) - _ema(c, 26)
-    signal = _ema(macd, 9)
-    f[_doc("macd_rel", "(EMA12 - EMA26) / close")] = macd / c
-    f[_doc("macd_signal_rel", "EMA9 of the MACD line / close")] = signal / c
-    f[_doc("macd_hist_rel", "(MACD - signal) / close")] = (macd - signal) / c
-
-    prev_c = c.shift(1)
-    tr = pd.concat([h - l, (h - prev_c).abs(), (l - prev_c).abs()], axis=1).max(axis=1, skipna=False)
-    tr.iloc[0] = np.nan  # no previous close on the first candle
-    atr = _wilder(tr, 14)
-    f[_doc("true_range_rel", "max(high-low, |high-prev close|, |low-prev close|) / close")] = tr / c
-    f[_doc("atr_14_rel", "Wilder ATR(14) / close")] = atr / c
-
-    hh, ll = h.rolling(14).max(), l.rolling(14).min()
-    rng = hh - ll
-    k_fast = (100 * (c - ll) / rng).where(rng > 0, 50.0).where(rng.notna())
-    stoch_k = k_fast.rolling(3).mean()
-    f[_doc("stoch_k", "slow %K: SMA3 of 100*(close - LL14)/(HH14 - LL14); 50 on a flat range")] = stoch_k
-    f[_doc("stoch_d", "slow %D: SMA3 of slow %K")] = stoch_k.rolling(3).mean()
-    f[_doc("williams_r", "-100*(HH14 - close)/(HH14 - LL14); -50 on a flat range")] = (
-        (-100 * (hh - c) / rng).where(rng > 0, -50.0).where(rng.notna()))
-
-    tp = (h + l + c) / 3
-    tp_sma = tp.rolling(20).mean()
-    mad = _rolling_mad(tp, 20)
-    f[_doc("cci_20", "(TP - SMA20(TP)) / (0.015 * mean abs deviation), TP = (H+L+C)/3")] = (
-        ((tp - tp_sma) / (0.015 * mad)).where(mad > 0, 0.0).where(mad.notna()))
-
-    up, down = h.diff(), -l.diff()
-    plus_dm = up.where((up > down) & (up > 0), 0.0).where(up.notna())
-    minus_dm = down.where((down > up) & (down > 0), 0.0).where(down.notna())
-    atr_sum = _wilder(tr, 14)
-    plus_di = 100 * _wilder(plus_dm, 14) / atr_sum
-    minus_di = 100 * _wilder(minus_dm, 14) / atr_sum
-    di_sum = plus_di + minus_di
-    dx = (100 * (plus_di - minus_di).abs() / di_sum).where(di_sum > 0, 0.0).where(di_sum.notna())
-    f[_doc("plus_di_14", "+DI(14) = 100 * Wilder(+DM) / Wilder(TR)")] = plus_di
-    f[_doc("minus_di_14", "-DI(14) = 100 * Wilder(-DM) / Wilder(TR)")] = minus_di
-    f[_doc("adx_14", "ADX(14): Wilder average of DX = 100*|+DI - -DI|/(+DI + -DI)")] = _wilder(dx, 14)
-
-    f[_doc("roc_10", "rate of change: 100 * (close / close_(t-10) - 1)")] = 100 * (c / c.shift(10) - 1)
-    f[_doc("momentum_10_rel", "(close - close_(t-10)) / close")] = (c - c.shift(10)) / c
-
-    obv_step = np.sign(delta) * v
-    obv_change = obv_step.rolling(20).sum()
-    f[_doc("obv_slope_20", "20-candle OBV change / 20-candle volume (OBV has no fixed level)")] = (
-        (obv_change / v.rolling(20).sum()).where(v.rolling(20).sum() > 0, 0.0).where(obv_change.notna()))
-
-    mf = tp * v
-    tp_d = tp.diff()
-    pos_mf = mf.where(tp_d > 0, 0.0).where(tp_d.notna()).rolling(14).sum()
-    neg_mf = mf.where(tp_d < 0, 0.0).where(tp_d.notna()).rolling(14).sum()
-    mfi = 100 - 100 / (1 + pos_mf / neg_mf)
-    f[_doc("mfi_14", "money flow index(14), 0-100; 100 when no negative flow, 50 when none")] = (
-        mfi.where(neg_mf > 0, np.where(pos_mf > 0, 100.0, 50.0)).where(pos_mf.notna()))
-
-    lr = logc.diff()
-    for n in (10, 30, 60):
-        f[_doc(f"volatility_{n}", f"std (ddof=0) of 1-candle log returns over {n} candles")] = (
-            lr.rolling(n).std(ddof=0))
-
-    vol_sma20 = v.rolling(20).mean()
-    f[_doc("volume_ratio_20", "volume / SMA20(volume); 1 when there was no volume")] = (
-        (v / vol_sma20).where(vol_sma20 > 0, 1.0).where(vol_sma20.notna()))
-    vol_sma5 = v.rolling(5).mean()
-    f[_doc("volume_ratio_5_20", "SMA5(volume) / SMA20(volume); 1 when there was no volume")] = (
-        (vol_sma5 / vol_sma20).where(vol_sma20 > 0, 1.0).where(vol_sma20.notna()))
-    f[_doc("log_volume_change", "ln((1 + volume_t) / (1 + volume_(t-1)))")] = np.log1p(v).diff()
-
-    span = h - l
-    f[_doc("range_rel", "(high - low) / close")] = span / c
-    f[_doc("body", "(close - open) / (high - low); 0 when high == low")] = (
-        ((c - o) / span).where(span > 0, 0.0))
-    f[_doc("upper_wick", "(high - max(open, close)) / (high - low); 0 when high == low")] = (
-        ((h - np.maximum(o, c)) / span).where(span > 0, 0.0))
-    f[_doc("lower_wick", "(min(open, close) - low) / (high - low); 0 when high == low")] = (
-        ((np.minimum(o, c) - l) / span).where(span > 0, 0.0))
-
-    out = pd.DataFrame(f, index=klines.index)
-    out.iloc[:WARMUP_CANDLES] = np.nan
-    return out
-
-
-FEATURE_NAMES: list[str] = []  # filled on first use (the order of compute_indicators' columns)
+FEATURE_DOCS: dict[str, str] = {
+    **{f"ret_{k}": f"close_t / close_(t-{k}) - 1" for k in (1, 3, 6, 12)},
+    **{f"log_ret_{k}": f"ln(close_t / close_(t-{k}))" for k in (1, 3, 6, 12)},
+    **{f"sma_{n}_rel": f"SMA({n}) of close / close - 1" for n in (7, 14, 30, 50)},
+    **{f"ema_{n}_rel": f"EMA({n}) of close (seeded with SMA({n}), as TA-Lib) / close - 1"
+       for n in (12, 26)},
+    "bb_upper_rel": "Bollinger upper (SMA20 + 2 population std of close) / close - 1",
+    "bb_lower_rel": "Bollinger lower (SMA20 - 2 population std of close) / close - 1",
+    "bb_width": "(upper - lower) / SMA20",
+    "bb_pct_b": "%B = (close - lower) / (upper - lower); 0.5 on a flat band",
+    "rsi_14": "Wilder RSI(14) = 100 * avg gain / (avg gain + avg loss); 50 with no moves",
+    "macd_rel": "MACD line (EMA12 - EMA26 of close) / close",
+    "macd_signal_rel": "signal line (EMA9 of the MACD line, SMA-seeded) / close",
+    "macd_hist_rel": "(MACD - signal) / close",
+    "true_range_rel": "true range max(high-low, |high-prev close|, |low-prev close|) / close",
+    "atr_14_rel": "Wilder ATR(14) / close",
+    "stoch_k": "slow %K: SMA3 of 100*(close - LL14)/(HH14 - LL14); fast %K 50 on a flat range",
+    "stoch_d": "slow %D: SMA3 of slow %K",
+    "williams_r": "Williams %R(14) = -100*(HH14 - close)/(HH14 - LL14); -50 on a flat range",
+    "cci_20": "CCI(20) = (TP - SMA20(TP)) / (0.015 * mean abs deviation), TP=(H+L+C)/3; 0 if flat",
+    "plus_di_14": "+DI(14) = 100 * Wilder(+DM) / Wilder(TR); 0 when Wilder(TR) = 0",
+    "minus_di_14": "-DI(14) = 100 * Wilder(-DM) / Wilder(TR); 0 when Wilder(TR) = 0",
+    "adx_14": "ADX(14): Wilder average of DX = 100*|+DI - -DI|/(+DI + -DI) (DX 0 if both 0)",
+    "roc_10": "rate of change: 100 * (close / close_(t-10) - 1)",
+    "momentum_10_rel": "momentum (close - close_(t-10)) / close",
+    "obv_slope_20": "OBV_t - OBV_(t-20) over the volume of those 20 candles, in [-1, 1]; 0 if none",
+    "mfi_14": "money flow index(14), 0-100: 100 * up flow / (up + down flow); 50 with no flow",
+    **{f"volatility_{n}": f"population std of 1-candle log returns over {n} candles"
+       for n in (10, 30, 60)},
+    "volume_ratio_20": "volume / SMA20(volume); 1 when there was no volume",
+    "volume_ratio_5_20": "SMA5(volume) / SMA20(volume); 1 when there was no volume",
+    "log_volume_change": "ln((volume_t + m) / (volume_(t-1) + m)), m = SMA20(volume)/1000; 0 if m=0",
+    "range_rel": "(high - low) / close",
+    "body": "(close - open) / (high - low); 0 when high == low",
+    "upper_wick": "(high - max(open, close)) / (high - low); 0 when high == low",
+    "lower_wick": "(min(open, close) - low) / (high - low); 0 when high == low",
+}
 
 
 def feature_names() -> list[str]:
-    if not FEATURE_NAMES:
-        probe = pd.DataFrame({"open": [1.0] * 3, "high": [1.0] * 3, "low": [1.0] * 3,
-                              "close": [1.0] * 3, "volume": [1.0] * 3})
-        FEATURE_NAMES.extend(compute_indicators(probe).columns)
-    return list(FEATURE_NAMES)
+    """The columns of `compute_indicators`, in order."""
+    return list(FEATURE_DOCS)
+
+
+def _shift(x: np.ndarray, k: int) -> np.ndarray:
+    """x_(t-k) on row t (NaN for the first k rows). Never a negative k: that would look ahead."""
+    out = np.full(len(x), np.nan)
+    if k < len(x):
+        out[k:] = x[:len(x) - k]
+    return out
+
+
+def _windows(x: np.ndarray, n: int) -> np.ndarray:
+    """(len(x) - n + 1, n) view: row j holds x[j .. j+n-1], the window ending at row j+n-1."""
+    return np.lib.stride_tricks.sliding_window_view(x, n)
+
+
+def _rolling(x: np.ndarray, n: int, how: str) -> np.ndarray:
+    """Trailing-window 'mean', 'sum', 'max', 'min' or 'std' (population) ending at each row.
+
+    Each window is reduced on its own, so a row's value does not depend on how much history
+    came before it (unlike a running sum). A window holding a NaN gives NaN.
+    """
+    out = np.full(len(x), np.nan)
+    if len(x) >= n:
+        out[n - 1:] = getattr(_windows(x, n), how)(axis=1)
+    return out
+
+
+def _seeded_ewm(x: np.ndarray, alpha: float, n: int, *, divisor: int | None = None
+                ) -> np.ndarray:
+    """y_t = alpha*x_t + (1-alpha)*y_(t-1), seeded on the n-th valid row with the sum of the
+    first n valid x over `divisor` (default n: their mean, TA-Lib's EMA and Wilder seeding).
+    x must be finite after its leading NaNs (it is, for validated candles)."""
+    out = np.full(len(x), np.nan)
+    valid = np.flatnonzero(~np.isnan(x))
+    if len(valid) == 0 or len(x) - valid[0] < n:
+        return out
+    p = valid[0] + n - 1
+    seeded = x[p:].copy()
+    seeded[0] = x[valid[0]: p + 1].sum() / (divisor or n)
+    # pandas' adjust=False recursion starts from its first value: the seed (a C loop)
+    out[p:] = pd.Series(seeded).ewm(alpha=alpha, adjust=False).mean().to_numpy()
+    return out
+
+
+def _ema(x: np.ndarray, span: int) -> np.ndarray:
+    return _seeded_ewm(x, 2.0 / (span + 1), span)
+
+
+def _wilder(x: np.ndarray, n: int) -> np.ndarray:
+    return _seeded_ewm(x, 1.0 / n, n)
+
+
+def _wilder_dm(x: np.ndarray, n: int) -> np.ndarray:
+    """TA-Lib's smoothing of +DM, -DM and TR inside +DI/-DI/ADX (not its ATR): a Wilder sum
+    seeded with the sum of the first n-1 values, first reported one Wilder step later. As an
+    average: seed (sum of n-1 values) / n, and the seed row itself is NaN."""
+    out = _seeded_ewm(x, 1.0 / n, n - 1, divisor=n)
+    valid = np.flatnonzero(~np.isnan(out))
+    if len(valid):
+        out[valid[0]] = np.nan
+    return out
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, fill: float, *, zero: np.ndarray | None = None
+           ) -> np.ndarray:
+    """num / den, `fill` where the denominator is zero (or where `zero` says so), NaN where
+    either input is NaN (warm-up)."""
+    zero = (den == 0) if zero is None else zero
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(zero, fill, num / den)
+    out[np.isnan(num) | np.isnan(den)] = np.nan
+    return out
+
+
+def compute_indicators(klines: pd.DataFrame) -> pd.DataFrame:
+    """Indicator columns for each candle (FEATURE_DOCS, in order). Row t uses only candles <= t.
+
+    Needs open, high, low, close and volume (finite, close > 0: see `validate_klines`).
+    Returns one column per indicator on the same index and length as the input; the first
+    WARMUP_CANDLES rows are NaN (the caller drops them).
+    """
+    o, h, l, c, v = (klines[k].to_numpy(np.float64) for k in ("open", "high", "low", "close",
+                                                                 "volume"))
+    f: dict[str, np.ndarray] = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logc = np.log(c)
+        for k in (1, 3, 6, 12):
+            f[f"ret_{k}"] = c / _shift(c, k) - 1
+            f[f"log_ret_{k}"] = logc - _shift(logc, k)
+        for n in (7, 14, 30, 50):
+            f[f"sma_{n}_rel"] = _rolling(c, n, "mean") / c - 1
+        ema12, ema26 = _ema(c, 12), _ema(c, 26)
+        f["ema_12_rel"], f["ema_26_rel"] = ema12 / c - 1, ema26 / c - 1
+
+        mid, sd = _rolling(c, 20, "mean"), _rolling(c, 20, "std")
+        upper, lower = mid + 2 * sd, mid - 2 * sd
+        f["bb_upper_rel"], f["bb_lower_rel"] = upper / c - 1, lower / c - 1
+        f["bb_width"] = (upper - lower) / mid
+        # a flat window's std is rounding noise (~1e-17 * price), not 0: compare to the price
+        f["bb_pct_b"] = _ratio(c - lower, upper - lower, 0.5, zero=sd <= 1e-12 * mid)
+
+        delta = c - _shift(c, 1)
+        gain = _wilder(np.maximum(delta, 0.0), 14)  # np.maximum keeps the NaN of row 0
+        loss = _wilder(np.maximum(-delta, 0.0), 14)
+        f["rsi_14"] = _ratio(100 * gain, gain + loss, 50.0)
+
+        macd = ema12 - ema26
+        signal = _ema(macd, 9)
+        f["macd_rel"], f["macd_signal_rel"] = macd / c, signal / c
+        f["macd_hist_rel"] = (macd - signal) / c
+
+        prev_c = _shift(c, 1)
+        tr = np.maximum(h - l, np.maximum(np.abs(h - prev_c), np.abs(l - prev_c)))  # NaN on row 0
+        atr = _wilder(tr, 14)
+        f["true_range_rel"], f["atr_14_rel"] = tr / c, atr / c
+
+        hh, ll = _rolling(h, 14, "max"), _rolling(l, 14, "min")
+        stoch_k = _rolling(_ratio(100 * (c - ll), hh - ll, 50.0), 3, "mean")
+        f["stoch_k"], f["stoch_d"] = stoch_k, _rolling(stoch_k, 3, "mean")
+        f["williams_r"] = _ratio(-100 * (hh - c), hh - ll, -50.0)
+
+        tp = (h + l + c) / 3
+        tp_w = _windows(tp, 20) if len(tp) >= 20 else np.empty((0, 20))
+        tp_mean, mad = np.full(len(tp), np.nan), np.full(len(tp), np.nan)
+        tp_mean[19:] = tp_w.mean(axis=1)
+        mad[19:] = np.abs(tp_w - tp_mean[19:, None]).mean(axis=1)
+        f["cci_20"] = _ratio(tp - tp_mean, 0.015 * mad, 0.0, zero=mad <= 1e-12 * tp_mean)
+
+        up, down = h - _shift(h, 1), _shift(l, 1) - l
+        plus_dm = np.where((up > down) & (up > 0), up, 0.0)
+        minus_dm = np.where((down > up) & (down > 0), down, 0.0)
+        plus_dm[:1] = minus_dm[:1] = np.nan  # no previous candle
+        tr_dm = _wilder_dm(tr, 14)
+        plus_di = _ratio(100 * _wilder_dm(plus_dm, 14), tr_dm, 0.0)
+        minus_di = _ratio(100 * _wilder_dm(minus_dm, 14), tr_dm, 0.0)
+        f["plus_di_14"], f["minus_di_14"] = plus_di, minus_di
+        dx = _ratio(100 * np.abs(plus_di - minus_di), plus_di + minus_di, 0.0)
+        f["adx_14"] = _wilder(dx, 14)
+
+        f["roc_10"] = 100 * (c / _shift(c, 10) - 1)
+        f["momentum_10_rel"] = (c - _shift(c, 10)) / c
+
+        vol20 = _rolling(v, 20, "sum")
+        f["obv_slope_20"] = _ratio(_rolling(np.sign(delta) * v, 20, "sum"), vol20, 0.0)
+
+        tp_d = tp - _shift(tp, 1)
+        mf = tp * v
+        up_mf, down_mf = np.where(tp_d > 0, mf, 0.0), np.where(tp_d < 0, mf, 0.0)
+        up_mf[:1] = down_mf[:1] = np.nan  # no previous candle
+        pos_mf, neg_mf = _rolling(up_mf, 14, "sum"), _rolling(down_mf, 14, "sum")
+        f["mfi_14"] = _ratio(100 * pos_mf, pos_mf + neg_mf, 50.0)
+
+        lr = logc - _shift(logc, 1)
+        for n in (10, 30, 60):
+            f[f"volatility_{n}"] = _rolling(lr, n, "std")
+
+        vol_sma20 = vol20 / 20
+        f["volume_ratio_20"] = _ratio(v, vol_sma20, 1.0)
+        f["volume_ratio_5_20"] = _ratio(_rolling(v, 5, "mean"), vol_sma20, 1.0)
+        m = vol_sma20 / 1000  # scale-free floor: zero-volume candles give a finite value
+        lvc = np.log(v + m) - np.log(_shift(v, 1) + m)
+        lvc[m == 0] = 0.0  # no volume in 20 candles: no change
+        f["log_volume_change"] = lvc
+
+        span = h - l
+        f["range_rel"] = span / c
+        f["body"] = _ratio(c - o, span, 0.0)
+        f["upper_wick"] = _ratio(h - np.maximum(o, c), span, 0.0)
+        f["lower_wick"] = _ratio(np.minimum(o, c) - l, span, 0.0)
+
+    out = np.column_stack([f[k] for k in FEATURE_DOCS])  # (n, F)
+    out[:WARMUP_CANDLES] = np.nan
+    return pd.DataFrame(out, index=klines.index, columns=list(FEATURE_DOCS))
 
 
 # ---------------------------------------------------------------------------------------
@@ -395,6 +469,26 @@ class PreparedData:
                        feature_names=[str(s) for s in z["feature_names"]], **scalars)
 
 
+def feature_matrix(klines: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Validated candles -> (raw indicator rows (R, F) float64, ok (R,) bool: no NaN/inf)."""
+    raw = compute_indicators(klines).to_numpy(dtype=np.float64)
+    return raw, np.isfinite(raw).all(axis=1)
+
+
+def feature_scores(raw: np.ndarray, ok: np.ndarray, transform: FittedTransform) -> np.ndarray:
+    """Raw indicator rows -> (R, K) float32 PCA scores with a fitted transform; rows that are
+    not ok (the warm-up) stay 0 and are never part of a window. The one path from features to
+    model inputs, shared by training (`prepare_dataset`) and live prediction (`latest_window`)."""
+    if raw.shape[1] != len(transform.mean):
+        raise CheckpointError(
+            f"the fitted transform expects {len(transform.mean)} indicator columns, "
+            f"compute_indicators gives {raw.shape[1]}: the checkpoint comes from another "
+            f"version of V3. Retrain the pair with this version.")
+    scores = np.zeros((len(raw), transform.n_components), dtype=np.float32)
+    scores[ok] = apply_transform(raw[ok], transform).astype(np.float32)
+    return scores
+
+
 def prepare_dataset(klines: pd.DataFrame, cfg: FeatureConfig = FeatureConfig(), *,
                     interval: str, name: str = "candles") -> PreparedData:
     """Validate, compute indicators, split chronologically, fit scaling+PCA on train only."""
@@ -405,10 +499,7 @@ def prepare_dataset(klines: pd.DataFrame, cfg: FeatureConfig = FeatureConfig(), 
             f"{name}: {len(df)} candles, need >= {need} (warm-up {WARMUP_CANDLES} + window "
             f"{cfg.seq_len} + {need - WARMUP_CANDLES - cfg.seq_len} for the 70/15/15 splits). "
             f"Download more candles (--candles) or shorten the window.")
-    feats = compute_indicators(df)
-    names = list(feats.columns)
-    raw = feats.to_numpy(dtype=np.float64)
-    ok_row = np.isfinite(raw).all(axis=1)
+    raw, ok_row = feature_matrix(df)
     close = df["close"].to_numpy(np.float64)
     t_open = df["open_time"].to_numpy(np.int64)
     step = INTERVAL_MS[interval]
@@ -447,8 +538,7 @@ def prepare_dataset(klines: pd.DataFrame, cfg: FeatureConfig = FeatureConfig(), 
     if transform.explained_variance_ratio.sum() < 0.95:
         log.warning("%s: %d PCA components keep %.1f%% of the training variance (< 95%%)",
                     name, transform.n_components, 100 * transform.explained_variance_ratio.sum())
-    scores = np.zeros((n, transform.n_components), dtype=np.float32)
-    scores[ok_row] = apply_transform(raw[ok_row], transform).astype(np.float32)
+    scores = feature_scores(raw, ok_row, transform)
 
     log_ret = np.log(close[t + 1] / close[t])
     mu = float(log_ret[:n_train].mean())
@@ -459,9 +549,49 @@ def prepare_dataset(klines: pd.DataFrame, cfg: FeatureConfig = FeatureConfig(), 
         target=((log_ret - mu) / sd).astype(np.float32),
         last_close=close[t], actual_close=close[t + 1],
         target_open_time=t_open[t + 1], n_train=n_train, n_val=n_val,
-        transform=transform, target_mean=mu, target_std=sd, feature_names=names,
+        transform=transform, target_mean=mu, target_std=sd, feature_names=feature_names(),
         seq_len=T, gap_windows_dropped=gap_dropped,
         first_open_time=int(t_open[0]), last_open_time=int(t_open[-1]))
+
+
+def latest_window(klines: pd.DataFrame, transform: FittedTransform, *, seq_len: int,
+                  interval: str, now_ms: int | None = None, name: str = "candles"
+                  ) -> tuple[np.ndarray, int, float]:
+    """The model input for predicting the candle after the last closed one, built exactly as
+    in training (`validate_klines` -> `compute_indicators` -> `feature_scores`).
+
+    Candles still open at `now_ms` (default: now) are dropped. Returns (window (1, seq_len, K)
+    float32, open time in ms of the window's last candle, its close); the prediction is for
+    the candle opening at that time + the interval. Raises InsufficientDataError when there
+    are fewer than WARMUP_CANDLES + seq_len closed candles, DataValidationError when the last
+    seq_len candles span a gap (training drops such windows too).
+    """
+    step = INTERVAL_MS[check_interval(interval)]
+    df = validate_klines(klines, name).reset_index(drop=True)
+    now_ms = int(time.time() * 1000) if now_ms is None else int(now_ms)
+    closed = df["open_time"].to_numpy(np.int64) + step <= now_ms
+    if not closed.all():
+        log.info("%s: dropped %d candle(s) still open at %d ms", name, int((~closed).sum()), now_ms)
+        df = df[closed].reset_index(drop=True)
+    need = WARMUP_CANDLES + seq_len
+    if len(df) < need:
+        raise InsufficientDataError(
+            f"{name}: {len(df)} closed candles, need >= {need} (indicator warm-up "
+            f"{WARMUP_CANDLES} + window {seq_len}). Fetch at least {need} {interval} candles.")
+    t_open = df["open_time"].to_numpy(np.int64)
+    tail = t_open[-seq_len:]
+    if tail[-1] - tail[0] != (seq_len - 1) * step:
+        at = int(np.flatnonzero(np.diff(tail) != step)[0]) + len(df) - seq_len + 1
+        raise DataValidationError(
+            f"{name}: the last {seq_len} candles span a gap in the series (before row {at}, "
+            f"open_time {t_open[at]}); a model only sees gap-free windows. Download the "
+            f"missing candles, or wait for {seq_len} candles after the gap.")
+    raw, ok = feature_matrix(df)
+    if not ok[-seq_len:].all():
+        raise DataValidationError(f"{name}: NaN or inf indicators in the last {seq_len} candles; "
+                                  f"check the candles for broken values.")
+    window = feature_scores(raw, ok, transform)[-seq_len:]   # (T, K)
+    return window[None], int(t_open[-1]), float(df["close"].iloc[-1])
 
 
 def check_feature_config(cfg: FeatureConfig) -> None:

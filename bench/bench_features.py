@@ -1,0 +1,259 @@
+"""Benchmark: the vectorised indicators vs the same work done row by row in Python loops.
+
+    python bench/bench_features.py                          # 40 pairs x 3,000 candles
+    python bench/bench_features.py --pairs 2 --candles 600  # the tiny run the tests use
+
+Both implementations run on the same synthetic candles in the same process; the table shows
+the machine and the command. The loop version is also a second, independent implementation
+of every column (same conventions), so the run checks that both agree before timing counts.
+Goal (issue 3): all 40 pairs in under 1 s on a 2-core machine.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from v3_common import DEFAULT_COINS, DEFAULT_TIMEFRAMES  # noqa: E402
+from v3_data_processor import FEATURE_DOCS, WARMUP_CANDLES, compute_indicators  # noqa: E402
+from v3_market_data import synthetic_klines  # noqa: E402
+
+NAN = float("nan")
+
+
+def guide_obv(close: list[float], volume: list[float]) -> list[float]:
+    """On-balance volume the way the guide's original code built it: one row at a time."""
+    obv = [0.0]
+    for i in range(1, len(close)):
+        if close[i] > close[i - 1]:
+            obv.append(obv[-1] + volume[i])
+        elif close[i] < close[i - 1]:
+            obv.append(obv[-1] - volume[i])
+        else:
+            obv.append(obv[-1])
+    return obv
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _pstd(xs: list[float]) -> float:
+    m = _mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
+
+
+def loop_indicators(o: list[float], h: list[float], l: list[float], c: list[float],
+                    v: list[float]) -> dict[str, list[float]]:
+    """Every column of compute_indicators, computed row by row with plain Python."""
+    n = len(c)
+    col = {name: [NAN] * n for name in FEATURE_DOCS}
+    tp = [(h[t] + l[t] + c[t]) / 3 for t in range(n)]
+    obv = guide_obv(c, v)
+    ema = {12: NAN, 26: NAN}
+    gain = loss = atr = signal = adx = NAN
+    s_pdm = s_mdm = s_tr = 0.0  # TA-Lib's Wilder sums for +DI/-DI/ADX
+    macd, gains, losses, trs, fast_k, slow_k, dxs, lr = ([NAN] * n for _ in range(8))
+    for t in range(n):
+        for k in (1, 3, 6, 12):
+            if t >= k:
+                col[f"ret_{k}"][t] = c[t] / c[t - k] - 1
+                col[f"log_ret_{k}"][t] = math.log(c[t] / c[t - k])
+        for w in (7, 14, 30, 50):
+            if t >= w - 1:
+                col[f"sma_{w}_rel"][t] = _mean(c[t - w + 1:t + 1]) / c[t] - 1
+        for span in (12, 26):  # EMA seeded with the SMA of the first `span` closes
+            if t == span - 1:
+                ema[span] = _mean(c[:span])
+            elif t >= span:
+                ema[span] += 2 / (span + 1) * (c[t] - ema[span])
+            if t >= span - 1:
+                col[f"ema_{span}_rel"][t] = ema[span] / c[t] - 1
+        if t >= 19:
+            mid, sd = _mean(c[t - 19:t + 1]), _pstd(c[t - 19:t + 1])
+            up, lo = mid + 2 * sd, mid - 2 * sd
+            col["bb_upper_rel"][t], col["bb_lower_rel"][t] = up / c[t] - 1, lo / c[t] - 1
+            col["bb_width"][t] = (up - lo) / mid
+            col["bb_pct_b"][t] = 0.5 if sd <= 1e-12 * mid else (c[t] - lo) / (up - lo)
+        if t >= 1:
+            d = c[t] - c[t - 1]
+            gains[t], losses[t] = max(d, 0.0), max(-d, 0.0)
+            trs[t] = max(h[t] - l[t], abs(h[t] - c[t - 1]), abs(l[t] - c[t - 1]))
+            col["true_range_rel"][t] = trs[t] / c[t]
+        if t == 14:
+            gain, loss, atr = _mean(gains[1:15]), _mean(losses[1:15]), _mean(trs[1:15])
+        elif t > 14:
+            gain, loss = (gain * 13 + gains[t]) / 14, (loss * 13 + losses[t]) / 14
+            atr = (atr * 13 + trs[t]) / 14
+        if t >= 14:
+            col["rsi_14"][t] = 50.0 if gain + loss == 0 else 100 * gain / (gain + loss)
+            col["atr_14_rel"][t] = atr / c[t]
+        if t >= 25:
+            macd[t] = ema[12] - ema[26]
+            col["macd_rel"][t] = macd[t] / c[t]
+        if t == 33:
+            signal = _mean(macd[25:34])
+        elif t > 33:
+            signal += 2 / 10 * (macd[t] - signal)
+        if t >= 33:
+            col["macd_signal_rel"][t] = signal / c[t]
+            col["macd_hist_rel"][t] = (macd[t] - signal) / c[t]
+        if t >= 13:
+            hh, ll = max(h[t - 13:t + 1]), min(l[t - 13:t + 1])
+            fast_k[t] = 50.0 if hh == ll else 100 * (c[t] - ll) / (hh - ll)
+            col["williams_r"][t] = -50.0 if hh == ll else -100 * (hh - c[t]) / (hh - ll)
+        if t >= 15:
+            slow_k[t] = _mean(fast_k[t - 2:t + 1])
+            col["stoch_k"][t] = slow_k[t]
+        if t >= 17:
+            col["stoch_d"][t] = _mean(slow_k[t - 2:t + 1])
+        if t >= 19:
+            m = _mean(tp[t - 19:t + 1])
+            mad = _mean([abs(x - m) for x in tp[t - 19:t + 1]])
+            col["cci_20"][t] = 0.0 if mad <= 1e-12 * m else (tp[t] - m) / (0.015 * mad)
+        if t >= 1:  # TA-Lib: sum 13 values, then Wilder steps S = S - S/14 + x from row 14 on
+            up_move, down_move = h[t] - h[t - 1], l[t - 1] - l[t]
+            pdm = up_move if up_move > down_move and up_move > 0 else 0.0
+            mdm = down_move if down_move > up_move and down_move > 0 else 0.0
+            if t <= 13:
+                s_pdm, s_mdm, s_tr = s_pdm + pdm, s_mdm + mdm, s_tr + trs[t]
+            else:
+                s_pdm, s_mdm = s_pdm - s_pdm / 14 + pdm, s_mdm - s_mdm / 14 + mdm
+                s_tr = s_tr - s_tr / 14 + trs[t]
+                pdi = 0.0 if s_tr == 0 else 100 * s_pdm / s_tr
+                mdi = 0.0 if s_tr == 0 else 100 * s_mdm / s_tr
+                col["plus_di_14"][t], col["minus_di_14"][t] = pdi, mdi
+                dxs[t] = 0.0 if pdi + mdi == 0 else 100 * abs(pdi - mdi) / (pdi + mdi)
+        if t == 27:
+            adx = _mean(dxs[14:28])
+        elif t > 27:
+            adx = (adx * 13 + dxs[t]) / 14
+        if t >= 27:
+            col["adx_14"][t] = adx
+        if t >= 10:
+            col["roc_10"][t] = 100 * (c[t] / c[t - 10] - 1)
+            col["momentum_10_rel"][t] = (c[t] - c[t - 10]) / c[t]
+        if t >= 20:
+            vol20 = sum(v[t - 19:t + 1])
+            col["obv_slope_20"][t] = 0.0 if vol20 == 0 else (obv[t] - obv[t - 20]) / vol20
+        if t >= 14:
+            pos = sum(tp[s] * v[s] for s in range(t - 13, t + 1) if tp[s] > tp[s - 1])
+            neg = sum(tp[s] * v[s] for s in range(t - 13, t + 1) if tp[s] < tp[s - 1])
+            col["mfi_14"][t] = 50.0 if pos + neg == 0 else 100 * pos / (pos + neg)
+        if t >= 1:
+            lr[t] = math.log(c[t] / c[t - 1])
+        for w in (10, 30, 60):
+            if t >= w:
+                col[f"volatility_{w}"][t] = _pstd(lr[t - w + 1:t + 1])
+        if t >= 19:
+            sma20 = _mean(v[t - 19:t + 1])
+            col["volume_ratio_20"][t] = 1.0 if sma20 == 0 else v[t] / sma20
+            col["volume_ratio_5_20"][t] = 1.0 if sma20 == 0 else _mean(v[t - 4:t + 1]) / sma20
+            m = sma20 / 1000
+            col["log_volume_change"][t] = 0.0 if m == 0 else math.log((v[t] + m) / (v[t - 1] + m))
+        span = h[t] - l[t]
+        col["range_rel"][t] = span / c[t]
+        col["body"][t] = 0.0 if span == 0 else (c[t] - o[t]) / span
+        col["upper_wick"][t] = 0.0 if span == 0 else (h[t] - max(o[t], c[t])) / span
+        col["lower_wick"][t] = 0.0 if span == 0 else (min(o[t], c[t]) - l[t]) / span
+    for name in col:
+        col[name][:WARMUP_CANDLES] = [NAN] * min(WARMUP_CANDLES, n)
+    return col
+
+
+def max_disagreement(vec: np.ndarray, loop: np.ndarray) -> float:
+    """Largest |a - b| / max(|b|, median |b| of the column) over all rows and columns; inf when
+    the NaN patterns differ."""
+    if not np.array_equal(np.isnan(vec), np.isnan(loop)):
+        return float("inf")
+    if np.isnan(loop).all():
+        return 0.0
+    floor = np.nanmedian(np.abs(loop), axis=0)
+    err = np.abs(vec - loop) / np.maximum(np.abs(loop), floor)
+    return float(np.nanmax(np.where(np.isnan(loop), 0.0, err)))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=40, help="pairs (coin x timeframe), default 40")
+    ap.add_argument("--candles", type=int, default=3000, help="candles per pair, default 3000")
+    ap.add_argument("--repeat", type=int, default=5, help="vectorised runs, best counts (5)")
+    args = ap.parse_args(argv)
+    import pandas as pd
+
+    guide = [(s, i) for s in DEFAULT_COINS for i in DEFAULT_TIMEFRAMES]  # the guide's 40 pairs
+    frames = [synthetic_klines(*guide[k % len(guide)], args.candles, seed=k // len(guide))
+              for k in range(args.pairs)]
+    cols = [{k: df[k].tolist() for k in ("open", "high", "low", "close", "volume")} for df in frames]
+
+    vec_times = []
+    for _ in range(max(1, args.repeat)):
+        t0 = time.perf_counter()
+        vec = [compute_indicators(df) for df in frames]
+        vec_times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    loop = [loop_indicators(d["open"], d["high"], d["low"], d["close"], d["volume"]) for d in cols]
+    loop_s = time.perf_counter() - t0
+
+    obv_vec_times = []
+    for _ in range(max(1, args.repeat)):
+        t0 = time.perf_counter()
+        for df in frames:
+            c, v = df["close"].to_numpy(), df["volume"].to_numpy()
+            np.cumsum(np.r_[0.0, np.sign(np.diff(c)) * v[1:]])
+        obv_vec_times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for d in cols:
+        guide_obv(d["close"], d["volume"])
+    obv_loop_s = time.perf_counter() - t0
+
+    err = max(max_disagreement(a.to_numpy(), np.column_stack([b[k] for k in a.columns]))
+              for a, b in zip(vec, loop))
+    vec_s, obv_vec_s = min(vec_times), min(obv_vec_times)
+    n = len(frames)
+    rows = [("all 45 indicators, vectorised (compute_indicators)", vec_s, loop_s / vec_s),
+            ("all 45 indicators, row-by-row Python loops", loop_s, 1.0),
+            ("OBV only, vectorised (numpy cumsum)", obv_vec_s, obv_loop_s / obv_vec_s),
+            ("OBV only, the guide's row-by-row loop", obv_loop_s, 1.0)]
+    print(f"bench_features: {n} pairs x {args.candles} candles (synthetic GARCH candles), "
+          f"{len(FEATURE_DOCS)} indicator columns")
+    print(f"machine: {platform.system()} {platform.machine()}, {_cpu_name()}, {os.cpu_count()} cores,"
+          f" load average {os.getloadavg()[0]:.2f}; Python {platform.python_version()}, numpy "
+          f"{np.__version__}, pandas {pd.__version__}")
+    print(f"command: python bench/bench_features.py --pairs {args.pairs} --candles {args.candles} "
+          f"--repeat {args.repeat}")
+    print()
+    print(f"| {'implementation':52s} | {'total s':>8s} | {'ms/pair':>8s} | {'speed-up':>8s} |")
+    print(f"|{'-' * 54}|{'-' * 10}|{'-' * 10}|{'-' * 10}|")
+    for what, s, speed in rows:
+        print(f"| {what:52s} | {s:8.3f} | {1000 * s / n:8.2f} | {speed:7.1f}x |")
+    print()
+    ok = err <= 1e-9
+    print(f"agreement (vectorised vs loops, every row and column): max error {err:.1e} "
+          f"(relative, floored at the column's median magnitude) -> {'OK' if ok else 'MISMATCH'}")
+    if n == 40 and args.candles == 3000:
+        print(f"goal (40 pairs x 3,000 candles < 1 s): {'met' if vec_s < 1.0 else 'NOT met'} "
+              f"({vec_s:.3f} s, best of {len(vec_times)})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
