@@ -43,6 +43,10 @@ class RetryableDownloadError(DownloadError):
     """A temporary download failure (429, 5xx, timeout): retried with backoff."""
 
 
+class StaleDataError(DownloadError):
+    """The newest candle is too old (more than two intervals): the market data is stale."""
+
+
 class UploadError(V3Error):
     """The Hugging Face upload cannot go on (bad token, no write access, missing repo)."""
 

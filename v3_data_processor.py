@@ -33,6 +33,10 @@ from v3_common import (INTERVAL_MS, REQUIRED_COLUMNS, CheckpointError, ConfigErr
 # candles more (a crash like LUNA's in May 2022): fetch more history then.
 WARMUP_CANDLES = 300
 
+# The version of the indicator set: bumped whenever a column is added, removed or redefined,
+# so a checkpoint is only used with the features it was trained on (v3_predict checks it).
+FEATURE_SET_VERSION = 2
+
 
 @dataclass(frozen=True)
 class FeatureConfig:

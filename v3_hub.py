@@ -610,8 +610,20 @@ class LoadedModel:
     target_std: float
     checkpoint: dict               # everything in the file: configs, data range, metrics
     path: Path                     # the downloaded file (in the huggingface_hub cache)
-    repo_id: str
+    repo_id: str | None            # None for a local file
     revision: str | None           # the commit the file came from
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, *, path: Path, repo_id: str | None = None,
+                        revision: str | None = None) -> "LoadedModel":
+        """Rebuild the model and its preprocessing from a checkpoint read by load_checkpoint."""
+        from v3_trainer import model_from_checkpoint, transform_from_checkpoint
+        return cls(model=model_from_checkpoint(ckpt), transform=transform_from_checkpoint(ckpt),
+                   symbol=str(ckpt["symbol"]), interval=str(ckpt["interval"]),
+                   feature_names=list(ckpt["feature_names"]), seq_len=int(ckpt["seq_len"]),
+                   warmup_candles=int(ckpt["warmup_candles"]),
+                   target_mean=float(ckpt["target_mean"]), target_std=float(ckpt["target_std"]),
+                   checkpoint=ckpt, path=Path(path), repo_id=repo_id, revision=revision)
 
 
 def load_model_from_hub(repo_id: str, symbol: str, interval: str, *, folder: str = DEFAULT_FOLDER,
@@ -628,7 +640,7 @@ def load_model_from_hub(repo_id: str, symbol: str, interval: str, *, folder: str
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError,
                                         LocalEntryNotFoundError, RevisionNotFoundError)
-    from v3_trainer import load_checkpoint, model_from_checkpoint, transform_from_checkpoint
+    from v3_trainer import load_checkpoint
 
     symbol, interval = normalize_symbol(symbol), check_interval(interval)
     folder = _check_folder(folder)
@@ -655,9 +667,4 @@ def load_model_from_hub(repo_id: str, symbol: str, interval: str, *, folder: str
                               f"{ckpt.get('interval')}, not {symbol} {interval}.")
     parts = path.parts
     commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
-    return LoadedModel(model=model_from_checkpoint(ckpt), transform=transform_from_checkpoint(ckpt),
-                       symbol=symbol, interval=interval,
-                       feature_names=list(ckpt["feature_names"]), seq_len=int(ckpt["seq_len"]),
-                       warmup_candles=int(ckpt["warmup_candles"]),
-                       target_mean=float(ckpt["target_mean"]), target_std=float(ckpt["target_std"]),
-                       checkpoint=ckpt, path=path, repo_id=repo_id, revision=commit)
+    return LoadedModel.from_checkpoint(ckpt, path=path, repo_id=repo_id, revision=commit)

@@ -312,7 +312,7 @@ def _save(obj: dict, path: str | Path) -> None:
 def save_checkpoint(path: str | Path, *, model_state: dict, model_config: ModelConfig,
                     data: PreparedData, feature_config: dict, meta: dict) -> None:
     """The model file a user keeps: best weights + everything needed to predict."""
-    from v3_data_processor import WARMUP_CANDLES
+    from v3_data_processor import FEATURE_SET_VERSION, WARMUP_CANDLES
     obj = {
         "format": CHECKPOINT_FORMAT,
         "model_state": model_state,
@@ -323,6 +323,7 @@ def save_checkpoint(path: str | Path, *, model_state: dict, model_config: ModelC
         "feature_names": list(data.feature_names),
         "seq_len": int(data.seq_len),
         "warmup_candles": int(WARMUP_CANDLES),
+        "feature_set_version": int(FEATURE_SET_VERSION),
         "target_mean": float(data.target_mean),
         "target_std": float(data.target_std),
         "torch_version": str(torch.__version__),
