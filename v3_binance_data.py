@@ -18,6 +18,7 @@ within the real API's limits. Facts about the API are in REFERENCE.md sections 1
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -835,19 +836,22 @@ class BinanceDownloader:
         if not pairs:
             return []
         checks = self.check_symbols([s for s, _ in pairs])
-        jobs = [(checks[s], i) for s, i in pairs]
-        results: dict[int, PairDownload] = {}
+        # one download per traded pair, even when COINS names both MATICUSDT and POLUSDT
+        jobs: dict[tuple[str, str], tuple[SymbolCheck, str]] = {}
+        for s, i in pairs:
+            jobs.setdefault((checks[s].symbol, i), (checks[s], i))
+        done: dict[tuple[str, str], PairDownload] = {}
         bar = progress(total=len(jobs), enabled=self.show_progress, desc="download", unit="pair")
-        pool = ThreadPoolExecutor(max_workers=min(self.workers, len(jobs)) or 1,
+        pool = ThreadPoolExecutor(max_workers=min(self.workers, len(jobs)),
                                   thread_name_prefix="v3-download")
         try:
             futures = {pool.submit(self.download_pair, chk, i, n_candles, data_dir=data_dir,
                                    refresh=refresh if isinstance(refresh, bool)
                                    else (chk.symbol, i) in refresh or (chk.requested, i) in refresh,
-                                   source=source): k for k, (chk, i) in enumerate(jobs)}
+                                   source=source): key for key, (chk, i) in jobs.items()}
             for fut in as_completed(futures):
                 r = fut.result()
-                results[futures[fut]] = r
+                done[futures[fut]] = r
                 bar.update(1)
                 bar.set_postfix_str(f"{r.key} {'ok' if r.ok else 'failed'}")
         except BaseException:
@@ -857,7 +861,8 @@ class BinanceDownloader:
         finally:
             bar.close()
         pool.shutdown()
-        return [results[k] for k in range(len(jobs))]
+        return [dataclasses.replace(done[(checks[s].symbol, i)], requested_symbol=s)
+                for s, i in pairs]
 
 
 def format_download_table(outcomes: list[PairDownload]) -> str:

@@ -599,3 +599,10 @@ def test_fast_csv_writer_writes_what_pandas_float_format_writes(klines, tmp_path
     buf = io.StringIO()
     df.to_csv(buf, index=False, float_format="%.12g")
     assert (tmp_path / "a.csv").read_text() == buf.getvalue()
+
+
+def test_old_and_new_name_of_a_renamed_coin_download_once(fake, tmp_path):
+    rs = fetch(downloader(fake.url), [("MATICUSDT", "1h"), ("POLUSDT", "1h")], 500, tmp_path)
+    assert [(r.requested_symbol, r.symbol, r.ok) for r in rs] == [
+        ("MATICUSDT", "POLUSDT", True), ("POLUSDT", "POLUSDT", True)]
+    assert fake.count("klines") == 1
