@@ -606,3 +606,12 @@ def test_old_and_new_name_of_a_renamed_coin_download_once(fake, tmp_path):
     assert [(r.requested_symbol, r.symbol, r.ok) for r in rs] == [
         ("MATICUSDT", "POLUSDT", True), ("POLUSDT", "POLUSDT", True)]
     assert fake.count("klines") == 1
+
+
+def test_symbols_go_unchecked_when_exchange_info_keeps_failing(fake, tmp_path, caplog):
+    fake.script("exchangeInfo", *[Reply(500)] * 5)
+    rs = fetch(downloader(fake.url, workers=1), [("FOOUSDT", "1h"), ("BTCUSDT", "1h")], 400,
+               tmp_path)
+    assert "invalid symbol" in str(rs[0].error)  # Binance's -1121 on the klines request
+    assert rs[1].ok and rs[1].rows == 400
+    assert any("symbols not checked against exchangeInfo" in m for m in caplog.messages)
