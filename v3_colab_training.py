@@ -34,17 +34,23 @@ from v3_data_processor import (WARMUP_CANDLES, FeatureConfig, PreparedData, chec
 from v3_lstm_model import ModelConfig
 from v3_trainer import TrainConfig, check_train_config
 
-SOURCES = ("binance", "csv", "synthetic")
+SOURCES = ("binance", "binance-archive", "csv", "synthetic")
 STEPS = ("setup", "download", "preprocess", "train", "upload")
 RESULTS_FILE = "v3_training_results.json"
+RENAMES_FILE = "symbol_renames.json"  # in data/: requested -> traded symbol (MATICUSDT -> POLUSDT)
 
 
 @dataclass
 class PipelineConfig:
     """Everything a run depends on; written to results/config.json and into every checkpoint."""
     candles: int = 3000               # latest closed candles per pair
-    source: str = "binance"           # 'binance', 'csv' or 'synthetic'
+    source: str = "binance"           # 'binance', 'binance-archive', 'csv' or 'synthetic'
     data_dir: str | None = None       # the folder of SYMBOL_INTERVAL.csv[.gz] for source 'csv'
+    api_urls: list[str] | None = None  # Binance API bases in order; None: $V3_BINANCE_API_URLS,
+                                       # else api.binance.com, then data-api.binance.vision
+    archive_url: str | None = None    # kline archive; None: $V3_BINANCE_ARCHIVE_URL or data.binance.vision
+    refresh: bool = False             # step 2 downloads afresh instead of appending newer candles
+    download_workers: int = 4         # pairs downloaded at once
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -139,7 +145,13 @@ class V3CoLabPipeline:
 
     # -- validation --------------------------------------------------------------------
     def pairs(self) -> list[tuple[str, str]]:
-        """(symbol, interval) for every coin x timeframe; raises ConfigError on bad input."""
+        """(symbol, interval) for every coin x timeframe, a renamed coin replaced by the symbol
+        step 2 downloaded (data/symbol_renames.json: MATICUSDT -> POLUSDT, FTMUSDT -> SUSDT)."""
+        renames = read_json(self.data_dir / RENAMES_FILE, default={}) or {}
+        return list(dict.fromkeys((renames.get(s, s), i) for s, i in self.requested_pairs()))
+
+    def requested_pairs(self) -> list[tuple[str, str]]:
+        """(symbol, interval) for every coin x timeframe as given; raises ConfigError on bad input."""
         if isinstance(self.COINS, str) or not self.COINS:
             raise ConfigError(f"COINS must be a non-empty list of symbols such as ['BTCUSDT'], "
                               f"got {self.COINS!r}.")
@@ -160,6 +172,12 @@ class V3CoLabPipeline:
                                   "(a folder of SYMBOL_INTERVAL.csv or .csv.gz files).")
             if not Path(c.data_dir).is_dir():
                 raise ConfigError(f"data folder {c.data_dir} does not exist.")
+        if c.source in ("binance", "binance-archive"):
+            from v3_binance_data import api_urls_from_env
+            api_urls_from_env(c.api_urls)
+            if not isinstance(c.download_workers, int) or not 1 <= c.download_workers <= 16:
+                raise ConfigError(f"download_workers={c.download_workers!r}: use 1..16 (default 4; "
+                                  f"Binance's limits favour a few connections).")
         check_feature_config(c.features)
         need = c.features.min_candles()
         if not isinstance(c.candles, int) or c.candles < need:
@@ -236,47 +254,89 @@ class V3CoLabPipeline:
 
     # -- step 2 ------------------------------------------------------------------------
     def step_2_download_binance_data(self) -> dict:
-        """Fetch candles for every pair into base_dir/data (source: binance, csv or synthetic)."""
-        from v3_market_data import data_path, find_csv, read_klines, synthetic_klines, write_klines
-        from v3_data_processor import validate_klines
-        pairs = self.pairs()
+        """Fetch candles for every pair into base_dir/data (source: binance, binance-archive, csv
+        or synthetic). Ends with a table; one pair failing never stops the others."""
+        from v3_binance_data import format_download_table
+        pairs = self.requested_pairs()
         self._check_config()
         c = self.config
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log.info("STEP 2/5: download %d pairs x %d candles from %s%s", len(pairs), c.candles,
                  c.source, " (SYNTHETIC data, not market prices)" if c.source == "synthetic" else "")
+        if c.source in ("binance", "binance-archive"):
+            outcomes = self._download_binance(pairs)
+        else:
+            outcomes = [self._load_offline(s, i) for s, i in
+                        progress(pairs, enabled=c.show_progress, desc="download", unit="pair")]
+        renames = read_json(self.data_dir / RENAMES_FILE, default={}) or {}
+        results = self.load_results()
         done = {}
-        client_cache: dict = {}
-        bar = progress(pairs, enabled=c.show_progress, desc="download", unit="pair")
-        for symbol, interval in bar:
-            bar.set_postfix_str(pair_key(symbol, interval))
-            try:
-                if c.source == "synthetic":
-                    df = synthetic_klines(symbol, interval, c.candles)
-                elif c.source == "csv":
-                    src = find_csv(c.data_dir, symbol, interval)
-                    df = validate_klines(read_klines(src), str(src)).tail(c.candles)
-                else:
-                    from v3_binance_data import download_klines, make_client
-                    if "client" not in client_cache:
-                        client_cache["client"] = make_client(_api_urls()[0])
-                    df = download_klines(symbol, interval, c.candles, client=client_cache["client"])
-                write_klines(df, data_path(self.data_dir, symbol, interval))
-            except V3Error as e:
-                self._fail(symbol, interval, "download", e)
+        for r in outcomes:
+            if r.renamed:
+                renames[r.requested_symbol] = r.symbol
+            else:
+                renames.pop(r.requested_symbol, None)
+            if not r.ok:
+                self._fail(r.symbol, r.interval, "download", r.error)
+                self._update_result(r.key, requested_symbol=r.requested_symbol)
                 continue
-            info = {"source": c.source, "synthetic": c.source == "synthetic", "rows": len(df),
-                    "first_open_time": int(df["open_time"].iloc[0]),
-                    "last_open_time": int(df["open_time"].iloc[-1]),
-                    "first": _iso(df["open_time"].iloc[0]), "last": _iso(df["open_time"].iloc[-1])}
-            status = self.load_results().get(pair_key(symbol, interval), {}).get("status")
-            self._update_result(pair_key(symbol, interval), symbol=symbol, interval=interval,
-                                requested_symbol=symbol, data=info, reason=None, failed_step=None,
+            status = results.get(r.key, {}).get("status")
+            self._update_result(r.key, symbol=r.symbol, interval=r.interval,
+                                requested_symbol=r.requested_symbol, data=r.info(), reason=None,
+                                failed_step=None,
                                 status=status if status in ("success", "skipped") else "downloaded")
-            done[pair_key(symbol, interval)] = info
-        bar.close()
-        log.info("downloaded %d of %d pairs", len(done), len(pairs))
+            done[r.key] = r.info()
+        atomic_write_json(self.data_dir / RENAMES_FILE, renames)
+        log.info("download summary (%d of %d pairs ok):\n%s", len(done), len(pairs),
+                 format_download_table(outcomes))
         return done
+
+    def _download_binance(self, pairs: list[tuple[str, str]]) -> list:
+        """Sources 'binance' and 'binance-archive' through v3_binance_data.BinanceDownloader."""
+        from v3_binance_data import RENAMED_SYMBOLS, BinanceDownloader
+        c = self.config
+        results = self.load_results()
+        refresh: bool | set = c.refresh
+        if not refresh:  # a file another source wrote (synthetic, csv) is replaced, not appended to
+            refresh = set()
+            for s, i in pairs:
+                for sym in {s, RENAMED_SYMBOLS.get(s, s)}:
+                    prior = (results.get(pair_key(sym, i), {}).get("data") or {}).get("source")
+                    if prior not in (None, "binance", "binance-archive"):
+                        log.info("%s %s: the saved candles came from %r; downloading afresh",
+                                 sym, i, prior)
+                        refresh.add((sym, i))
+        with BinanceDownloader(c.api_urls, archive_url=c.archive_url, workers=c.download_workers,
+                               show_progress=c.show_progress) as dl:
+            return dl.download_pairs(pairs, n_candles=c.candles, data_dir=self.data_dir,
+                                     refresh=refresh, source=c.source)
+
+    def _load_offline(self, symbol: str, interval: str):
+        """Sources 'csv' and 'synthetic': one pair, validated, written to data/."""
+        from v3_binance_data import PairDownload, check_series, find_gaps, log_gaps
+        from v3_market_data import data_path, find_csv, read_klines, synthetic_klines, write_klines
+        c = self.config
+        out = PairDownload(symbol, symbol, interval, source=c.source, sources_used=[c.source])
+        name = f"{symbol} {interval}"
+        try:
+            if c.source == "synthetic":
+                df = synthetic_klines(symbol, interval, c.candles)
+            else:
+                src = find_csv(c.data_dir, symbol, interval)
+                df = check_series(read_klines(src), interval, str(src))[0].tail(c.candles)
+            df, gaps = check_series(df.reset_index(drop=True), interval, name)
+            path = data_path(self.data_dir, symbol, interval)
+            write_klines(df, path)
+        except (V3Error, OSError) as e:
+            out.error = e if isinstance(e, V3Error) else ConfigError(
+                f"{name}: cannot write the candles ({type(e).__name__}: {e}).")
+            return out
+        log_gaps(name, gaps)
+        out.rows = out.new_rows = len(df)
+        out.first_open_time = int(df["open_time"].iloc[0])
+        out.last_open_time = int(df["open_time"].iloc[-1])
+        out.gaps, out.path = gaps, path
+        return out
 
     # -- step 3 ------------------------------------------------------------------------
     def step_3_preprocess_features(self, pairs: list[tuple[str, str]] | None = None) -> dict:
@@ -296,8 +356,9 @@ class V3CoLabPipeline:
                                ConfigError(f"no data file {src.name}: run step 2 (download) first."))
                 continue
             try:
-                data = prepare_dataset(read_klines(src), c.features, interval=interval,
-                                       name=f"{symbol} {interval}")
+                # the latest `candles` rows: incremental downloads make the file grow
+                data = prepare_dataset(read_klines(src).tail(c.candles), c.features,
+                                       interval=interval, name=f"{symbol} {interval}")
                 data.save(self.processed_path(symbol, interval))
             except V3Error as e:
                 self._fail(symbol, interval, "preprocess", e)
@@ -546,11 +607,10 @@ class V3CoLabPipeline:
 # ---------------------------------------------------------------------------------------
 
 
-def _api_urls() -> list[str]:
-    import os
-    from v3_binance_data import DEFAULT_API_URLS
-    env = os.environ.get("V3_BINANCE_API_URLS")
-    return [u.strip() for u in env.split(",") if u.strip()] if env else list(DEFAULT_API_URLS)
+def _api_urls(urls: list[str] | None = None) -> list[str]:
+    """`urls`, else $V3_BINANCE_API_URLS, else the main API then data-api.binance.vision."""
+    from v3_binance_data import api_urls_from_env
+    return api_urls_from_env(urls)
 
 
 def _device_name(name: str) -> str:
@@ -603,6 +663,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candles", type=int, help="latest closed candles per pair (default 3000)")
     p.add_argument("--source", choices=SOURCES, help="where step 2 gets candles (default binance)")
     p.add_argument("--data-dir", help="folder of SYMBOL_INTERVAL.csv[.gz] files for --source csv")
+    p.add_argument("--api-urls", nargs="+", metavar="URL",
+                   help="Binance API bases tried in order, space- or comma-separated (default "
+                        "$V3_BINANCE_API_URLS, else https://api.binance.com/api then "
+                        "https://data-api.binance.vision/api)")
+    p.add_argument("--archive-url", metavar="URL",
+                   help="kline archive for --source binance-archive and the fallback when every "
+                        "API base is blocked (default $V3_BINANCE_ARCHIVE_URL, else "
+                        "https://data.binance.vision)")
+    p.add_argument("--refresh", action="store_true",
+                   help="download every pair afresh instead of appending the newer candles")
+    p.add_argument("--download-workers", type=int, metavar="N", help="pairs downloaded at once "
+                                                                     "(default 4)")
     p.add_argument("--base-dir", help="output folder (default /content in Colab, else ./v3_output;"
                                       " or $V3_BASE_DIR)")
     p.add_argument("--steps", nargs="+", choices=STEPS, metavar="STEP",
@@ -632,9 +704,14 @@ def pipeline_from_args(args: argparse.Namespace) -> tuple[V3CoLabPipeline, list[
                                     ("seed", args.seed)) if v is not None}
     top = {k: v for k, v in (("candles", args.candles), ("source", args.source),
                              ("data_dir", args.data_dir), ("hf_repo", args.hf_repo),
-                             ("hf_folder", args.hf_folder)) if v is not None}
+                             ("hf_folder", args.hf_folder),
+                             ("api_urls", _split_list(args.api_urls)),
+                             ("archive_url", args.archive_url),
+                             ("download_workers", args.download_workers)) if v is not None}
     if args.private:
         top["hf_private"] = True
+    if args.refresh:
+        top["refresh"] = True
     if args.hf_repo:
         top["upload"] = True
     if args.no_upload:

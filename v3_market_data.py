@@ -72,8 +72,11 @@ def write_klines(df: pd.DataFrame, path: str | Path) -> None:
     for c in ("open_time", "close_time"):
         if out[c].notna().all():
             out[c] = out[c].astype(np.int64)  # a float format would round 13-digit times
+    for c in out.columns:  # '%.12g' by hand: pandas' float_format costs ~3x the whole write
+        if out[c].dtype.kind == "f":
+            out[c] = ["" if v != v else "%.12g" % v for v in out[c].to_numpy()]
     buf = io.StringIO()
-    out.to_csv(buf, index=False, float_format="%.12g")
+    out.to_csv(buf, index=False)
     atomic_write_bytes(path, buf.getvalue().encode())
 
 

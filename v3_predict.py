@@ -87,20 +87,34 @@ def _check_compatible(m: LoadedModel, symbol: str, interval: str) -> None:
             f"the pair with this version (--retrain).")
 
 
-def fetch_candles(symbol: str, interval: str, n_candles: int, **kw) -> pd.DataFrame:
-    """The latest closed candles, through the same download code as step 2."""
+def candle_cache_dir() -> Path:
+    """Where downloaded candles are kept between predictions ($V3_CANDLE_CACHE, else
+    ~/.cache/v3/candles): the next call only fetches the candles that closed since."""
+    import os
+    env = os.environ.get("V3_CANDLE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "v3" / "candles"
+
+
+def fetch_candles(symbol: str, interval: str, n_candles: int, *, data_dir: str | Path | None = None,
+                  api_urls: list[str] | str | None = None) -> pd.DataFrame:
+    """The latest closed candles, through the same download code as step 2 (base URL
+    fallbacks, rate limits, renames, 'delisted or halted' checks, incremental updates)."""
     from v3_binance_data import download_klines
-    return download_klines(symbol, interval, n_candles, **kw)
+    df = download_klines(symbol, interval, n_candles, api_urls=api_urls,
+                         data_dir=data_dir or candle_cache_dir())
+    return df.tail(n_candles)
 
 
 def predict_next(symbol: str, interval: str, *, model: str | Path | LoadedModel,
                  candles: pd.DataFrame | None = None, now_ms: int | None = None,
                  check_stale: bool | None = None, folder: str = DEFAULT_FOLDER,
-                 token: str | None = None, download_kw: dict | None = None) -> dict:
+                 token: str | None = None, api_urls: list[str] | str | None = None,
+                 candle_dir: str | Path | None = None) -> dict:
     """The forecast for the candle after the last closed one, with the model's track record.
 
     `candles`: the history up to now in the kline layout (open, high, low, close, volume and
-    open_time at least); without it the latest closed candles are downloaded. Candles still
+    open_time at least); without it the latest closed candles are downloaded (`api_urls`,
+    default $V3_BINANCE_API_URLS or Binance's, kept in `candle_dir`). Candles still
     open at `now_ms` (default: now) are dropped. `check_stale` (default: only for downloaded
     candles) refuses data whose newest candle closed more than two intervals ago.
     Returns a dict: symbol, interval, open_time (ms, of the predicted candle) and its ISO
@@ -116,7 +130,7 @@ def predict_next(symbol: str, interval: str, *, model: str | Path | LoadedModel,
     now_ms = int(time.time() * 1000) if now_ms is None else int(now_ms)
     need = m.warmup_candles + m.seq_len
     if candles is None:
-        candles = fetch_candles(symbol, interval, need + 2, **(download_kw or {}))
+        candles = fetch_candles(symbol, interval, need + 2, data_dir=candle_dir, api_urls=api_urls)
         check_stale = True if check_stale is None else check_stale
     # the warm-up makes a short history give the training values; skip the rest of it
     candles = candles.iloc[-(need + 2):] if len(candles) > need + 2 else candles
