@@ -40,7 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO_URL = "https://raw.githubusercontent.com/caizongxun/cpbv2/main"  # the guide's repository
 NOTEBOOK_NAME = "V3_colab.ipynb"
-ENTRY_MODULES = ("v3_colab_training",)  # cell 2 fetches these and everything they import
+ENTRY_MODULES = ("v3_colab_training", "v3_predict")  # cell 2 fetches these and all they import
 # (pip name, import name) of what V3 needs and Colab may lack; torch is never on this list.
 COLAB_PACKAGES = (("python-binance", "binance"), ("huggingface-hub", "huggingface_hub"))
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"

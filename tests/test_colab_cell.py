@@ -371,7 +371,7 @@ def test_pipeline_modules_follows_every_kind_of_import(tmp_path):
     (tmp_path / "v3_c.py").write_text("y = 2\n")
     (tmp_path / "v3_d.py").write_text("")
     (tmp_path / "v3_unused.py").write_text("import v3_a\n")
-    assert pipeline_modules(tmp_path) == ["v3_a.py", "v3_b.py", "v3_c.py", "v3_colab_training.py",
+    assert pipeline_modules(tmp_path, entries=("v3_colab_training",)) == ["v3_a.py", "v3_b.py", "v3_c.py", "v3_colab_training.py",
                                           "v3_d.py"]
     with pytest.raises(CellConfigError, match="entry module .*v3_nope.py does not exist"):
         pipeline_modules(tmp_path, entries=("v3_nope",))

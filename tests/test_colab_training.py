@@ -337,6 +337,9 @@ def test_newer_candles_do_not_retrain_finished_or_interrupted_pairs(tmp_path, ca
     assert r["status"] == "success" and r["total_epochs"] == 3
     assert r["features"]["n_samples"] == first["features"]["n_samples"]  # same candles
     assert "resuming from epoch 2" in caplog.text
+    preds = pd.read_csv(p.predictions_path("BTCUSDT", "1h"))
+    assert preds.open_time.iloc[-1] == full.open_time.iloc[699]
     r = p.step_4_train_models(epochs=3, retrain=True)["BTCUSDT_1h"]
-    assert r["features"]["n_samples"] == first["features"]["n_samples"] + 60
     assert [h["epoch"] for h in r["history"]] == [1, 2, 3]
+    preds = pd.read_csv(p.predictions_path("BTCUSDT", "1h"))
+    assert preds.open_time.iloc[-1] == full.open_time.iloc[-1]  # the latest 700 candles
