@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from v3_common import (INTERVAL_MS, CheckpointError, StaleDataError, V3Error, check_interval,
+from v3_common import (INTERVAL_MS, CheckpointError, DownloadError, StaleDataError, V3Error, check_interval,
                        log, normalize_symbol, pair_key, setup_logging)
 from v3_data_processor import FEATURE_SET_VERSION, feature_names, latest_window
 from v3_hub import DEFAULT_FOLDER, LoadedModel
@@ -185,13 +185,19 @@ def available_models(*, model_dir: str | Path | None = None, hub_repo: str | Non
         names = [p.name for p in d.glob("v3_model_*.pt")]
     else:
         from huggingface_hub import HfApi
-        from v3_hub import _endpoint
-        try:
-            files = HfApi(endpoint=_endpoint(endpoint), token=token).list_repo_files(hub_repo)
-        except Exception as e:  # the Hub's many error types: one clear message
-            raise CheckpointError(f"cannot list the models in {hub_repo} ({type(e).__name__}); "
-                                  f"check the repo id and your access.") from None
-        names = [f.split("/")[-1] for f in files if f.startswith(f"{folder}/v3_model_")]
+        from huggingface_hub.errors import HfHubHTTPError
+        from v3_hub import _endpoint, _transport_errors
+        try:  # the repo's file list comes with its info ('siblings')
+            info = HfApi(endpoint=_endpoint(endpoint), token=token).model_info(hub_repo)
+        except HfHubHTTPError as e:
+            status = e.response.status_code if e.response is not None else None
+            raise CheckpointError(f"cannot list the models in {hub_repo} (HTTP {status}): check "
+                                  f"the repo id; a private repo needs a token (HF_TOKEN).") from None
+        except _transport_errors() as e:
+            raise DownloadError(f"the Hub did not answer while listing {hub_repo} "
+                                f"({type(e).__name__}); check the connection and HF_ENDPOINT.") from None
+        names = [f.rfilename.split("/")[-1] for f in (info.siblings or [])
+                 if f.rfilename.startswith(f"{folder}/v3_model_")]
     pairs = [(mt.group(1), mt.group(2)) for n in names if (mt := pat.search(n))]
     return sorted(p for p in pairs if p[1] in INTERVAL_MS)
 

@@ -1,0 +1,210 @@
+"""v3_predict: the next-candle forecast agrees with training, locally, from the Hub and live."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import types
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pandas as pd
+import pytest
+import torch
+
+import v3_predict
+from conftest import tiny_config
+from v3_colab_training import V3CoLabPipeline
+from v3_common import (INTERVAL_MS, CheckpointError, DownloadError, InsufficientDataError,
+                       StaleDataError)
+from v3_market_data import read_klines
+from v3_predict import available_models, load_model, main, predict_next
+
+PAIRS = [("BTCUSDT", "15m"), ("BTCUSDT", "1h")]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("trained") / "out"
+    p = V3CoLabPipeline(base, config=tiny_config(), coins=["BTCUSDT"], timeframes=["15m", "1h"])
+    p.run_full_pipeline(epochs=2, batch_size=64, upload=False)
+    return base
+
+
+def history_before(base, symbol, interval, open_time):
+    """The candles a live user would have had just before `open_time` opened."""
+    df = read_klines(base / "data" / f"{symbol}_{interval}.csv")
+    return df[df.open_time < open_time]
+
+
+@pytest.mark.parametrize("symbol,interval", PAIRS)
+def test_last_test_sample_matches_the_saved_prediction(trained, symbol, interval):
+    saved = pd.read_csv(trained / "results" / "predictions" / f"{symbol}_{interval}.csv")
+    last = saved.iloc[-1]
+    t = int(last.open_time)
+    p = predict_next(symbol, interval, model=trained, now_ms=t,
+                     candles=history_before(trained, symbol, interval, t))
+    assert p["open_time"] == t
+    assert p["last_open_time"] == t - INTERVAL_MS[interval]
+    assert p["last_close"] == pytest.approx(last.last_close, rel=1e-12)
+    assert p["predicted_close"] == pytest.approx(last.predicted_close, rel=1e-5)
+    assert p["direction"] == ("up" if p["predicted_close"] > p["last_close"] else "down")
+    assert p["predicted_return"] == pytest.approx(p["predicted_close"] / p["last_close"] - 1)
+    ckpt = torch.load(trained / "all_models" / f"v3_model_{symbol}_{interval}.pt", weights_only=True)
+    assert p["test"] == ckpt["test"] and p["baseline"]["persistence"]["n"] == ckpt["test"]["n"]
+    assert p["trained_on"]["synthetic"] is True
+
+
+def test_an_earlier_test_sample_also_matches(trained):
+    saved = pd.read_csv(trained / "results" / "predictions" / "BTCUSDT_1h.csv")
+    row = saved.iloc[len(saved) // 2]
+    t = int(row.open_time)
+    # a longer history than needed, and a still-forming candle at the end: both handled
+    hist = read_klines(trained / "data" / "BTCUSDT_1h.csv")
+    hist = hist[hist.open_time <= t]
+    p = predict_next("BTC", "1h", model=trained / "all_models", candles=hist, now_ms=t + 1)
+    assert p["open_time"] == t
+    assert p["predicted_close"] == pytest.approx(row.predicted_close, rel=1e-5)
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+def test_no_model_for_the_pair(trained):
+    with pytest.raises(CheckpointError, match="no model for ETHUSDT 1h in"):
+        predict_next("ETHUSDT", "1h", model=trained, candles=pd.DataFrame())
+
+
+def test_corrupt_and_incompatible_checkpoints(trained, tmp_path):
+    bad = tmp_path / "v3_model_BTCUSDT_1h.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="not a readable V3 checkpoint"):
+        load_model(tmp_path, "BTCUSDT", "1h")
+    ckpt = torch.load(trained / "all_models" / "v3_model_BTCUSDT_1h.pt", weights_only=True)
+    torch.save(dict(ckpt, feature_set_version=1), bad)
+    with pytest.raises(CheckpointError, match="trained on indicator set v1"):
+        load_model(tmp_path, "BTCUSDT", "1h")
+    torch.save(dict(ckpt, format="v2-model"), bad)
+    with pytest.raises(CheckpointError, match="has format 'v2-model'"):
+        load_model(tmp_path, "BTCUSDT", "1h")
+    torch.save(ckpt, tmp_path / "v3_model_ETHUSDT_1h.pt")  # a file under the wrong name
+    with pytest.raises(CheckpointError, match="holds a model for BTCUSDT 1h, not ETHUSDT 1h"):
+        load_model(tmp_path, "ETHUSDT", "1h")
+
+
+def test_too_few_candles(trained):
+    hist = read_klines(trained / "data" / "BTCUSDT_1h.csv").iloc[:310]
+    with pytest.raises(InsufficientDataError, match=r"310 closed candles, need >= 316"):
+        predict_next("BTCUSDT", "1h", model=trained, candles=hist,
+                     now_ms=int(hist.open_time.iloc[-1]) + 3_600_000)
+
+
+def test_stale_market_data(trained):
+    hist = read_klines(trained / "data" / "BTCUSDT_1h.csv")
+    closed_at = int(hist.open_time.iloc[-1]) + 3_600_000
+    p = predict_next("BTCUSDT", "1h", model=trained, candles=hist, now_ms=closed_at + 7_000_000,
+                     check_stale=True)  # 1.9 intervals: still fresh
+    assert p["open_time"] == closed_at
+    with pytest.raises(StaleDataError, match="closed 3.0 intervals ago"):
+        predict_next("BTCUSDT", "1h", model=trained, candles=hist,
+                     now_ms=closed_at + 3 * 3_600_000, check_stale=True)
+
+
+# -- live candles through the downloader (fake Binance) -----------------------------------
+
+
+@pytest.fixture
+def fake_binance(monkeypatch):
+    import binance.client
+    import time
+    from fake_binance import FakeBinance
+    monkeypatch.setattr(binance.client, "time", types.SimpleNamespace(time=time.time,
+                                                                      sleep=lambda s: None))
+    with FakeBinance() as fb:
+        yield fb
+
+
+def test_live_candles_come_through_the_step_2_downloader(trained, fake_binance, tmp_path):
+    p = predict_next("BTCUSDT", "1h", model=trained, api_urls=[fake_binance.url],
+                     candle_dir=tmp_path / "cache")
+    now = fake_binance.now_ms()
+    step = 3_600_000
+    assert p["open_time"] == (now // step) * step  # the candle forming now
+    assert fake_binance.unfinished_served >= 1     # it was served, and dropped
+    assert (tmp_path / "cache" / "BTCUSDT_1h.csv").exists()
+    before = fake_binance.count("klines")
+    predict_next("BTCUSDT", "1h", model=trained, api_urls=[fake_binance.url],
+                 candle_dir=tmp_path / "cache")
+    assert fake_binance.count("klines") - before <= 1  # the second call only tops up
+
+
+def test_delisted_pair_is_refused_by_the_downloader(trained, fake_binance, tmp_path):
+    shutil.copy(trained / "all_models" / "v3_model_BTCUSDT_1h.pt", tmp_path / "m.pt")
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    torch.save(dict(ckpt, symbol="STALEUSDT"), tmp_path / "v3_model_STALEUSDT_1h.pt")
+    with pytest.raises(DownloadError, match="delisted or halted"):
+        predict_next("STALEUSDT", "1h", model=tmp_path, api_urls=[fake_binance.url],
+                     candle_dir=tmp_path / "cache")
+
+
+# -- from the Hub (fake Hub) -------------------------------------------------------------
+
+
+def test_hub_model_predicts_exactly_like_the_local_one(trained, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from fake_hub import FakeHub, FakeUser
+    from v3_hub import upload_to_hub
+    token = "hf_PREDICTtestToken0123456789abcdef"
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    with FakeHub(tokens={token: FakeUser("alice")}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        upload_to_hub(trained, token=token, endpoint=hub.url, show_progress=False, prompt=False)
+        assert available_models(hub_repo="alice/cpb-models", token=token, endpoint=hub.url) == PAIRS
+        saved = pd.read_csv(trained / "results" / "predictions" / "BTCUSDT_15m.csv")
+        t = int(saved.open_time.iloc[-1])
+        hist = history_before(trained, "BTCUSDT", "15m", t)
+        remote = predict_next("BTCUSDT", "15m", model="alice/cpb-models", candles=hist, now_ms=t,
+                              token=token)
+        local = predict_next("BTCUSDT", "15m", model=trained, candles=hist, now_ms=t)
+    assert remote["predicted_close"] == local["predicted_close"]
+    assert remote["model"].startswith("alice/cpb-models@")
+
+
+# -- command line --------------------------------------------------------------------------
+
+
+def test_cli_table_and_json(trained, capsys):
+    assert main(["--model-dir", str(trained), "--data-dir", str(trained / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "BTCUSDT_15m" in out and "BTCUSDT_1h" in out and "persist. MAPE %" in out
+    assert "SYNTHETIC" in out
+    assert main(["--model-dir", str(trained / "all_models"), "--data-dir", str(trained / "data"),
+                 "--timeframes", "1h", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["symbol"], r["interval"]) for r in rows] == [("BTCUSDT", "1h")]
+    assert {"open_time", "last_close", "predicted_close", "predicted_return", "direction",
+            "test", "baseline"} <= set(rows[0])
+
+
+def test_cli_errors(trained, tmp_path, capsys):
+    assert main(["--model-dir", str(tmp_path)]) == 1  # no models
+    # a pair without candles fails alone, in the table
+    assert main(["--model-dir", str(trained), "--data-dir", str(tmp_path), "--coins", "BTC"]) == 1
+    assert "ConfigError: no CSV for BTCUSDT 15m" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([])  # --model-dir or --hub-repo is required
+
+
+def test_bench_predict_tiny_run(capsys):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "bench_predict", Path(__file__).resolve().parents[1] / "bench" / "bench_predict.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--pairs", "2", "--hidden", "8", "--candles", "700"])
+    out = capsys.readouterr().out
+    assert "machine:" in out and "predict_next (warm-up + window)" in out
+    assert "features on all candles" in out
