@@ -508,7 +508,9 @@ class _Group:
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 for _ in range(GRAPH_WARMUP_STEPS):
+                    self.step_i.zero_()   # row 0 of the padded tables: nothing is trained
                     self._train_step()
+                self.step_i.zero_()
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
@@ -654,20 +656,22 @@ class _Group:
                  len(keep), M_old)
 
     # -- results ----------------------------------------------------------------------------
-    def cpu_blocks(self) -> dict:
-        """Weights, best weights, AdamW moments and step counts of every slot, on the CPU
-        (one copy per block; resume_state and outcome slice them per model)."""
-        cpu = {"steps": self.steps.cpu()}
-        for name, d in (("params", self.params), ("best", self.best), ("exp_avg", self.exp_avg),
-                        ("exp_avg_sq", self.exp_avg_sq)):
-            cpu[name] = {b: t.detach().cpu() for b, t in d.items()}
+    def cpu_blocks(self, ms: list[int]) -> dict:
+        """Weights, best weights, AdamW moments and step counts of slots `ms`, copied to the
+        CPU once per block; resume_state(m, cpu) slices them."""
+        idx = torch.tensor(ms, device=self.device)
+        cpu = {"row": {m: r for r, m in enumerate(ms)}, "steps": self.steps.index_select(0, idx).cpu()}
+        with torch.no_grad():
+            for name, d in (("params", self.params), ("best", self.best),
+                            ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+                cpu[name] = {b: t.detach().index_select(0, idx).cpu() for b, t in d.items()}
         return cpu
 
     def resume_state(self, m: int, cpu: dict) -> dict:
         """Slot m's training state in train_model's resume format (RESUME_FORMAT)."""
         from v3_trainer import RESUME_FORMAT
-        c, s = self.cfg, self.slots[m]
-        model_state = unpack_state(cpu["params"], self.layout, m)
+        c, s, r = self.cfg, self.slots[m], cpu["row"][m]
+        model_state = unpack_state(cpu["params"], self.layout, r)
         model = V3LSTMModel(self.model_cfg)
         model.load_state_dict(model_state)
         opt = torch.optim.AdamW(model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
@@ -677,14 +681,14 @@ class _Group:
             with warnings.catch_warnings():  # stepping the scheduler with no optimizer step
                 warnings.simplefilter("ignore")
                 sched.step(float(s.epoch))
-        step = float(cpu["steps"][m])
+        step = float(cpu["steps"][r])
         if step > 0:
-            avg = unpack_state(cpu["exp_avg"], self.layout, m)
-            avg_sq = unpack_state(cpu["exp_avg_sq"], self.layout, m)
+            avg = unpack_state(cpu["exp_avg"], self.layout, r)
+            avg_sq = unpack_state(cpu["exp_avg_sq"], self.layout, r)
             for name, p in model.named_parameters():
                 opt.state[p] = {"step": torch.tensor(step), "exp_avg": avg[name],
                                 "exp_avg_sq": avg_sq[name]}
-        best = unpack_state(cpu["best"], self.layout, m) if s.has_best else model_state
+        best = unpack_state(cpu["best"], self.layout, r) if s.has_best else model_state
         return {"format": RESUME_FORMAT, "model_state": model_state,
                 "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict(),
                 "scaler_state": {}, "epoch": s.epoch, "best_val_loss": s.best_val,
@@ -799,6 +803,7 @@ def _train_groups(groups, cfg, device, *, use_graph, show_progress, on_done, on_
 
 def _run_group(group: _Group, cfg, *, show_progress: bool, on_done, on_error, out: dict) -> None:
     last_save = time.monotonic()
+    save_every_s = cfg.checkpoint_every_s
     first = min(s.epoch for s in group.slots)
     bar = progress(total=max(0, cfg.epochs - first), enabled=show_progress, unit="epoch",
                    desc=f"train {len(group.slots)} models (fast)")
@@ -806,7 +811,7 @@ def _run_group(group: _Group, cfg, *, show_progress: bool, on_done, on_error, ou
     def finish(ms: list[int]) -> None:
         if not ms:
             return
-        cpu = group.cpu_blocks()
+        cpu = group.cpu_blocks(ms)
         for m in ms:
             job = group.slots[m].job
             outcome = group.outcome(m, cpu)
@@ -836,19 +841,27 @@ def _run_group(group: _Group, cfg, *, show_progress: bool, on_done, on_error, ou
             bar.update(min((s.epoch for s in live), default=cfg.epochs) - before)
             vals = [s.history[-1]["val_loss"] for s in group.slots if s.history]
             bar.set_postfix(training=len(live), val=f"{np.mean(vals):.4f}" if vals else "-")
-            if live and time.monotonic() - last_save >= cfg.checkpoint_every_s:
-                cpu = group.cpu_blocks()
-                for m, s in enumerate(group.slots):
-                    if not s.finished and s.job.checkpoint_fn:
-                        s.job.checkpoint_fn(group.resume_state(m, cpu))
+            if live and time.monotonic() - last_save >= save_every_s:
+                t_save = time.monotonic()
+                ms = [m for m, s in enumerate(group.slots) if not s.finished and s.job.checkpoint_fn]
+                if ms:
+                    cpu = group.cpu_blocks(ms)
+                    for m in ms:
+                        group.slots[m].job.checkpoint_fn(group.resume_state(m, cpu))
                 last_save = time.monotonic()
+                # saving M models' states at once can be slow (disk): keep that under ~10 %
+                # of the time (0 means after every epoch, as in train_model)
+                if cfg.checkpoint_every_s > 0:
+                    save_every_s = max(cfg.checkpoint_every_s, 10 * (last_save - t_save))
     except KeyboardInterrupt:
-        cpu = group.cpu_blocks()
-        for m, s in enumerate(group.slots):
-            if not s.finished and s.job.checkpoint_fn and s.epoch > s.start_epoch:
-                s.job.checkpoint_fn(group.resume_state(m, cpu))
-                log.warning("%s: interrupted after epoch %d; its state is saved, re-run to "
-                            "resume", s.job.desc, s.epoch)
+        ms = [m for m, s in enumerate(group.slots)
+              if not s.finished and s.job.checkpoint_fn and s.epoch > s.start_epoch]
+        cpu = group.cpu_blocks(ms) if ms else {}
+        for m in ms:
+            s = group.slots[m]
+            s.job.checkpoint_fn(group.resume_state(m, cpu))
+            log.warning("%s: interrupted after epoch %d; its state is saved, re-run to "
+                        "resume", s.job.desc, s.epoch)
         raise
     finally:
         bar.close()

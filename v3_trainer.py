@@ -121,9 +121,9 @@ ENGINES = ("auto", "fast", "plain")
 
 def resolve_engine(cfg: TrainConfig, device: torch.device) -> str:
     """'fast' or 'plain'. 'auto' is the fast engine (v3_fast_train: models trained together,
-    CUDA graphs) on a GPU, and the plain per-model loop on the CPU, where launch overhead is
-    not the bottleneck and results stay exactly as they were. Mixed precision (amp fp16/bf16)
-    needs the plain loop."""
+    CUDA graphs) on a GPU, where a step is launch-bound, and the plain per-model loop on the
+    CPU, so CPU results stay exactly as they were. Mixed precision (amp fp16/bf16) needs the
+    plain loop."""
     if cfg.engine != "auto":
         return cfg.engine
     if device.type != "cuda":

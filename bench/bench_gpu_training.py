@@ -39,6 +39,7 @@ from v3_data_processor import FeatureConfig, prepare_dataset  # noqa: E402
 from v3_lstm_model import ModelConfig  # noqa: E402
 from v3_market_data import synthetic_klines  # noqa: E402
 from v3_trainer import TrainConfig, TrainJob, train_jobs  # noqa: E402
+import v3_fast_train as fast  # noqa: E402
 
 PARITY_TOLERANCE = 0.02   # the bar: fast best val loss within 2 % of plain, per pair
 GOAL_FAST_WALL_S = 180.0  # the goal: the full job in <= 3 minutes ...
@@ -127,30 +128,39 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, k, v)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
+    threads = torch.get_num_threads()
     if device.type == "cpu" and args.tiny:
         torch.set_num_threads(1)   # tiny models: one intra-op thread is the fastest
+    try:
+        return _bench(args, argv, model, features, base, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench(args, argv, model: ModelConfig, features: FeatureConfig, base: TrainConfig,
+           device: torch.device) -> int:
     base = dataclasses.replace(base, early_stopping=False, device=str(device),
                                checkpoint_every_s=1e9)
+    say = lambda *a: print(*a, flush=True)  # noqa: E731
+    t0 = time.perf_counter()   # the data first: its worker processes fork before CUDA starts
+    pairs = build_pairs(args.pairs, args.candles, features,
+                        workers=1 if args.tiny else min(8, os.cpu_count() or 1))
+    data_s = time.perf_counter() - t0
     out_path = Path(args.out)
     res: dict = {"command": " ".join(["python", "bench/bench_gpu_training.py", *(argv or sys.argv[1:])]),
                  "tiny": bool(args.tiny), **machine(device),
                  "job": {"pairs": args.pairs, "candles": args.candles, "window": features.seq_len,
                          "batch_size": base.batch_size, "epochs": args.epochs,
-                         "early_stopping": False, "model": model.to_dict()}}
+                         "early_stopping": False, "model": model.to_dict()},
+                 "data_seconds": round(data_s, 2)}
 
     def save():
         atomic_write_json(out_path, res)
 
-    say = lambda *a: print(*a, flush=True)  # noqa: E731
     say(f"machine: {res['device_name']} ({device}), torch {res['torch']}"
         + (f", CUDA {res.get('cuda')}" if device.type == "cuda" else "")
         + f", {res['cpu_count']} CPUs")
     say(f"command: {res['command']}")
-
-    t0 = time.perf_counter()
-    pairs = build_pairs(args.pairs, args.candles, features,
-                        workers=1 if args.tiny else min(8, os.cpu_count() or 1))
-    res["data_seconds"] = round(time.perf_counter() - t0, 2)
     nb = {k: n_batches(d, base.batch_size) for k, d in pairs.items()}
     full_steps = sum(nb.values()) * args.epochs
     res["job"]["model_steps"] = full_steps
@@ -198,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                    "ms_per_model_step": round(1000 * fast_s / full_steps, 4),
                    "models_per_s": round(len(pairs) / fast_s, 4),
                    "engine": engines[0] if len(engines) == 1 else ",".join(engines),
+                   "lstm_cell": fast.pick_cell(device),
+                   "tf32_matmul": bool(fast.TF32_MATMUL and device.type == "cuda"),
                    "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
                    if device.type == "cuda" else None}
     res["speedup"] = round(res["plain"]["projected_full_job_s"] / fast_s, 2)
@@ -215,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"{'measured on':26}{f'{len(few)} pairs x {args.plain_epochs} ep':>16}"
         f"{f'{len(pairs)} pairs x {args.epochs} ep':>16}")
     say(f"{'engine':26}{'plain':>16}{f['engine']:>16}")
+    say(f"{'LSTM':26}{'nn.LSTM':>16}{f['lstm_cell'] + (' +TF32' if f['tf32_matmul'] else ''):>16}")
     if f["peak_gpu_memory_gb"] is not None:
         say(f"{'peak GPU memory GB':26}{'':>16}{f['peak_gpu_memory_gb']:>16.2f}")
     say(f"speedup: {res['speedup']:.1f}x   (* projected from the measured ms/model-step)")

@@ -30,9 +30,10 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (bench/run_gp
 
 MODEL = ModelConfig(input_size=4, hidden_size=4, num_layers=2, dropout=0.0)
 FEATURES = FeatureConfig(seq_len=8, n_components=4)
-# lr, patience and T0 chosen so the three pairs stop early at three different epochs (3, 4, 6)
+# lr, patience and T0 chosen so the three pairs stop early at three different epochs (3, 4, 6).
+# device='cpu' even on a GPU machine: these are the CPU equivalence tests (the CUDA ones say so).
 TRAIN = TrainConfig(epochs=8, batch_size=16, patience=2, scheduler_t0=2, learning_rate=0.01,
-                    checkpoint_every_s=0.0)
+                    checkpoint_every_s=0.0, device="cpu")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -269,12 +270,46 @@ def test_checkpoints_during_training_and_on_interrupt(pairs, monkeypatch, caplog
         assert_same_training(whole[key], out[key])
 
 
+def test_a_step_on_padded_tables_changes_nothing(pairs):
+    """What CUDA-graph warm-up and capture rely on: with the padded tables (zero loss
+    weights, no optimizer step) a training step leaves every model exactly as it was."""
+    group = fast._Group(make_jobs(pairs, dataclasses.replace(MODEL, dropout=0.3)), TRAIN,
+                        torch.device("cpu"), use_graph=False, label="t")
+    group._fill_tables([0, 1, 2])
+    for _ in range(2):                       # train a little, so moments and steps are not zero
+        group._train_step()
+    before = [{b: t.detach().clone() for b, t in d.items()}
+              for d in (group.params, group.exp_avg, group.exp_avg_sq)]
+    steps = group.steps.clone()
+    group._pad_tables()
+    group.step_i.zero_()
+    group._train_step()
+    for d, ref in zip((group.params, group.exp_avg, group.exp_avg_sq), before):
+        assert all(torch.equal(d[b], ref[b]) for b in ref)
+    assert torch.equal(group.steps, steps)
+
+
+def test_failed_graph_capture_falls_back_to_eager_and_says_so(pairs, caplog):
+    cfg = dataclasses.replace(TRAIN, epochs=3, early_stopping=False)
+    group = fast._Group(make_jobs(pairs), cfg, torch.device("cpu"), use_graph=False, label="group 1/1")
+    group.use_graph = True                   # as on CUDA: on this CPU build capture must fail
+    with caplog.at_level(logging.WARNING, logger="v3"):
+        for _ in range(cfg.epochs):
+            group.run_epoch()
+    assert "group 1/1: CUDA graph capture failed (" in caplog.text
+    assert "running the fast engine eagerly" in caplog.text
+    assert group.graph is None and group.use_graph is False
+    plain = train_jobs(make_jobs(pairs), dataclasses.replace(cfg, engine="plain"), show_progress=False)
+    for m, s in enumerate(group.slots):
+        assert_same_training(plain[s.job.key], group.outcome(m, group.cpu_blocks([m])))
+
+
 def test_pipeline_step_4_with_the_fast_engine(tmp_path):
     from conftest import tiny_config
     from v3_colab_training import V3CoLabPipeline
     from v3_trainer import load_checkpoint
     cfg = tiny_config()
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, engine="fast"))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, engine="fast", device="cpu"))
     pipe = V3CoLabPipeline(tmp_path / "out", config=cfg, coins=["BTCUSDT"], timeframes=["15m", "1h"])
     pipe.step_2_download_binance_data()
     pipe.step_3_preprocess_features()
@@ -304,7 +339,7 @@ def test_benchmark_tiny_cpu_run_writes_its_json(tmp_path, capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
-    assert bench.main(["--tiny", "--out", str(out)]) == 0
+    assert bench.main(["--tiny", "--device", "cpu", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["device"] == "cpu" and res["tiny"] is True
     for engine in ("plain", "fast"):

@@ -61,9 +61,14 @@ def test_train_jobs_on_cpu_uses_the_plain_loop_and_says_so(data, caplog):
     job = TrainJob(key="BTCUSDT_15m", symbol="BTCUSDT", interval="15m", data=data,
                    model_config=TINY_MODEL)
     with caplog.at_level(logging.INFO, logger="v3"):
-        out = train_jobs([job], dataclasses.replace(TINY_TRAIN, epochs=1), show_progress=False)
+        out = train_jobs([job], dataclasses.replace(TINY_TRAIN, epochs=1, device="cpu"),
+                         show_progress=False)
     assert out["BTCUSDT_15m"].engine == "plain" and out["BTCUSDT_15m"].epochs_done == 1
     assert "training engine: plain (engine=auto)" in caplog.text
+
+
+def test_train_jobs_with_no_jobs_does_nothing():
+    assert train_jobs([], TrainConfig(engine="turbo")) == {}
 
 
 def test_a_device_that_is_not_there_fails_every_job_by_name(data, monkeypatch):
