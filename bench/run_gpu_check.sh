@@ -28,12 +28,12 @@ print(f"GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, capability {p.major}.{p
 EOF
 
 echo "== tests (CPU equivalence + CUDA-only) =="
-timeout 180 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_fast_train.py tests/test_trainer.py \
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_fast_train.py tests/test_trainer.py \
     2>&1 | tee "$DIR/gpu_check_tests.log"
 tests_rc=${PIPESTATUS[0]}
 
 echo "== benchmark =="
-timeout 330 "$PY" bench/bench_gpu_training.py --out "$DIR/bench_gpu_training.json" \
+timeout 300 "$PY" bench/bench_gpu_training.py --out "$DIR/bench_gpu_training.json" \
     2>&1 | tee "$DIR/gpu_check_bench.log"
 bench_rc=${PIPESTATUS[0]}
 
