@@ -23,12 +23,14 @@ the group at an epoch boundary; once a quarter of its slots are idle the group i
 
 Results are ordinary `TrainOutcome`s: the best weights as a `V3LSTMModel` state_dict on the
 CPU and a resume state in the plain loop's format (torch AdamW and scheduler state dicts), so
-checkpoints do not change and either engine can continue what the other saved.
+checkpoints do not change and either engine can continue what the other saved (jobs that
+resume are trained here too, each from its own epoch).
 
 On purpose different from the plain loop: dropout masks are drawn for the whole group (the
 same seed and the same group of pairs give the same run, but not the plain loop's masks), and
-the engine trains in fp32 only. With dropout off, both engines agree to float rounding
-(tests/test_fast_train.py checks it, epoch by epoch).
+the engine trains in fp32 only (with TF32 matrix products on CUDA, see TF32_MATMUL). With
+dropout off, both engines agree to float rounding (tests/test_fast_train.py checks it, epoch
+by epoch, on CPU; on a GPU with TF32 off).
 """
 from __future__ import annotations
 

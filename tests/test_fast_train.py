@@ -23,7 +23,7 @@ from v3_common import CheckpointError, ConfigError
 from v3_data_processor import FeatureConfig, prepare_dataset
 from v3_lstm_model import ModelConfig, V3LSTMModel
 from v3_market_data import synthetic_klines
-from v3_trainer import TrainConfig, TrainJob, model_from_checkpoint, train_jobs, train_model
+from v3_trainer import TrainConfig, TrainJob, model_from_checkpoint, train_jobs
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (bench/run_gpu_check.sh)")
