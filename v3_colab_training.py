@@ -685,6 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hf-folder", help="folder in the Hub repo (default v3)")
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
     p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--engine", choices=("auto", "fast", "plain"),
+                   help="training engine: auto (default: fast on a GPU, plain on CPU), fast "
+                        "(all models trained together, CUDA graphs) or plain (one model at a time)")
     p.add_argument("--seed", type=int, help="random seed (default 42)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
@@ -701,7 +704,7 @@ def pipeline_from_args(args: argparse.Namespace) -> tuple[V3CoLabPipeline, list[
     cfg = demo_config() if args.demo else PipelineConfig()
     train_over = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
                                     ("learning_rate", args.learning_rate), ("device", args.device),
-                                    ("seed", args.seed)) if v is not None}
+                                    ("seed", args.seed), ("engine", args.engine)) if v is not None}
     top = {k: v for k, v in (("candles", args.candles), ("source", args.source),
                              ("data_dir", args.data_dir), ("hf_repo", args.hf_repo),
                              ("hf_folder", args.hf_folder),

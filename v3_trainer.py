@@ -48,7 +48,8 @@ class TrainConfig:
     eta_min: float = 1e-6
     seed: int = 42
     device: str = "auto"            # 'auto', 'cpu', 'cuda' or 'cuda:N'
-    amp: str = "auto"               # 'auto' (fp16 on CUDA with tensor cores), 'fp16', 'bf16', 'off'
+    amp: str = "auto"               # 'auto' (fp32, see amp_dtype), 'fp16', 'bf16', 'off'
+    engine: str = "auto"            # 'auto' (fast on CUDA, plain on CPU), 'fast', 'plain'
     eval_batch_size: int = 1024
     checkpoint_every_s: float = 30.0  # how often the resume state is written during training
 
@@ -76,6 +77,13 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"grad_accum_steps must be >= 1, got {cfg.grad_accum_steps}.")
     if cfg.amp not in ("auto", "fp16", "bf16", "off"):
         raise ConfigError(f"amp must be 'auto', 'fp16', 'bf16' or 'off', got {cfg.amp!r}.")
+    if cfg.engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got "
+                          f"{cfg.engine!r} ('auto' picks the fast engine on a GPU).")
+    if cfg.engine == "fast" and cfg.amp in ("fp16", "bf16"):
+        raise ConfigError(f"engine 'fast' trains in fp32, but amp={cfg.amp!r} was asked for. "
+                          f"Use amp='auto' (fp32), or engine='plain' (--engine plain) for "
+                          f"mixed precision.")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -89,15 +97,42 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. CPU always trains in fp32."""
-    if device.type != "cuda" or cfg.amp == "off":
+    """The autocast dtype, or None for plain fp32. CPU always trains in fp32.
+
+    'auto' is fp32 on every device. This model is launch-bound (batch 32, hidden 128: a step
+    is thousands of tiny kernels), so autocast only adds cast kernels: on an H200 a bf16
+    autocast step took 12.6 ms against 8.0 ms in fp32 (REFERENCE.md section 4), and fp32 is
+    what the fast engine runs. 'fp16' and 'bf16' stay available to the plain engine; bf16
+    needs compute capability 8.0 (Ampere) or newer, so on a T4 (7.5) or V100 (7.0) 'bf16'
+    falls back to fp16 with a warning."""
+    if device.type != "cuda" or cfg.amp in ("auto", "off"):
         return None
     if cfg.amp == "bf16":
-        return torch.bfloat16
-    if cfg.amp == "fp16":
-        return torch.float16
-    major, _ = torch.cuda.get_device_capability(device)
-    return torch.float16 if major >= 7 else None  # tensor cores from Volta/Turing (T4) on
+        major, minor = torch.cuda.get_device_capability(device)
+        if major >= 8:
+            return torch.bfloat16
+        log.warning("amp='bf16' asked for, but %s (compute capability %d.%d) has no bf16; "
+                    "using fp16", torch.cuda.get_device_name(device), major, minor)
+    return torch.float16
+
+
+ENGINES = ("auto", "fast", "plain")
+
+
+def resolve_engine(cfg: TrainConfig, device: torch.device) -> str:
+    """'fast' or 'plain'. 'auto' is the fast engine (v3_fast_train: models trained together,
+    CUDA graphs) on a GPU, where a step is launch-bound, and the plain per-model loop on the
+    CPU, so CPU results stay exactly as they were. Mixed precision (amp fp16/bf16) needs the
+    plain loop."""
+    if cfg.engine != "auto":
+        return cfg.engine
+    if device.type != "cuda":
+        return "plain"
+    if cfg.amp in ("fp16", "bf16"):
+        log.info("engine auto: amp=%r asked for, so the plain loop (the fast engine is fp32)",
+                 cfg.amp)
+        return "plain"
+    return "fast"
 
 
 @dataclass
@@ -110,6 +145,7 @@ class TrainOutcome:
     history: list = field(default_factory=list)  # one dict per epoch
     resume_state: dict = field(default_factory=dict)  # everything needed to continue
     seconds: float = 0.0            # wall time of this run
+    engine: str = "plain"           # 'plain', 'fast-graph' (CUDA graphs) or 'fast-eager'
 
 
 @dataclass
@@ -130,7 +166,36 @@ def train_jobs(jobs: list[TrainJob], cfg: TrainConfig, *, show_progress: bool = 
                on_error: Callable[[TrainJob, Exception], object] | None = None) -> dict:
     """Train every job; `on_done(job, outcome)` as each finishes. One failing job (a V3Error
     from training or from `on_done`) goes to `on_error` and the others go on.
-    Returns {job.key: outcome} for the jobs that finished."""
+    Returns {job.key: outcome} for the jobs that finished.
+
+    `cfg.engine` picks how (see resolve_engine): 'plain' trains one model after another with
+    train_model; 'fast' trains them together (v3_fast_train), and is the default on a GPU."""
+    from v3_common import V3Error
+    if not jobs:
+        return {}
+    try:
+        check_train_config(cfg)
+        device = resolve_device(cfg.device)
+    except V3Error as e:  # the same error for every job, as train_model would raise it
+        if on_error is None:
+            raise
+        for job in jobs:
+            on_error(job, e)
+        return {}
+    engine = resolve_engine(cfg, device)
+    log.info("training engine: %s (%s)", engine, "engine=auto" if cfg.engine == "auto"
+             else f"engine={cfg.engine!r}")
+    plain = lambda js: _train_jobs_plain(js, cfg, show_progress=show_progress,  # noqa: E731
+                                         on_done=on_done, on_error=on_error)
+    if engine == "fast":
+        from v3_fast_train import train_jobs_fast
+        return train_jobs_fast(jobs, cfg, device=device, show_progress=show_progress,
+                               on_done=on_done, on_error=on_error, fallback=plain)
+    return plain(jobs)
+
+
+def _train_jobs_plain(jobs: list[TrainJob], cfg: TrainConfig, *, show_progress: bool,
+                      on_done, on_error) -> dict:
     from v3_common import V3Error
     out = {}
     for job in jobs:
@@ -326,7 +391,7 @@ def save_checkpoint(path: str | Path, *, model_state: dict, model_config: ModelC
         "feature_set_version": int(FEATURE_SET_VERSION),
         "target_mean": float(data.target_mean),
         "target_std": float(data.target_std),
-        "torch_version": str(torch.__version__),
+        "torch_version": str(torch.__version__),  # a plain str: weights_only refuses TorchVersion
         **meta,
     }
     _save(obj, path)

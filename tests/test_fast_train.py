@@ -1,0 +1,401 @@
+"""The fast engine (v3_fast_train) against the plain loop it replaces on GPUs.
+
+On CPU every piece is checked for numerical equivalence with the real thing: the grouped
+model against separate V3LSTMModels (float64, forward and gradients), the batched AdamW
+against torch.optim.AdamW + clip_grad_norm_, the learning rate against
+CosineAnnealingWarmRestarts, and whole multi-epoch trainings (early stopping, re-packing,
+resuming across engines) against v3_trainer.train_model. The CUDA-only tests at the end
+(graph capture, the fused cell, no host syncs) run on a GPU machine: bench/run_gpu_check.sh.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+import v3_fast_train as fast
+from v3_common import CheckpointError, ConfigError
+from v3_data_processor import FeatureConfig, prepare_dataset
+from v3_lstm_model import ModelConfig, V3LSTMModel
+from v3_market_data import synthetic_klines
+from v3_trainer import TrainConfig, TrainJob, model_from_checkpoint, train_jobs
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (bench/run_gpu_check.sh)")
+
+MODEL = ModelConfig(input_size=4, hidden_size=4, num_layers=2, dropout=0.0)
+FEATURES = FeatureConfig(seq_len=8, n_components=4)
+# lr, patience and T0 chosen so the three pairs stop early at three different epochs (3, 4, 6).
+# device='cpu' even on a GPU machine: these are the CPU equivalence tests (the CUDA ones say so).
+TRAIN = TrainConfig(epochs=8, batch_size=16, patience=2, scheduler_t0=2, learning_rate=0.01,
+                    checkpoint_every_s=0.0, device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    """Three pairs with different sample counts (120, 148, 176 training windows)."""
+    return {s: prepare_dataset(synthetic_klines(s, "15m", n), FEATURES, interval="15m")
+            for s, n in (("BTCUSDT", 480), ("ETHUSDT", 520), ("SOLUSDT", 560))}
+
+
+def make_jobs(pairs, model=MODEL, **kw):
+    return [TrainJob(key=s, symbol=s, interval="15m", data=d, model_config=model, desc=s, **kw)
+            for s, d in pairs.items()]
+
+
+def assert_same_training(a, b, *, rtol=1e-4, atol=1e-4):
+    """Two outcomes of the same training: same epochs, stops and losses to float rounding."""
+    assert (a.epochs_done, a.stopped_early, a.best_epoch) == (b.epochs_done, b.stopped_early, b.best_epoch)
+    assert len(a.history) == len(b.history)
+    for ha, hb in zip(a.history, b.history):
+        assert ha["epoch"] == hb["epoch"]
+        assert ha["lr"] == pytest.approx(hb["lr"], rel=1e-12)
+        assert ha["train_loss"] == pytest.approx(hb["train_loss"], rel=rtol)
+        assert ha["val_loss"] == pytest.approx(hb["val_loss"], rel=rtol)
+    assert a.best_state.keys() == b.best_state.keys()
+    for k in a.best_state:
+        torch.testing.assert_close(a.best_state[k], b.best_state[k], rtol=rtol, atol=atol)
+
+
+# ---------------------------------------------------------------------------------------
+# Pieces
+
+
+@pytest.mark.parametrize("cfg", [
+    ModelConfig(input_size=5, hidden_size=6, num_layers=3, dropout=0.0),
+    ModelConfig(input_size=5, hidden_size=6, num_layers=1, dropout=0.0, bidirectional=False,
+                use_attention=False),
+], ids=["bidirectional-attention-3-layers", "unidirectional-last-step-1-layer"])
+def test_grouped_model_matches_separate_models_forward_and_gradients(cfg):
+    torch.manual_seed(0)
+    M, B, T = 3, 4, 7
+    models = [V3LSTMModel(cfg).double() for _ in range(M)]
+    layout = fast.block_layout(cfg)
+    p = fast.pack_states([m.state_dict() for m in models], layout, device="cpu", dtype=torch.float64)
+    for t in p.values():
+        t.requires_grad_(True)
+    x = torch.randn(M, B, T, cfg.input_size, dtype=torch.float64)    # (M, B, T, K)
+    y = torch.randn(M, B, dtype=torch.float64)
+    ref = torch.stack([m(x[i]) for i, m in enumerate(models)])
+    out = fast.grouped_forward(p, x.transpose(1, 2).contiguous(), cfg, train=True)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    ((ref - y) ** 2).sum().backward()
+    ((out - y) ** 2).sum().backward()
+    for i, m in enumerate(models):
+        grads = fast.unpack_state({b: t.grad for b, t in p.items()}, layout, i)
+        for name, param in m.named_parameters():
+            torch.testing.assert_close(grads[name], param.grad, rtol=0, atol=1e-12, msg=name)
+    # state_dict round trip: model i of the blocks is exactly V3LSTMModel i
+    back = fast.unpack_state({b: t.detach() for b, t in p.items()}, layout, 1)
+    assert {k: v.shape for k, v in back.items()} == {k: v.shape for k, v in models[1].state_dict().items()}
+    assert all(torch.equal(back[k], v) for k, v in models[1].state_dict().items())
+
+
+def test_reference_cell_backward_is_the_gradient_of_its_forward():
+    torch.manual_seed(1)
+    gi, gh = (torch.randn(5, 12, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    c = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    h2, c2, ws = fast._cell_reference(gi, gh, c)
+    dh, dc = torch.randn_like(h2), torch.randn_like(c2)
+    d_gi, d_c = torch.autograd.grad((h2 * dh).sum() + (c2 * dc).sum(), (gi, c))
+    dgates, dc_prev = fast._cell_reference_backward(dh, dc, c.detach(), c2.detach(), ws.detach())
+    torch.testing.assert_close(dgates, d_gi, rtol=0, atol=1e-12)
+    torch.testing.assert_close(dc_prev, d_c, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("t_mult", [1, 2])
+def test_learning_rate_is_the_schedulers_at_every_fractional_epoch(t_mult):
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=3, T_mult=t_mult,
+                                                                 eta_min=1e-6)
+    n = 7  # batches per epoch
+    assert fast.cosine_warm_restarts_lr(0.0, base_lr=1e-3, t0=3, t_mult=t_mult, eta_min=1e-6) \
+        == opt.param_groups[0]["lr"]
+    for ep in range(12):
+        for i in range(n):
+            sched.step(ep + (i + 1) / n)
+            assert fast.cosine_warm_restarts_lr(ep + (i + 1) / n, base_lr=1e-3, t0=3, t_mult=t_mult,
+                                                eta_min=1e-6) == opt.param_groups[0]["lr"]
+
+
+def test_grouped_adamw_is_torch_adamw_with_clipping_per_model():
+    torch.manual_seed(2)
+    shapes = [(3, 4), (5,)]
+    M, lrs = 3, [1e-2, 5e-3, 2e-2]
+    ref = [[torch.nn.Parameter(torch.randn(*s)) for s in shapes] for _ in range(M)]
+    opts = [torch.optim.AdamW(ps, lr=lr, weight_decay=0.1) for ps, lr in zip(ref, lrs)]
+    params = [torch.stack([ref[m][k].detach() for m in range(M)]).clone() for k in range(len(shapes))]
+    m1 = [torch.zeros_like(p) for p in params]
+    m2 = [torch.zeros_like(p) for p in params]
+    steps = torch.zeros(M, dtype=torch.float64)
+    lr = torch.tensor(lrs, dtype=torch.float64)
+    for it in range(4):
+        grads = [torch.randn_like(p) * (5.0 if it % 2 else 0.1) for p in params]  # some get clipped
+        do = torch.tensor([1.0, float(it == 3), 1.0], dtype=torch.float64)   # model 1 waits
+        before = [p[1].clone() for p in params], [a[1].clone() for a in m1]
+        fast.grouped_adamw_(params, grads, m1, m2, steps, lr, do, weight_decay=0.1, max_norm=1.0)
+        for m in range(M):
+            if do[m] == 0:
+                assert all(torch.equal(p[1], b) for p, b in zip(params, before[0]))
+                assert all(torch.equal(a[1], b) for a, b in zip(m1, before[1]))
+                continue
+            for k, p in enumerate(ref[m]):
+                p.grad = grads[k][m].clone()
+            torch.nn.utils.clip_grad_norm_(ref[m], 1.0)
+            opts[m].step()
+    for m in range(M):
+        for k, p in enumerate(ref[m]):
+            torch.testing.assert_close(params[k][m], p.detach(), rtol=1e-6, atol=1e-7)
+        assert opts[m].state[ref[m][0]]["step"].item() == steps[m].item()
+    assert steps.tolist() == [4.0, 1.0, 4.0]
+
+
+# ---------------------------------------------------------------------------------------
+# Whole trainings against the plain loop
+
+
+def test_fast_engine_trains_like_the_plain_loop_with_early_stopping_and_repacking(pairs, caplog):
+    plain = train_jobs(make_jobs(pairs), dataclasses.replace(TRAIN, engine="plain"),
+                       show_progress=False)
+    with caplog.at_level(logging.INFO, logger="v3"):
+        quick = train_jobs(make_jobs(pairs), dataclasses.replace(TRAIN, engine="fast"),
+                           show_progress=False)
+    assert {o.engine for o in plain.values()} == {"plain"}
+    assert {o.engine for o in quick.values()} == {"fast-eager"}  # CPU: no CUDA graph
+    stops = sorted(o.epochs_done for o in plain.values())
+    assert len(set(stops)) == 3 and all(o.stopped_early for o in plain.values()), stops
+    for key in plain:
+        assert_same_training(plain[key], quick[key])
+    assert "fast engine: 3 models in 1 group(s) on cpu (fp32)" in caplog.text
+    assert "fast engine: 2 of 3 models still training; re-packed the group" in caplog.text
+    assert "ETHUSDT: early stop at epoch 3 (best" in caplog.text
+    # the resume state is the plain loop's: same keys, loadable optimizer and scheduler
+    a, b = plain["SOLUSDT"].resume_state, quick["SOLUSDT"].resume_state
+    assert a.keys() == b.keys()
+    assert a["scheduler_state"] == b["scheduler_state"]
+    assert a["optimizer_state"]["param_groups"] == b["optimizer_state"]["param_groups"]
+    assert a["optimizer_state"]["state"].keys() == b["optimizer_state"]["state"].keys()
+    for i, st in a["optimizer_state"]["state"].items():
+        assert st["step"] == b["optimizer_state"]["state"][i]["step"]
+        torch.testing.assert_close(st["exp_avg_sq"], b["optimizer_state"]["state"][i]["exp_avg_sq"],
+                                   rtol=1e-3, atol=1e-9)
+
+
+@pytest.mark.parametrize("first,then", [("fast", "plain"), ("plain", "fast")])
+def test_either_engine_resumes_what_the_other_saved(pairs, first, then):
+    cfg = dataclasses.replace(TRAIN, epochs=4, early_stopping=False)
+    two = {k: v for k, v in list(pairs.items())[:2]}
+    whole = train_jobs(make_jobs(two), dataclasses.replace(cfg, engine="plain"), show_progress=False)
+    half = train_jobs(make_jobs(two), dataclasses.replace(cfg, epochs=2, engine=first),
+                      show_progress=False)
+    jobs = [dataclasses.replace(j, resume=half[j.key].resume_state) for j in make_jobs(two)]
+    rest = train_jobs(jobs, dataclasses.replace(cfg, engine=then), show_progress=False)
+    for key in whole:
+        assert rest[key].epochs_done == 4
+        assert_same_training(whole[key], rest[key])
+
+
+def test_dropout_runs_and_a_seed_repeats_the_run(pairs):
+    model = dataclasses.replace(MODEL, dropout=0.3)
+    cfg = dataclasses.replace(TRAIN, epochs=2, engine="fast")
+    two = {k: v for k, v in list(pairs.items())[:2]}
+    a = train_jobs(make_jobs(two, model), cfg, show_progress=False)
+    b = train_jobs(make_jobs(two, model), cfg, show_progress=False)
+    c = train_jobs(make_jobs(two, model), dataclasses.replace(cfg, seed=7), show_progress=False)
+    for key in a:
+        assert a[key].history == b[key].history
+        assert a[key].history != c[key].history
+        assert all(h["val_loss"] == h["val_loss"] for h in a[key].history)  # not NaN
+
+
+def test_one_bad_pair_fails_alone_and_on_done_errors_go_to_on_error(pairs, caplog):
+    jobs = make_jobs(pairs)
+    jobs[0] = dataclasses.replace(jobs[0], model_config=dataclasses.replace(MODEL, input_size=5))
+    done, failed = [], {}
+
+    def on_done(job, outcome):
+        if job.key == "ETHUSDT":
+            raise CheckpointError("disk full (test)")
+        done.append(job.key)
+
+    out = train_jobs(jobs, dataclasses.replace(TRAIN, epochs=2, engine="fast"), show_progress=False,
+                     on_done=on_done, on_error=lambda job, e: failed.setdefault(job.key, e))
+    assert done == ["SOLUSDT"] and list(out) == ["SOLUSDT"]
+    assert isinstance(failed["BTCUSDT"], ConfigError)
+    assert "BTCUSDT: the data has 4 features per candle, the model expects 5" in str(failed["BTCUSDT"])
+    assert isinstance(failed["ETHUSDT"], CheckpointError)
+
+
+def test_checkpoints_during_training_and_on_interrupt(pairs, monkeypatch, caplog):
+    saved: dict = {}
+    jobs = make_jobs(pairs, checkpoint_fn=None)
+    jobs = [dataclasses.replace(j, checkpoint_fn=lambda st, k=j.key: saved.setdefault(k, []).append(st))
+            for j in jobs]
+    calls = {"n": 0}
+    real = fast._Group.run_epoch
+
+    def run_then_interrupt(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(fast._Group, "run_epoch", run_then_interrupt)
+    cfg = dataclasses.replace(TRAIN, epochs=6, early_stopping=False, engine="fast")
+    with caplog.at_level(logging.WARNING, logger="v3"), pytest.raises(KeyboardInterrupt):
+        train_jobs(jobs, cfg, show_progress=False)
+    # checkpoint_every_s=0: a state after epochs 1 and 2, then one more on the interrupt
+    assert [st["epoch"] for st in saved["BTCUSDT"]] == [1, 2, 2]
+    assert "BTCUSDT: interrupted after epoch 2; its state is saved, re-run to resume" in caplog.text
+    monkeypatch.setattr(fast._Group, "run_epoch", real)
+    resumed = [dataclasses.replace(j, resume=saved[j.key][-1], checkpoint_fn=None) for j in jobs]
+    out = train_jobs(resumed, cfg, show_progress=False)
+    whole = train_jobs(make_jobs(pairs), cfg, show_progress=False)
+    for key in out:
+        assert out[key].epochs_done == 6
+        assert_same_training(whole[key], out[key])
+
+
+def test_a_step_on_padded_tables_changes_nothing(pairs):
+    """What CUDA-graph warm-up and capture rely on: with the padded tables (zero loss
+    weights, no optimizer step) a training step leaves every model exactly as it was."""
+    group = fast._Group(make_jobs(pairs, dataclasses.replace(MODEL, dropout=0.3)), TRAIN,
+                        torch.device("cpu"), use_graph=False, label="t")
+    group._fill_tables([0, 1, 2])
+    for _ in range(2):                       # train a little, so moments and steps are not zero
+        group._train_step()
+    before = [{b: t.detach().clone() for b, t in d.items()}
+              for d in (group.params, group.exp_avg, group.exp_avg_sq)]
+    steps = group.steps.clone()
+    group._pad_tables()
+    group.step_i.zero_()
+    group._train_step()
+    for d, ref in zip((group.params, group.exp_avg, group.exp_avg_sq), before):
+        assert all(torch.equal(d[b], ref[b]) for b in ref)
+    assert torch.equal(group.steps, steps)
+
+
+def test_failed_graph_capture_falls_back_to_eager_and_says_so(pairs, caplog):
+    cfg = dataclasses.replace(TRAIN, epochs=3, early_stopping=False)
+    group = fast._Group(make_jobs(pairs), cfg, torch.device("cpu"), use_graph=False, label="group 1/1")
+    group.use_graph = True                   # as on CUDA: on this CPU build capture must fail
+    with caplog.at_level(logging.WARNING, logger="v3"):
+        for _ in range(cfg.epochs):
+            group.run_epoch()
+    assert "group 1/1: CUDA graph capture failed (" in caplog.text
+    assert "running the fast engine eagerly" in caplog.text
+    assert group.graph is None and group.use_graph is False
+    plain = train_jobs(make_jobs(pairs), dataclasses.replace(cfg, engine="plain"), show_progress=False)
+    for m, s in enumerate(group.slots):
+        assert_same_training(plain[s.job.key], group.outcome(m, group.cpu_blocks([m])))
+
+
+def test_pipeline_step_4_with_the_fast_engine(tmp_path):
+    from conftest import tiny_config
+    from v3_colab_training import V3CoLabPipeline
+    from v3_trainer import load_checkpoint
+    cfg = tiny_config()
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, engine="fast", device="cpu"))
+    pipe = V3CoLabPipeline(tmp_path / "out", config=cfg, coins=["BTCUSDT"], timeframes=["15m", "1h"])
+    pipe.step_2_download_binance_data()
+    pipe.step_3_preprocess_features()
+    res = pipe.step_4_train_models()
+    for key in ("BTCUSDT_15m", "BTCUSDT_1h"):
+        assert res[key]["status"] == "success" and res[key]["total_epochs"] == 2
+        ckpt = load_checkpoint(pipe.model_path(*key.split("_")))
+        model = model_from_checkpoint(ckpt)          # strict load: the state_dict format is unchanged
+        assert model(torch.zeros(1, cfg.features.seq_len, model.config.input_size)).shape == (1,)
+    res = pipe.step_3_train_models(epochs=3)         # the guide's "resume training" call
+    assert all(res[k]["total_epochs"] == 3 for k in ("BTCUSDT_15m", "BTCUSDT_1h"))
+
+
+def test_cli_engine_flag():
+    from v3_colab_training import build_parser, pipeline_from_args
+    pipe, _ = pipeline_from_args(build_parser().parse_args(["--demo", "--engine", "plain"]))
+    assert pipe.config.train.engine == "plain"
+    pipe, _ = pipeline_from_args(build_parser().parse_args(["--demo"]))
+    assert pipe.config.train.engine == "auto"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--engine", "turbo"])
+
+
+def test_benchmark_tiny_cpu_run_writes_its_json(tmp_path, capsys):
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_gpu_training.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu_training", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--tiny", "--device", "cpu", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["device"] == "cpu" and res["tiny"] is True
+    for engine in ("plain", "fast"):
+        assert res[engine]["ms_per_model_step"] > 0
+    assert res["fast"]["engine"] == "fast-eager"
+    assert res["speedup"] > 0 and res["parity"]["pairs"]
+    assert all(abs(p["rel_diff"]) < 1 for p in res["parity"]["pairs"])
+    text = capsys.readouterr().out
+    assert "ms/model-step" in text and "speedup" in text and "parity" in text
+
+
+# ---------------------------------------------------------------------------------------
+# CUDA only (bench/run_gpu_check.sh runs these on a GPU machine)
+
+
+@needs_cuda
+def test_cuda_fused_cell_matches_the_reference():
+    dev = torch.device("cuda")
+    assert fast.pick_cell(dev) == "fused"
+    torch.manual_seed(3)
+    gi, gh = (torch.randn(64, 32, device=dev) for _ in range(2))
+    c, dh, dc = (torch.randn(64, 8, device=dev) for _ in range(3))
+    ref, fus = fast._cell_reference(gi, gh, c), fast._cell_fused(gi, gh, c)
+    for a, b in zip(ref, fus):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for d in (dc, None):
+        for a, b in zip(fast._cell_reference_backward(dh, d, c, ref[1], ref[2]),
+                        fast._cell_fused_backward(dh, d, c, fus[1], fus[2])):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
+def test_cuda_graph_engine_trains_like_the_plain_loop(pairs, monkeypatch, caplog):
+    monkeypatch.setattr(fast, "TF32_MATMUL", False)   # exact fp32 on both sides for this check
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    cfg = dataclasses.replace(TRAIN, device="cuda")
+    plain = train_jobs(make_jobs(pairs), dataclasses.replace(cfg, engine="plain"), show_progress=False)
+    with caplog.at_level(logging.INFO, logger="v3"):
+        quick = train_jobs(make_jobs(pairs), dataclasses.replace(cfg, engine="auto"), show_progress=False)
+    assert "training engine: fast (engine=auto)" in caplog.text
+    assert "CUDA graph capture failed" not in caplog.text
+    assert {o.engine for o in quick.values()} == {"fast-graph"}
+    for key in plain:
+        assert_same_training(plain[key], quick[key], rtol=2e-3, atol=2e-3)
+
+
+@needs_cuda
+def test_cuda_training_step_never_waits_for_the_gpu(pairs):
+    cfg = dataclasses.replace(TRAIN, device="cuda")
+    group = fast._Group(make_jobs(pairs), cfg, torch.device("cuda"), use_graph=False, label="t")
+    group._fill_tables([0, 1, 2])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")   # any host sync in the step raises
+    try:
+        for _ in range(3):
+            group._train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()

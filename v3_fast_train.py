@@ -1,0 +1,869 @@
+"""Step 4's fast engine: many V3 models trained as one batched computation.
+
+Why. The guide's model is tiny (batch 32 x window 60, hidden 128), so on a GPU one training
+step is a few thousand small kernels and the time goes to launching them, not to arithmetic
+(REFERENCE.md section 4: 8.0 ms per step eager, 2.7 ms replayed from a CUDA graph).
+`torch.vmap` cannot batch `nn.LSTM`, and one cuDNN call cannot serve models with different
+weights. So this module writes the same model once more with every weight stacked along a
+leading model axis (M, ...), and the LSTM recurrence as batched matrix products over all M
+models and both directions at once: each kernel then serves every model of the group, and
+on CUDA the whole training step (forward, backward, clipping, AdamW) is captured once in a
+CUDA graph and replayed for every batch. Nothing in the hot loop reads a value back to the
+host; the losses of an epoch are read once, after its validation pass.
+
+What stays per model, as in `v3_trainer.train_model`: the initial weights (same seed), the
+batches of every epoch (the same permutation, seeded by (seed, epoch)), the loss, gradient
+accumulation, gradient clipping (one norm per model), AdamW (one step count per model), the
+learning rate (each model's own cosine-with-warm-restarts value, a pure function of its own
+fractional epoch), the validation loss, early stopping and the best weights. Pairs with
+different sample counts share a group: padding samples have zero loss weight, and a model
+whose epoch has fewer batches skips the optimizer on the extra ones. Models that finish leave
+the group at an epoch boundary; once a quarter of its slots are idle the group is re-packed
+(and its graph re-captured), so they free their share of the GPU.
+
+Results are ordinary `TrainOutcome`s: the best weights as a `V3LSTMModel` state_dict on the
+CPU and a resume state in the plain loop's format (torch AdamW and scheduler state dicts), so
+checkpoints do not change and either engine can continue what the other saved (jobs that
+resume are trained here too, each from its own epoch).
+
+On purpose different from the plain loop: dropout masks are drawn for the whole group (the
+same seed and the same group of pairs give the same run, but not the plain loop's masks), and
+the engine trains in fp32 only (with TF32 matrix products on CUDA, see TF32_MATMUL). With
+dropout off, both engines agree to float rounding (tests/test_fast_train.py checks it, epoch
+by epoch, on CPU; on a GPU with TF32 off).
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from v3_common import ConfigError, V3Error, log, progress
+from v3_lstm_model import ModelConfig, V3LSTMModel
+
+ADAM_BETAS = (0.9, 0.999)     # torch.optim.AdamW's defaults, which the plain loop uses
+ADAM_EPS = 1e-8
+REPACK_IDLE_FRACTION = 0.25   # re-pack a group once this share of its slots has finished
+MAX_GROUP_MODELS = 64         # models per group at most (more are split into several groups)
+EVAL_ROWS = 4096              # validation windows per chunk, over all models of a group
+GRAPH_WARMUP_STEPS = 2        # eager steps on a side stream before capture, as torch's docs do
+# fp32 weights and activations, but matrix products on TF32 tensor cores (Ampere and newer):
+# at 40 models a step is ~0.5 TFLOP of batched matmuls, compute- rather than launch-bound.
+# TF32 is also what PyTorch lets cuDNN use by default (torch.backends.cudnn.allow_tf32), and
+# the benchmark checks quality against the plain loop. The setting is restored afterwards.
+TF32_MATMUL = True
+
+
+# ---------------------------------------------------------------------------------------
+# The LSTM cell: one time step for N rows at once (N = models x directions x batch).
+# Gates are in PyTorch's order i, f, g, o. The workspace (the activated gates) is what the
+# backward needs. On CUDA, ATen's fused cell (one kernel each way, the one nn.LSTMCell uses)
+# replaces the reference after a self-check; on CPU the reference runs.
+
+
+def _cell_reference(gi: torch.Tensor, gh: torch.Tensor, c: torch.Tensor):
+    i, f, g, o = (gi + gh).chunk(4, 1)                      # each (N, H)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c_new = f * c + i * g
+    return o * torch.tanh(c_new), c_new, torch.cat([i, f, g, o], 1)
+
+
+def _cell_reference_backward(dh: torch.Tensor, dc: torch.Tensor | None, c_prev: torch.Tensor,
+                             c: torch.Tensor, ws: torch.Tensor):
+    """Gradients w.r.t. the gate pre-activations (N, 4H) and the previous cell state (N, H)."""
+    i, f, g, o = ws.chunk(4, 1)
+    tc = torch.tanh(c)
+    dcc = dh * o * (1 - tc * tc)
+    if dc is not None:
+        dcc = dcc + dc
+    dgates = torch.cat([dcc * g * i * (1 - i), dcc * c_prev * f * (1 - f),
+                        dcc * i * (1 - g * g), dh * tc * o * (1 - o)], 1)
+    return dgates, dcc * f
+
+
+def _cell_fused(gi, gh, c):
+    return torch.ops.aten._thnn_fused_lstm_cell(gi, gh, c)
+
+
+def _cell_fused_backward(dh, dc, c_prev, c, ws):
+    dgates, dc_prev, _ = torch.ops.aten._thnn_fused_lstm_cell_backward_impl(dh, dc, c_prev, c, ws,
+                                                                            False)
+    return dgates, dc_prev
+
+
+CELLS = {"reference": (_cell_reference, _cell_reference_backward),
+         "fused": (_cell_fused, _cell_fused_backward)}
+_cell_choice: dict[str, str] = {}
+
+
+def pick_cell(device: torch.device) -> str:
+    """'fused' on CUDA when ATen's fused cell matches the reference on a small random case
+    (forward and backward), else 'reference'. Checked once per device."""
+    key = str(device)
+    if key in _cell_choice:
+        return _cell_choice[key]
+    choice = "reference"
+    if device.type == "cuda":
+        try:
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            gi, gh, dg = (torch.randn(6, 16, generator=gen).to(device) for _ in range(3))
+            c, dh, dc = (torch.randn(6, 4, generator=gen).to(device) for _ in range(3))
+            ref = _cell_reference(gi, gh, c)
+            fus = _cell_fused(gi, gh, c)
+            ok = all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ref, fus))
+            for d in (dc, None):
+                rb = _cell_reference_backward(dh, d, c, ref[1], ref[2])
+                fb = _cell_fused_backward(dh, d, c, fus[1], fus[2])
+                ok = ok and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(rb, fb))
+            choice = "fused" if ok else "reference"
+            if not ok:
+                log.warning("fast engine: ATen's fused LSTM cell disagrees with the reference "
+                            "on %s; using the reference cell (slower, same results)", device)
+        except Exception as e:  # an op missing from this build: the reference always works
+            log.warning("fast engine: fused LSTM cell unavailable on %s (%s); using the "
+                        "reference cell", device, type(e).__name__)
+    _cell_choice[key] = choice
+    return choice
+
+
+# ---------------------------------------------------------------------------------------
+# One LSTM layer for D independent LSTMs (D = models x directions), each running forward in
+# time over its own input. The reverse direction is given its input already reversed in time.
+
+
+def _lstm_layer(x, w_ih, w_hh, b_ih, b_hh, cell: str, keep: bool):
+    """x (D, T, B, I) -> h (D, T, B, H); with keep, also what the backward needs."""
+    D, T, B, I = x.shape
+    H = w_hh.shape[-1]
+    step = CELLS[cell][0]
+    gx = torch.baddbmm((b_ih + b_hh).unsqueeze(1), x.reshape(D, T * B, I),
+                       w_ih.transpose(1, 2))                               # (D, T*B, 4H)
+    gx = gx.view(D, T, B, 4 * H).transpose(0, 1).contiguous()              # (T, D, B, 4H)
+    w_hh_t = w_hh.transpose(1, 2)                                          # (D, H, 4H)
+    h = x.new_zeros(D, B, H)
+    c = x.new_zeros(D * B, H)
+    hs, cs, wss = [], [c], []
+    for t in range(T):
+        hy, c, ws = step(gx[t].view(D * B, 4 * H), torch.bmm(h, w_hh_t).view(D * B, 4 * H), c)
+        h = hy.view(D, B, H)
+        hs.append(h)
+        if keep:
+            cs.append(c)
+            wss.append(ws)
+    return torch.stack(hs, 1), cs, wss                                     # (D, T, B, H)
+
+
+class _GroupedLSTMLayer(torch.autograd.Function):
+    """The layer above with a hand-written backward: two kernels per time step each way
+    (a batched matmul and the cell), and the weight gradients as one matmul per layer."""
+
+    @staticmethod
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, cell):
+        out, cs, wss = _lstm_layer(x, w_ih, w_hh, b_ih, b_hh, cell, keep=True)
+        ctx.cell, ctx.cs, ctx.wss = cell, cs, wss
+        ctx.save_for_backward(x, w_ih, w_hh, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, w_ih, w_hh, out = ctx.saved_tensors
+        cs, wss, cell_backward = ctx.cs, ctx.wss, CELLS[ctx.cell][1]
+        D, T, B, H = out.shape
+        I = x.shape[-1]
+        dgs = [None] * T
+        dh_rec, dc = None, None
+        for t in range(T - 1, -1, -1):
+            dh = dout[:, t] if dh_rec is None else dout[:, t] + dh_rec     # (D, B, H)
+            dg, dc = cell_backward(dh.reshape(D * B, H), dc, cs[t], cs[t + 1], wss[t])
+            dgs[t] = dg.view(D, B, 4 * H)
+            if t > 0:
+                dh_rec = torch.bmm(dgs[t], w_hh)                           # (D, B, H)
+        dG = torch.stack(dgs, 1)                                           # (D, T, B, 4H)
+        dG2 = dG.view(D, T * B, 4 * H)
+        dx = torch.bmm(dG2, w_ih).view(D, T, B, I)
+        dw_ih = torch.bmm(dG2.transpose(1, 2), x.reshape(D, T * B, I))
+        if T > 1:
+            dw_hh = torch.bmm(dG[:, 1:].reshape(D, (T - 1) * B, 4 * H).transpose(1, 2),
+                              out[:, :-1].reshape(D, (T - 1) * B, H))
+        else:
+            dw_hh = torch.zeros_like(w_hh)
+        db = dG2.sum(1)
+        ctx.cs = ctx.wss = None
+        return dx, dw_ih, dw_hh, db, db, None
+
+
+# ---------------------------------------------------------------------------------------
+# The grouped model: V3LSTMModel's forward for M models at once. Weights live in "blocks",
+# one per V3LSTMModel parameter, stacked along a leading model axis; an LSTM block holds both
+# directions, (M, directions, ...), so that (M * directions) LSTMs are one batch.
+
+
+def block_layout(cfg: ModelConfig) -> dict[str, list[str]]:
+    """Block name -> the V3LSTMModel parameter names it stacks (in named_parameters order)."""
+    out: dict[str, list[str]] = {}
+    for name, _ in V3LSTMModel(cfg).named_parameters():
+        base = name[:-len("_reverse")] if name.endswith("_reverse") else name
+        out.setdefault(base, []).append(name)
+    return out
+
+
+def pack_states(states: list[dict], layout: dict[str, list[str]], *, device, dtype) -> dict:
+    """M state_dicts -> {block: (M, ...) tensor}."""
+    blocks = {}
+    for block, names in layout.items():
+        if block.startswith("lstm."):
+            rows = [torch.stack([sd[n] for n in names], 0) for sd in states]
+        else:
+            rows = [sd[names[0]] for sd in states]
+        blocks[block] = torch.stack(rows, 0).to(device=device, dtype=dtype).contiguous()
+    return blocks
+
+
+def unpack_state(blocks: dict, layout: dict[str, list[str]], m: int) -> dict:
+    """Model m of the blocks -> a V3LSTMModel state_dict (tensors on the blocks' device)."""
+    sd = {}
+    for block, names in layout.items():
+        t = blocks[block][m]
+        if block.startswith("lstm."):
+            for d, n in enumerate(names):
+                sd[n] = t[d].clone()
+        else:
+            sd[names[0]] = t.clone()
+    return sd
+
+
+def grouped_forward(p: dict, x: torch.Tensor, cfg: ModelConfig, *, train: bool,
+                    cell: str = "reference") -> torch.Tensor:
+    """x (M, T, B, K) -> predictions (M, B): model m of the group reads x[m].
+    Same computation as V3LSTMModel.forward, per model; dropout only when `train`."""
+    M, T, B, K = x.shape
+    nd, H = (2 if cfg.bidirectional else 1), cfg.hidden_size
+    y = F.layer_norm(x, (K,)) * p["input_norm.weight"].view(M, 1, 1, K) \
+        + p["input_norm.bias"].view(M, 1, 1, K)                            # (M, T, B, K)
+    for k in range(cfg.num_layers):
+        xs = torch.stack([y, y.flip(1)], 1) if nd == 2 else y.unsqueeze(1)  # (M, nd, T, B, I)
+        I = xs.shape[-1]
+        args = (xs.view(M * nd, T, B, I), p[f"lstm.weight_ih_l{k}"].view(M * nd, 4 * H, I),
+                p[f"lstm.weight_hh_l{k}"].view(M * nd, 4 * H, H),
+                p[f"lstm.bias_ih_l{k}"].view(M * nd, 4 * H),
+                p[f"lstm.bias_hh_l{k}"].view(M * nd, 4 * H), cell)
+        if torch.is_grad_enabled():
+            out = _GroupedLSTMLayer.apply(*args)
+        else:
+            out = _lstm_layer(*args, keep=False)[0]
+        out = out.view(M, nd, T, B, H)
+        y = out[:, 0] if nd == 1 else torch.cat([out[:, 0], out[:, 1].flip(1)], -1)  # (M,T,B,nd*H)
+        if train and cfg.dropout > 0 and k < cfg.num_layers - 1:
+            y = F.dropout(y, cfg.dropout, True)
+    D = nd * H
+    if cfg.use_attention:
+        u = torch.tanh(torch.baddbmm(p["attention.proj.bias"].unsqueeze(1), y.reshape(M, T * B, D),
+                                     p["attention.proj.weight"].transpose(1, 2)))  # (M, T*B, D)
+        scores = torch.bmm(u, p["attention.score.weight"].transpose(1, 2)).view(M, T, B)
+        weights = torch.softmax(scores, dim=1)                              # over time
+        context = (weights.unsqueeze(-1) * y).sum(1)                        # (M, B, D)
+    else:
+        context = y[:, -1]
+    z = torch.baddbmm(p["head.0.bias"].unsqueeze(1), context, p["head.0.weight"].transpose(1, 2))
+    Hh = z.shape[-1]
+    z = F.layer_norm(z, (Hh,)) * p["head.1.weight"].view(M, 1, Hh) + p["head.1.bias"].view(M, 1, Hh)
+    z = F.gelu(z)
+    if train and cfg.dropout > 0:
+        z = F.dropout(z, cfg.dropout, True)
+    out = torch.baddbmm(p["head.4.bias"].unsqueeze(1), z, p["head.4.weight"].transpose(1, 2))
+    return out.squeeze(-1)                                                  # (M, B)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-model learning rate and optimizer.
+
+
+def cosine_warm_restarts_lr(epoch: float, *, base_lr: float, t0: int, t_mult: int,
+                            eta_min: float) -> float:
+    """The learning rate CosineAnnealingWarmRestarts sets after `step(epoch)` (same formula,
+    same floating-point steps), as a pure function of the fractional epoch."""
+    if epoch >= t0:
+        if t_mult == 1:
+            t_cur, t_i = epoch % t0, t0
+        else:
+            n = int(math.log((epoch / t0 * (t_mult - 1) + 1), t_mult))
+            t_cur = epoch - t0 * (t_mult ** n - 1) / (t_mult - 1)
+            t_i = t0 * t_mult ** n
+    else:
+        t_cur, t_i = epoch, t0
+    return eta_min + (base_lr - eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
+
+
+@torch.no_grad()
+def grouped_adamw_(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list,
+                   steps: torch.Tensor, lr: torch.Tensor, do_step: torch.Tensor, *,
+                   weight_decay: float, max_norm: float) -> None:
+    """One AdamW step for M models at once, after clipping each model's gradient to
+    `max_norm` (as nn.utils.clip_grad_norm_). Each model has its own learning rate `lr` (M,)
+    and step count `steps` (M,); a model with do_step == 0 is left exactly as it is."""
+    M = lr.shape[0]
+    b1, b2 = ADAM_BETAS
+    g2d = [g.reshape(M, -1) for g in grads]
+    norm = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g, dim=1) for g in g2d], 1), dim=1)  # (M,)
+    dt = params[0].dtype
+    clip = (max_norm / (norm + 1e-6)).clamp(max=1.0).to(dt).unsqueeze(1)
+    steps.add_(do_step)
+    t = steps.clamp(min=1)
+    col = lambda v: v.to(dt).unsqueeze(1)  # noqa: E731  (M,) float64 -> (M, 1) in the weights' dtype
+    decay = col(1 - lr * weight_decay * do_step)
+    w1, w2 = col((1 - b1) * do_step), col((1 - b2) * do_step)
+    bc2_sqrt = col((1 - b2 ** t).sqrt())
+    neg_step = col(-(lr / (1 - b1 ** t)) * do_step)
+    for p, g, m, v in zip(params, g2d, exp_avgs, exp_avg_sqs):
+        p, m, v = p.view(M, -1), m.view(M, -1), v.view(M, -1)
+        g = g * clip
+        p.mul_(decay)
+        m.lerp_(g, w1)
+        v.lerp_(g * g, w2)
+        p.addcmul_(m / (v.sqrt() / bc2_sqrt + ADAM_EPS), neg_step)
+
+
+# ---------------------------------------------------------------------------------------
+# The engine.
+
+
+@dataclass
+class _Slot:
+    """One job's place in a group, and its early-stopping bookkeeping (as train_model's)."""
+    job: object
+    n_train: int
+    n_batches: int
+    n_val: int
+    start_epoch: int = 0
+    epoch: int = 0
+    best_val: float = float("inf")
+    best_epoch: int = 0
+    bad: int = 0
+    has_best: bool = False
+    stopped_early: bool = False
+    history: list = field(default_factory=list)
+    finished: bool = False
+
+
+def _initial_state(job, cfg, cache: dict) -> dict:
+    """The plain loop's initial weights: torch.manual_seed(seed), then V3LSTMModel(config)."""
+    key = (job.model_config, cfg.seed)
+    if key not in cache:
+        torch.manual_seed(cfg.seed)
+        cache[key] = {k: v.detach().clone() for k, v in V3LSTMModel(job.model_config).state_dict().items()}
+    return cache[key]
+
+
+class _Group:
+    """M jobs trained together. Every per-model quantity is a tensor with a leading M axis."""
+
+    def __init__(self, jobs: list, cfg, device: torch.device, *, use_graph: bool, label: str):
+        self.cfg, self.device, self.label = cfg, device, label
+        self.model_cfg: ModelConfig = jobs[0].model_config
+        self.seq_len = int(jobs[0].data.seq_len)
+        self.layout = block_layout(self.model_cfg)
+        self.param_names = [n for names in self.layout.values() for n in names]
+        self.cell = pick_cell(device)
+        self.use_graph = use_graph and device.type == "cuda"
+        self.graph = None
+        self.t_start = time.monotonic()
+        init_cache: dict = {}
+        states, best_states, opt_states = [], [], []
+        self.slots: list[_Slot] = []
+        for job in jobs:
+            d = job.data
+            n_train = int(d.n_train)
+            slot = _Slot(job=job, n_train=n_train, n_val=int(d.n_val),
+                         n_batches=(n_train + cfg.batch_size - 1) // cfg.batch_size)
+            r = job.resume
+            if r:
+                states.append(r["model_state"])
+                opt_states.append(r.get("optimizer_state"))
+                slot.start_epoch = slot.epoch = int(r["epoch"])
+                slot.best_val, slot.best_epoch = float(r["best_val_loss"]), int(r["best_epoch"])
+                slot.history = list(r.get("history", []))
+                slot.bad = 0 if r.get("stopped_early") else int(r.get("bad_epochs", 0))
+                slot.has_best = r.get("best_state") is not None
+                best_states.append(r["best_state"] if slot.has_best else r["model_state"])
+            else:
+                states.append(_initial_state(job, cfg, init_cache))
+                opt_states.append(None)
+                best_states.append(states[-1])
+            self.slots.append(slot)
+        f32 = torch.float32
+        self.params = pack_states(states, self.layout, device=device, dtype=f32)
+        self.best = pack_states(best_states, self.layout, device=device, dtype=f32)
+        self.exp_avg, self.exp_avg_sq, steps = self._optimizer_blocks(opt_states)
+        self.steps = torch.tensor(steps, dtype=torch.float64, device=device)
+        for t in self.params.values():
+            t.requires_grad_(True)
+        self._load_data()
+        self._alloc_step_buffers()
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _optimizer_blocks(self, opt_states: list):
+        """AdamW moments as blocks, from each job's saved torch AdamW state (or zeros), and
+        each model's step count. torch numbers the state by named_parameters order."""
+        index = {n: i for i, n in enumerate(self.param_names)}
+        avg = {b: torch.zeros_like(t) for b, t in self.params.items()}
+        avg_sq = {b: torch.zeros_like(t) for b, t in self.params.items()}
+        steps = []
+        for m, sd in enumerate(opt_states):
+            st = (sd or {}).get("state", {})
+            steps.append(float(st[0]["step"]) if 0 in st else 0.0)
+            for b, names in self.layout.items():
+                for d, n in enumerate(names):
+                    saved = st.get(index[n])
+                    if saved is None:
+                        continue
+                    for dst, key in ((avg, "exp_avg"), (avg_sq, "exp_avg_sq")):
+                        t = dst[b][m, d] if b.startswith("lstm.") else dst[b][m]
+                        t.copy_(saved[key])
+        return avg, avg_sq, steps
+
+    def _load_data(self):
+        """Every pair's features on the device, one (R_max, K) table per model, flattened."""
+        M, dev = len(self.slots), self.device
+        K = self.model_cfg.input_size
+        R = max(len(s.job.data.features) for s in self.slots)
+        feats = np.zeros((M, R, K), np.float32)
+        for m, s in enumerate(self.slots):
+            feats[m, :len(s.job.data.features)] = s.job.data.features
+        self.R = R
+        self.feats = torch.from_numpy(feats).to(dev).view(M * R, K)
+        self.offsets = torch.arange(-(self.seq_len - 1), 1, device=dev)        # (T,)
+        V = max(1, max(s.n_val for s in self.slots))
+        rows = np.zeros((M, V), np.int64)
+        y = np.zeros((M, V), np.float32)
+        w = np.zeros((M, V), np.float32)
+        for m, s in enumerate(self.slots):
+            d, va = s.job.data, s.job.data.split("val")
+            ends = d.ends[va]
+            rows[m] = m * R + int(d.ends[0])                                   # padding: a valid window
+            rows[m, :len(ends)] = m * R + ends
+            y[m, :len(ends)] = d.target[va]
+            w[m, :len(ends)] = 1.0 / max(1, len(ends))
+        self.val_rows, self.val_y, self.val_w = (torch.from_numpy(a).to(dev) for a in (rows, y, w))
+
+    def _alloc_step_buffers(self):
+        """Static per-batch tables, refilled each epoch; the step reads row `step_i`."""
+        M, B, dev = len(self.slots), self.cfg.batch_size, self.device
+        self.nb_cap = max(s.n_batches for s in self.slots)
+        nb = self.nb_cap
+        self.rows_tab = torch.zeros(nb, M, B, dtype=torch.int64, device=dev)
+        self.y_tab = torch.zeros(nb, M, B, device=dev)
+        self.w_tab = torch.zeros(nb, M, B, device=dev)
+        self.valid_tab = torch.zeros(nb, M, B, device=dev)
+        self.lr_tab = torch.zeros(nb, M, dtype=torch.float64, device=dev)
+        self.do_tab = torch.zeros(nb, M, dtype=torch.float64, device=dev)
+        self.step_i = torch.zeros(1, dtype=torch.int64, device=dev)
+        self.sse = torch.zeros(M, device=dev)
+        self.acc = [torch.zeros_like(t) for t in self.params.values()]
+        self._pad_tables()
+
+    def _pad_tables(self):
+        """Tables that train nothing: zero weights, no optimizer step, valid window rows."""
+        self.pad_rows = np.array([m * self.R + int(s.job.data.ends[0])
+                                  for m, s in enumerate(self.slots)], np.int64)
+        pad = torch.from_numpy(self.pad_rows).to(self.device)
+        self.rows_tab.copy_(pad.view(1, -1, 1).expand_as(self.rows_tab))
+        for t in (self.y_tab, self.w_tab, self.valid_tab, self.lr_tab, self.do_tab):
+            t.zero_()
+
+    # -- one training step (captured in a CUDA graph on CUDA) -------------------------------
+    def _train_step(self):
+        M, B, T, K = len(self.slots), self.cfg.batch_size, self.seq_len, self.model_cfg.input_size
+        i = self.step_i
+        rows = self.rows_tab.index_select(0, i)[0]                              # (M, B)
+        y, w = self.y_tab.index_select(0, i)[0], self.w_tab.index_select(0, i)[0]
+        valid = self.valid_tab.index_select(0, i)[0]
+        lr, do = self.lr_tab.index_select(0, i)[0], self.do_tab.index_select(0, i)[0]  # (M,)
+        idx = rows.unsqueeze(1) + self.offsets.view(1, T, 1)                     # (M, T, B)
+        x = self.feats.index_select(0, idx.reshape(-1)).view(M, T, B, K)
+        pred = grouped_forward(self.params, x, self.model_cfg, train=True, cell=self.cell)
+        err = (pred - y) ** 2                                                    # (M, B)
+        params = list(self.params.values())
+        grads = torch.autograd.grad((err * w).sum(), params)
+        with torch.no_grad():
+            self.sse.add_((err * valid).sum(1))
+            torch._foreach_add_(self.acc, grads)
+            grouped_adamw_(params, self.acc, list(self.exp_avg.values()),
+                           list(self.exp_avg_sq.values()), self.steps, lr, do,
+                           weight_decay=self.cfg.weight_decay, max_norm=self.cfg.grad_clip)
+            keep = (1 - do).to(self.acc[0].dtype).unsqueeze(1)
+            for a in self.acc:                       # models that stepped start a new accumulation
+                a.view(M, -1).mul_(keep)
+            self.step_i.add_(1)
+
+    def _capture(self):
+        """Capture _train_step in a CUDA graph; on any failure, run eagerly (and say so)."""
+        self._pad_tables()
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(GRAPH_WARMUP_STEPS):
+                    self.step_i.zero_()   # row 0 of the padded tables: nothing is trained
+                    self._train_step()
+                self.step_i.zero_()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._train_step()
+            self.graph = graph
+        except Exception as e:  # capture is an optimisation: eager gives the same results
+            self.graph, self.use_graph = None, False
+            log.warning("%s: CUDA graph capture failed (%s: %s); running the fast engine "
+                        "eagerly", self.label, type(e).__name__, str(e)[:200])
+        self.sse.zero_()
+        self.step_i.zero_()
+        for a in self.acc:
+            a.zero_()
+
+    # -- epochs -----------------------------------------------------------------------------
+    def _lr(self, epoch: float) -> float:
+        c = self.cfg
+        return cosine_warm_restarts_lr(epoch, base_lr=c.learning_rate, t0=c.scheduler_t0,
+                                       t_mult=c.scheduler_t_mult, eta_min=c.eta_min)
+
+    def _fill_tables(self, active: list[int]) -> int:
+        """This epoch's batches for the active slots (each its own epoch and permutation, as
+        train_model draws it); other slots train nothing. Returns the number of steps."""
+        c, M, B, nb = self.cfg, len(self.slots), self.cfg.batch_size, self.nb_cap
+        rows = np.broadcast_to(self.pad_rows.reshape(1, M, 1), (nb, M, B)).copy()
+        y = np.zeros((nb, M, B), np.float32)
+        w = np.zeros((nb, M, B), np.float32)
+        valid = np.zeros((nb, M, B), np.float32)
+        lr = np.zeros((nb, M), np.float64)
+        do = np.zeros((nb, M), np.float64)
+        perms: dict = {}
+        for m in active:
+            s = self.slots[m]
+            d, ep = s.job.data, s.epoch
+            if (s.n_train, ep) not in perms:
+                torch.manual_seed(c.seed * 100_003 + ep)  # as train_model: (seed, epoch)
+                perms[(s.n_train, ep)] = torch.randperm(s.n_train, device="cpu").numpy()
+            perm = perms[(s.n_train, ep)]
+            tr, nb_m = d.split("train"), s.n_batches
+            ends, target = d.ends[tr][perm], d.target[tr][perm]        # in batch order
+            pos = np.arange(s.n_train)
+            i, j = pos // B, pos % B                                   # batch, place in batch
+            sizes = np.minimum(B, s.n_train - np.arange(nb_m) * B)     # the last may be short
+            rows[i, m, j] = m * self.R + ends
+            y[i, m, j] = target
+            w[i, m, j] = 1.0 / (sizes[i] * c.grad_accum_steps)
+            valid[i, m, j] = 1.0
+            lr[:nb_m, m] = [self._lr(ep + k / nb_m) for k in range(nb_m)]
+            k = np.arange(nb_m)
+            do[:nb_m, m] = ((k + 1) % c.grad_accum_steps == 0) | (k + 1 == nb_m)
+        for dst, src in ((self.rows_tab, rows), (self.y_tab, y), (self.w_tab, w),
+                         (self.valid_tab, valid), (self.lr_tab, lr), (self.do_tab, do)):
+            dst.copy_(torch.from_numpy(src))
+        # dropout masks: one stream for the group, seeded by (seed, epoch) like the shuffles
+        torch.manual_seed(c.seed * 100_003 + min(self.slots[m].epoch for m in active) + 7919)
+        return max(self.slots[m].n_batches for m in active)
+
+    @torch.no_grad()
+    def _validate(self) -> torch.Tensor:
+        """Validation MSE per model, (M,), in eval mode (no dropout)."""
+        M, T, K = len(self.slots), self.seq_len, self.model_cfg.input_size
+        V = self.val_rows.shape[1]
+        chunk = max(1, min(self.cfg.eval_batch_size, EVAL_ROWS // M))
+        total = torch.zeros(M, device=self.device)
+        for c0 in range(0, V, chunk):
+            rows = self.val_rows[:, c0:c0 + chunk]
+            b = rows.shape[1]
+            idx = rows.unsqueeze(1) + self.offsets.view(1, T, 1)
+            x = self.feats.index_select(0, idx.reshape(-1)).view(M, T, b, K)
+            pred = grouped_forward(self.params, x, self.model_cfg, train=False, cell=self.cell)
+            total += ((pred - self.val_y[:, c0:c0 + chunk]) ** 2 * self.val_w[:, c0:c0 + chunk]).sum(1)
+        return total
+
+    def run_epoch(self) -> list[int]:
+        """Train every unfinished slot for one epoch of its own; returns the slots that
+        finished (early stop or last epoch)."""
+        c = self.cfg
+        active = [m for m, s in enumerate(self.slots) if not s.finished]
+        if self.use_graph and self.graph is None:
+            self._capture()
+        n_steps = self._fill_tables(active)
+        self.sse.zero_()
+        self.step_i.zero_()
+        for _ in range(n_steps):
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self._train_step()
+        val = self._validate()
+        val_host, sse_host = torch.stack([val, self.sse.to(val.dtype)]).cpu().tolist()  # one sync per epoch
+        improved, done = [], []
+        for m in active:
+            s = self.slots[m]
+            s.epoch += 1
+            val_loss, train_loss = float(val_host[m]), float(sse_host[m]) / s.n_train
+            s.history.append({"epoch": s.epoch, "train_loss": train_loss, "val_loss": val_loss,
+                              "lr": self._lr(float(s.epoch))})
+            if val_loss < s.best_val - c.min_delta:
+                s.best_val, s.best_epoch, s.bad, s.has_best = val_loss, s.epoch, 0, True
+                improved.append(m)
+            else:
+                s.bad += 1
+            if c.early_stopping and s.bad >= c.patience:
+                s.stopped_early = True
+                log.info("%s: early stop at epoch %d (best %.5f at epoch %d)",
+                         s.job.desc, s.epoch, s.best_val, s.best_epoch)
+            if s.stopped_early or s.epoch >= c.epochs:
+                s.finished = True
+                done.append(m)
+        if improved:
+            idx = torch.tensor(improved, device=self.device)
+            with torch.no_grad():
+                for b, t in self.params.items():
+                    self.best[b].index_copy_(0, idx, t.detach().index_select(0, idx))
+        return done
+
+    # -- leaving the group ------------------------------------------------------------------
+    def idle_fraction(self) -> float:
+        return sum(s.finished for s in self.slots) / len(self.slots)
+
+    def repack(self):
+        """Keep only the unfinished slots (smaller tensors, a new graph at the next epoch)."""
+        keep = [m for m, s in enumerate(self.slots) if not s.finished]
+        idx = torch.tensor(keep, device=self.device)
+        M_old, R = len(self.slots), self.R
+        with torch.no_grad():
+            for d in (self.params, self.best, self.exp_avg, self.exp_avg_sq):
+                for b in d:
+                    d[b] = d[b].detach().index_select(0, idx).contiguous()
+            for t in self.params.values():
+                t.requires_grad_(True)
+            self.steps = self.steps.index_select(0, idx)
+            K = self.feats.shape[1]
+            self.feats = self.feats.view(M_old, R, K).index_select(0, idx).reshape(len(keep) * R, K)
+            new_base = (torch.arange(len(keep), device=self.device) * R).view(-1, 1)
+            self.val_rows = self.val_rows.index_select(0, idx) % R + new_base
+            self.val_y = self.val_y.index_select(0, idx)
+            self.val_w = self.val_w.index_select(0, idx)
+        self.slots = [self.slots[m] for m in keep]
+        self.graph = None
+        self._alloc_step_buffers()
+        log.info("%s: %d of %d models still training; re-packed the group", self.label,
+                 len(keep), M_old)
+
+    # -- results ----------------------------------------------------------------------------
+    def cpu_blocks(self, ms: list[int]) -> dict:
+        """Weights, best weights, AdamW moments and step counts of slots `ms`, copied to the
+        CPU once per block; resume_state(m, cpu) slices them."""
+        idx = torch.tensor(ms, device=self.device)
+        cpu = {"row": {m: r for r, m in enumerate(ms)}, "steps": self.steps.index_select(0, idx).cpu()}
+        with torch.no_grad():
+            for name, d in (("params", self.params), ("best", self.best),
+                            ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+                cpu[name] = {b: t.detach().index_select(0, idx).cpu() for b, t in d.items()}
+        return cpu
+
+    def resume_state(self, m: int, cpu: dict) -> dict:
+        """Slot m's training state in train_model's resume format (RESUME_FORMAT)."""
+        from v3_trainer import RESUME_FORMAT
+        c, s, r = self.cfg, self.slots[m], cpu["row"][m]
+        model_state = unpack_state(cpu["params"], self.layout, r)
+        model = V3LSTMModel(self.model_cfg)
+        model.load_state_dict(model_state)
+        opt = torch.optim.AdamW(model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            opt, T_0=c.scheduler_t0, T_mult=c.scheduler_t_mult, eta_min=c.eta_min)
+        if s.epoch > 0:
+            with warnings.catch_warnings():  # stepping the scheduler with no optimizer step
+                warnings.simplefilter("ignore")
+                sched.step(float(s.epoch))
+        step = float(cpu["steps"][r])
+        if step > 0:
+            avg = unpack_state(cpu["exp_avg"], self.layout, r)
+            avg_sq = unpack_state(cpu["exp_avg_sq"], self.layout, r)
+            for name, p in model.named_parameters():
+                opt.state[p] = {"step": torch.tensor(step), "exp_avg": avg[name],
+                                "exp_avg_sq": avg_sq[name]}
+        best = unpack_state(cpu["best"], self.layout, r) if s.has_best else model_state
+        return {"format": RESUME_FORMAT, "model_state": model_state,
+                "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict(),
+                "scaler_state": {}, "epoch": s.epoch, "best_val_loss": s.best_val,
+                "best_epoch": s.best_epoch, "best_state": best, "bad_epochs": s.bad,
+                "stopped_early": s.stopped_early, "history": list(s.history),
+                "epochs_requested": c.epochs, "train_config": c.to_dict()}
+
+    def outcome(self, m: int, cpu: dict):
+        from v3_trainer import TrainOutcome
+        s = self.slots[m]
+        state = self.resume_state(m, cpu)
+        return TrainOutcome(best_state=state["best_state"], best_val_loss=s.best_val,
+                            best_epoch=s.best_epoch, epochs_done=s.epoch,
+                            stopped_early=s.stopped_early, history=list(s.history),
+                            resume_state=state, seconds=time.monotonic() - self.t_start,
+                            engine="fast-graph" if self.graph is not None else "fast-eager")
+
+
+def _group_jobs(jobs: list, cfg, device: torch.device) -> list[list]:
+    """Jobs with the same model config and window share a group, up to a size that fits in
+    half the free GPU memory."""
+    by_key: dict = {}
+    for job in jobs:
+        by_key.setdefault((job.model_config, int(job.data.seq_len)), []).append(job)
+    size = MAX_GROUP_MODELS
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        mc, T = jobs[0].model_config, int(jobs[0].data.seq_len)
+        nd = 2 if mc.bidirectional else 1
+        n_params = sum(p.numel() for p in V3LSTMModel(mc).parameters())
+        # a step keeps ~20 floats per (layer, direction, time step, sample, hidden unit)
+        # for the backward; weights, gradients, AdamW moments and best weights ~8 copies
+        per_model = 4 * (20 * mc.hidden_size * nd * mc.num_layers * T * cfg.batch_size
+                         + 8 * n_params)
+        size = max(1, min(size, int(0.5 * free) // per_model))
+    return [g[i:i + size] for g in by_key.values() for i in range(0, len(g), size)]
+
+
+def train_jobs_fast(jobs: list, cfg, *, device: torch.device, show_progress: bool = True,
+                    on_done: Callable | None = None, on_error: Callable | None = None,
+                    fallback: Callable[[list], dict] | None = None) -> dict:
+    """Train `jobs` (v3_trainer.TrainJob) in groups; same contract as v3_trainer.train_jobs:
+    `on_done(job, outcome)` as each model finishes, a V3Error from one job goes to
+    `on_error` and the others go on. Returns {job.key: outcome} for the jobs that finished.
+
+    If a group fails inside torch (a RuntimeError such as CUDA out of memory), its
+    unfinished jobs go to `fallback(jobs)` (the plain loop), with a warning saying why."""
+    out: dict = {}
+    ok = []
+    for job in jobs:  # a pair whose data does not fit its model fails alone, before any work
+        K, k = job.model_config.input_size, job.data.features.shape[1]
+        if k != K or job.model_config.output_size != 1:
+            e = ConfigError(f"{job.key}: the data has {k} features per candle, the model "
+                            f"expects {K} (and one output, has {job.model_config.output_size}); "
+                            f"preprocess the pair again (step 3) with the model's input_size.")
+            if on_error is None:
+                raise e
+            on_error(job, e)
+        else:
+            ok.append(job)
+    jobs = ok
+    if not jobs:
+        return out
+    groups = _group_jobs(jobs, cfg, device)
+    use_graph = device.type == "cuda"
+    log.info("fast engine: %d models in %d group(s) on %s (fp32%s)", len(jobs), len(groups),
+             device, ", TF32 matmuls, CUDA graphs" if use_graph and TF32_MATMUL else
+             ", CUDA graphs" if use_graph else "")
+    precision = torch.get_float32_matmul_precision()
+    if device.type == "cuda" and TF32_MATMUL:
+        torch.set_float32_matmul_precision("high")
+    try:
+        left = _train_groups(groups, cfg, device, use_graph=use_graph, show_progress=show_progress,
+                             on_done=on_done, on_error=on_error, out=out,
+                             can_fall_back=fallback is not None)
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    if left:
+        out.update(fallback(left))
+    return out
+
+
+def _train_groups(groups, cfg, device, *, use_graph, show_progress, on_done, on_error, out,
+                  can_fall_back: bool) -> list:
+    """Train each group; returns the jobs of failed groups that are left to train."""
+    left_all = []
+    for gi, group_jobs in enumerate(groups, 1):
+        label = f"fast engine, group {gi}/{len(groups)}" if len(groups) > 1 else "fast engine"
+        group = None
+        try:
+            group = _Group(group_jobs, cfg, device, use_graph=use_graph, label=label)
+            _run_group(group, cfg, show_progress=show_progress, on_done=on_done,
+                       on_error=on_error, out=out)
+        except V3Error as e:
+            if group is not None or on_error is None:  # from on_done/on_error: not ours to catch
+                raise
+            for job in group_jobs:
+                on_error(job, e)
+        except RuntimeError as e:
+            if not can_fall_back:
+                raise
+            left = [j for j in group_jobs if j.key not in out and
+                    (group is None or any(s.job is j and not s.finished for s in group.slots))]
+            log.warning("%s failed (%s: %s); training its %d unfinished models with the plain "
+                        "loop", label, type(e).__name__, str(e)[:300], len(left))
+            del group
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            left_all += left
+    return left_all
+
+
+def _run_group(group: _Group, cfg, *, show_progress: bool, on_done, on_error, out: dict) -> None:
+    last_save = time.monotonic()
+    save_every_s = cfg.checkpoint_every_s
+    first = min(s.epoch for s in group.slots)
+    bar = progress(total=max(0, cfg.epochs - first), enabled=show_progress, unit="epoch",
+                   desc=f"train {len(group.slots)} models (fast)")
+
+    def finish(ms: list[int]) -> None:
+        if not ms:
+            return
+        cpu = group.cpu_blocks(ms)
+        for m in ms:
+            job = group.slots[m].job
+            outcome = group.outcome(m, cpu)
+            try:
+                if job.checkpoint_fn:
+                    job.checkpoint_fn(outcome.resume_state)
+                if on_done:
+                    on_done(job, outcome)
+                out[job.key] = outcome
+            except V3Error as e:
+                if on_error is None:
+                    raise
+                on_error(job, e)
+
+    try:
+        for s in group.slots:  # resumed jobs that have nothing left to train
+            if s.epoch >= cfg.epochs:
+                s.finished = True
+        finish([m for m, s in enumerate(group.slots) if s.finished])
+        while any(not s.finished for s in group.slots):
+            if group.idle_fraction() >= REPACK_IDLE_FRACTION:
+                group.repack()
+            before = min(s.epoch for s in group.slots if not s.finished)
+            done = group.run_epoch()
+            finish(done)
+            live = [s for s in group.slots if not s.finished]
+            bar.update(min((s.epoch for s in live), default=cfg.epochs) - before)
+            vals = [s.history[-1]["val_loss"] for s in group.slots if s.history]
+            bar.set_postfix(training=len(live), val=f"{np.mean(vals):.4f}" if vals else "-")
+            if live and time.monotonic() - last_save >= save_every_s:
+                t_save = time.monotonic()
+                ms = [m for m, s in enumerate(group.slots) if not s.finished and s.job.checkpoint_fn]
+                if ms:
+                    cpu = group.cpu_blocks(ms)
+                    for m in ms:
+                        group.slots[m].job.checkpoint_fn(group.resume_state(m, cpu))
+                last_save = time.monotonic()
+                # saving M models' states at once can be slow (disk): keep that under ~10 %
+                # of the time (0 means after every epoch, as in train_model)
+                if cfg.checkpoint_every_s > 0:
+                    save_every_s = max(cfg.checkpoint_every_s, 10 * (last_save - t_save))
+    except KeyboardInterrupt:
+        ms = [m for m, s in enumerate(group.slots)
+              if not s.finished and s.job.checkpoint_fn and s.epoch > s.start_epoch]
+        cpu = group.cpu_blocks(ms) if ms else {}
+        for m in ms:
+            s = group.slots[m]
+            s.job.checkpoint_fn(group.resume_state(m, cpu))
+            log.warning("%s: interrupted after epoch %d; its state is saved, re-run to "
+                        "resume", s.job.desc, s.epoch)
+        raise
+    finally:
+        bar.close()
