@@ -501,7 +501,8 @@ def test_cuda_training_step_never_waits_for_the_gpu(pairs):
 @needs_cuda
 def test_cuda_graph_dropout_masks_change_from_replay_to_replay_and_repeat_with_the_seed(pairs):
     """Dropout inside the captured step: each replay must draw new masks (the graph-safe
-    default generator), and torch.manual_seed, as _fill_tables calls it, must repeat them."""
+    default generator), and torch.manual_seed, as _fill_tables calls it, must repeat them.
+    And replaying, as run_epoch does once per step, must not wait for the GPU."""
     model = dataclasses.replace(MODEL, dropout=0.3)
     cfg = dataclasses.replace(TRAIN, device="cuda")
     group = fast._Group(make_jobs(pairs, model), cfg, torch.device("cuda"), use_graph=True, label="t")
@@ -518,7 +519,11 @@ def test_cuda_graph_dropout_masks_change_from_replay_to_replay_and_repeat_with_t
         out = []
         for _ in range(2):
             group.sse.zero_()
-            group.graph.replay()
+            torch.cuda.set_sync_debug_mode("error")   # a replay never waits for the GPU either
+            try:
+                group.graph.replay()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
             out.append(group.sse.cpu().clone())
         return out
 
