@@ -34,6 +34,7 @@ by epoch, on CPU; on a GPU with TF32 off).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -503,7 +504,12 @@ class _Group:
             self.step_i.add_(1)
 
     def _capture(self):
-        """Capture _train_step in a CUDA graph; on any failure, run eagerly (and say so)."""
+        """Capture _train_step in a CUDA graph; on any failure, run eagerly (and say so).
+
+        Warm-up and capture run on one side stream made on this group's device, given to
+        torch.cuda.graph explicitly: its default capture stream is made once, on whichever
+        device was current then. The outer stream context puts the caller's stream back even
+        when capture_end raises (torch.cuda.graph then skips restoring it)."""
         self._pad_tables()
         try:
             side = torch.cuda.Stream(self.device)
@@ -513,15 +519,17 @@ class _Group:
                     self.step_i.zero_()   # row 0 of the padded tables: nothing is trained
                     self._train_step()
                 self.step_i.zero_()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=side):
+                    self._train_step()
             torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._train_step()
             self.graph = graph
         except Exception as e:  # capture is an optimisation: eager gives the same results
             self.graph, self.use_graph = None, False
             log.warning("%s: CUDA graph capture failed (%s: %s); running the fast engine "
                         "eagerly", self.label, type(e).__name__, str(e)[:200])
+            if self.device.type == "cuda":  # a warm-up step may still run on the side stream
+                torch.cuda.synchronize(self.device)
         self.sse.zero_()
         self.step_i.zero_()
         for a in self.acc:
@@ -737,7 +745,9 @@ def train_jobs_fast(jobs: list, cfg, *, device: torch.device, show_progress: boo
     `on_error` and the others go on. Returns {job.key: outcome} for the jobs that finished.
 
     If a group fails inside torch (a RuntimeError such as CUDA out of memory), its
-    unfinished jobs go to `fallback(jobs)` (the plain loop), with a warning saying why."""
+    unfinished jobs go to `fallback(jobs)` (the plain loop), with a warning saying why. A
+    RuntimeError from on_done, on_error or a checkpoint_fn is not such a failure: it reaches
+    the caller, as it does from the plain loop."""
     out: dict = {}
     ok = []
     for job in jobs:  # a pair whose data does not fit its model fails alone, before any work
@@ -762,10 +772,14 @@ def train_jobs_fast(jobs: list, cfg, *, device: torch.device, show_progress: boo
     precision = torch.get_float32_matmul_precision()
     if device.type == "cuda" and TF32_MATMUL:
         torch.set_float32_matmul_precision("high")
+    # 'cuda:N' need not be the current device: graph capture, replay, synchronize and
+    # empty_cache act on the current one, so make it the training device for the duration
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     try:
-        left = _train_groups(groups, cfg, device, use_graph=use_graph, show_progress=show_progress,
-                             on_done=on_done, on_error=on_error, out=out,
-                             can_fall_back=fallback is not None)
+        with on_device:
+            left = _train_groups(groups, cfg, device, use_graph=use_graph,
+                                 show_progress=show_progress, on_done=on_done,
+                                 on_error=on_error, out=out, can_fall_back=fallback is not None)
     finally:
         torch.set_float32_matmul_precision(precision)
     if left:
@@ -790,7 +804,7 @@ def _train_groups(groups, cfg, device, *, use_graph, show_progress, on_done, on_
             for job in group_jobs:
                 on_error(job, e)
         except RuntimeError as e:
-            if not can_fall_back:
+            if not can_fall_back or getattr(e, "v3_from_callback", False):
                 raise
             left = [j for j in group_jobs if j.key not in out and
                     (group is None or any(s.job is j and not s.finished for s in group.slots))]
@@ -801,6 +815,17 @@ def _train_groups(groups, cfg, device, *, use_graph, show_progress, on_done, on_
                 torch.cuda.empty_cache()
             left_all += left
     return left_all
+
+
+def _callback(fn: Callable, *args):
+    """Call one of the caller's functions (on_done, on_error, checkpoint_fn). Its RuntimeError
+    is the caller's to see, as the plain loop lets it through; the mark keeps _train_groups
+    from taking it for a failure inside torch and retraining the group with the plain loop."""
+    try:
+        return fn(*args)
+    except RuntimeError as e:
+        e.v3_from_callback = True
+        raise
 
 
 def _run_group(group: _Group, cfg, *, show_progress: bool, on_done, on_error, out: dict) -> None:
@@ -819,14 +844,14 @@ def _run_group(group: _Group, cfg, *, show_progress: bool, on_done, on_error, ou
             outcome = group.outcome(m, cpu)
             try:
                 if job.checkpoint_fn:
-                    job.checkpoint_fn(outcome.resume_state)
+                    _callback(job.checkpoint_fn, outcome.resume_state)
                 if on_done:
-                    on_done(job, outcome)
+                    _callback(on_done, job, outcome)
                 out[job.key] = outcome
             except V3Error as e:
                 if on_error is None:
                     raise
-                on_error(job, e)
+                _callback(on_error, job, e)
 
     try:
         for s in group.slots:  # resumed jobs that have nothing left to train
@@ -849,7 +874,7 @@ def _run_group(group: _Group, cfg, *, show_progress: bool, on_done, on_error, ou
                 if ms:
                     cpu = group.cpu_blocks(ms)
                     for m in ms:
-                        group.slots[m].job.checkpoint_fn(group.resume_state(m, cpu))
+                        _callback(group.slots[m].job.checkpoint_fn, group.resume_state(m, cpu))
                 last_save = time.monotonic()
                 # saving M models' states at once can be slow (disk): keep that under ~10 %
                 # of the time (0 means after every epoch, as in train_model)
@@ -861,7 +886,7 @@ def _run_group(group: _Group, cfg, *, show_progress: bool, on_done, on_error, ou
         cpu = group.cpu_blocks(ms) if ms else {}
         for m in ms:
             s = group.slots[m]
-            s.job.checkpoint_fn(group.resume_state(m, cpu))
+            _callback(s.job.checkpoint_fn, group.resume_state(m, cpu))
             log.warning("%s: interrupted after epoch %d; its state is saved, re-run to "
                         "resume", s.job.desc, s.epoch)
         raise

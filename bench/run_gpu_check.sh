@@ -8,7 +8,8 @@
 #
 # 1. tests/test_fast_train.py and tests/test_trainer.py, whole: the CPU equivalence tests
 #    run again under this machine's torch, and the CUDA-only ones (fused cell, CUDA-graph
-#    training against the plain loop, no host syncs in a step) run here and only here;
+#    training against the plain loop, no host syncs in a step or a replay, dropout masks in a
+#    graph, a failed capture) run here and only here;
 # 2. bench/bench_gpu_training.py: the guide's 40-model job, plain loop vs fast engine;
 # 3. a short table from the benchmark's JSON.
 # Logs and the JSON go to RESULT_DIR.

@@ -4,11 +4,15 @@ On CPU every piece is checked for numerical equivalence with the real thing: the
 model against separate V3LSTMModels (float64, forward and gradients), the batched AdamW
 against torch.optim.AdamW + clip_grad_norm_, the learning rate against
 CosineAnnealingWarmRestarts, and whole multi-epoch trainings (early stopping, re-packing,
-resuming across engines) against v3_trainer.train_model. The CUDA-only tests at the end
-(graph capture, the fused cell, no host syncs) run on a GPU machine: bench/run_gpu_check.sh.
+resuming across engines) against v3_trainer.train_model, and the CUDA-graph branch with
+stand-ins for torch.cuda's graph objects. The CUDA-only tests at the end (graph capture, the
+fused cell, no host syncs, dropout masks in a graph, a failed capture) run on a GPU machine:
+bench/run_gpu_check.sh.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import importlib.util
 import json
@@ -304,6 +308,99 @@ def test_failed_graph_capture_falls_back_to_eager_and_says_so(pairs, caplog):
         assert_same_training(plain[s.job.key], group.outcome(m, group.cpu_blocks([m])))
 
 
+def test_graph_branch_replaying_bindings_frozen_at_capture(pairs, monkeypatch, caplog):
+    """run_epoch's CUDA-graph branch on CPU, against the plain loop. torch.cuda's stream and graph objects are stood in
+    for by fakes: capture runs nothing and keeps the group's bindings as they are then, and a
+    replay runs the step on those, as a real graph replays on the addresses it captured. A
+    tensor rebound (re-pack, resume) without a new capture would train a stale copy here, as on
+    a GPU, and the comparison with the plain loop would fail."""
+    real_step, capturing, graphs = fast._Group._train_step, [], []
+
+    class Stream:
+        def __init__(self, device=None):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    class Graph:
+        def replay(self):
+            real_step(self.frozen)
+
+    class Capture:
+        def __init__(self, graph, stream=None):
+            self.graph = graph
+
+        def __enter__(self):
+            capturing.append(self.graph)
+
+        def __exit__(self, *exc):
+            capturing.clear()
+
+    def step(self):
+        if not capturing:
+            return real_step(self)
+        frozen = copy.copy(self)                  # the attributes as bound at capture ...
+        frozen.params, frozen.exp_avg, frozen.exp_avg_sq = (dict(d) for d in (
+            self.params, self.exp_avg, self.exp_avg_sq))   # ... and the dicts' entries
+        frozen.acc = list(self.acc)
+        capturing[0].frozen = frozen
+        graphs.append(capturing[0])
+
+    monkeypatch.setattr(fast._Group, "_train_step", step)
+    for name, fake in (("Stream", Stream), ("current_stream", lambda device=None: Stream()),
+                       ("stream", lambda s: contextlib.nullcontext()), ("CUDAGraph", Graph),
+                       ("graph", Capture)):
+        monkeypatch.setattr(torch.cuda, name, fake)
+    plain = train_jobs(make_jobs(pairs), dataclasses.replace(TRAIN, engine="plain"), show_progress=False)
+    group = fast._Group(make_jobs(pairs), TRAIN, torch.device("cpu"), use_graph=False, label="g")
+    group.use_graph = True                        # as on CUDA
+    out: dict = {}
+    with caplog.at_level(logging.INFO, logger="v3"):
+        fast._run_group(group, TRAIN, show_progress=False, on_done=None, on_error=None, out=out)
+    assert "CUDA graph capture failed" not in caplog.text
+    assert len(graphs) == 1 + caplog.text.count("re-packed the group") == 3
+    assert {o.engine for o in out.values()} == {"fast-graph"}
+    for key in plain:
+        assert_same_training(plain[key], out[key])
+
+
+def test_a_failure_inside_torch_hands_unfinished_models_to_the_plain_loop(pairs, monkeypatch, caplog):
+    """What a CUDA out-of-memory does: the group's unfinished jobs are trained by the plain loop."""
+    cfg = dataclasses.replace(TRAIN, epochs=3, early_stopping=False, engine="fast")
+    real = fast._Group.run_epoch
+
+    def oom_in_epoch_2(self):
+        if min(s.epoch for s in self.slots) == 1:
+            raise RuntimeError("CUDA out of memory (test)")
+        return real(self)
+
+    monkeypatch.setattr(fast._Group, "run_epoch", oom_in_epoch_2)
+    with caplog.at_level(logging.WARNING, logger="v3"):
+        out = train_jobs(make_jobs(pairs), cfg, show_progress=False)
+    assert "fast engine failed (RuntimeError: CUDA out of memory (test)); training its 3 " \
+           "unfinished models with the plain loop" in caplog.text
+    assert {o.engine for o in out.values()} == {"plain"} and sorted(out) == sorted(pairs)
+    assert all(o.epochs_done == 3 for o in out.values())
+
+
+@pytest.mark.parametrize("where", ["on_done", "checkpoint_fn"])
+def test_a_runtime_error_from_a_callback_reaches_the_caller(pairs, where, caplog):
+    """As from the plain loop. Not a failure inside torch: no fallback that loses the job
+    and trains the rest again with the plain loop."""
+    def broken(*_):
+        raise RuntimeError(f"{where} broke (test)")
+
+    kw = {"on_done": broken} if where == "on_done" else {}
+    jobs = make_jobs(pairs, checkpoint_fn=broken if where == "checkpoint_fn" else None)
+    for engine in ("plain", "fast"):
+        cfg = dataclasses.replace(TRAIN, epochs=2, engine=engine)
+        with caplog.at_level(logging.WARNING, logger="v3"), \
+                pytest.raises(RuntimeError, match=f"{where} broke \\(test\\)"):
+            train_jobs(jobs, cfg, show_progress=False, **kw)
+    assert "with the plain loop" not in caplog.text
+
+
 def test_pipeline_step_4_with_the_fast_engine(tmp_path):
     from conftest import tiny_config
     from v3_colab_training import V3CoLabPipeline
@@ -399,3 +496,77 @@ def test_cuda_training_step_never_waits_for_the_gpu(pairs):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+@needs_cuda
+def test_cuda_graph_dropout_masks_change_from_replay_to_replay_and_repeat_with_the_seed(pairs):
+    """Dropout inside the captured step: each replay must draw new masks (the graph-safe
+    default generator), and torch.manual_seed, as _fill_tables calls it, must repeat them.
+    And replaying, as run_epoch does once per step, must not wait for the GPU."""
+    model = dataclasses.replace(MODEL, dropout=0.3)
+    cfg = dataclasses.replace(TRAIN, device="cuda")
+    group = fast._Group(make_jobs(pairs, model), cfg, torch.device("cuda"), use_graph=True, label="t")
+    group._capture()
+    assert group.graph is not None
+
+    def two_replays(seed: int) -> list:
+        """The training loss of two replays on the same (padded) windows: zero loss weights
+        and no optimizer step, so only the dropout masks can make them differ."""
+        group._pad_tables()
+        group.valid_tab[:2] = 1.0
+        group.step_i.zero_()
+        torch.manual_seed(seed)
+        out = []
+        for _ in range(2):
+            group.sse.zero_()
+            torch.cuda.set_sync_debug_mode("error")   # a replay never waits for the GPU either
+            try:
+                group.graph.replay()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            out.append(group.sse.cpu().clone())
+        return out
+
+    a, b, c = two_replays(1), two_replays(1), two_replays(2)
+    assert not torch.equal(a[0], a[1])                          # new masks every replay
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # the seed repeats them
+    assert not torch.equal(a[0], c[0])
+
+
+@needs_cuda
+def test_cuda_failed_capture_restores_the_stream_and_trains_eagerly(pairs, monkeypatch, caplog):
+    """A host sync inside the captured step invalidates the capture; torch.cuda.graph then
+    raises from capture_end without putting the caller's stream back. The engine must."""
+    real = fast._Group._train_step
+
+    def syncs_while_capturing(self):
+        if torch.cuda.is_current_stream_capturing():
+            self.sse.sum().item()                  # not allowed during capture: it raises
+        return real(self)
+
+    monkeypatch.setattr(fast._Group, "_train_step", syncs_while_capturing)
+    cfg = dataclasses.replace(TRAIN, epochs=2, early_stopping=False, device="cuda")
+    stream = torch.cuda.current_stream()
+    with caplog.at_level(logging.WARNING, logger="v3"):
+        out = train_jobs(make_jobs(pairs), dataclasses.replace(cfg, engine="fast"), show_progress=False)
+    assert "CUDA graph capture failed" in caplog.text
+    assert torch.cuda.current_stream() == stream
+    assert {o.engine for o in out.values()} == {"fast-eager"}
+    assert all(o.epochs_done == 2 and o.history[-1]["val_loss"] == o.history[-1]["val_loss"]
+               for o in out.values())
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_cuda_graph_on_a_device_that_is_not_the_current_one(pairs, monkeypatch, caplog):
+    monkeypatch.setattr(fast, "TF32_MATMUL", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.cuda.set_device(0)
+    cfg = dataclasses.replace(TRAIN, device="cuda:1")
+    plain = train_jobs(make_jobs(pairs), dataclasses.replace(cfg, engine="plain"), show_progress=False)
+    with caplog.at_level(logging.WARNING, logger="v3"):
+        quick = train_jobs(make_jobs(pairs), dataclasses.replace(cfg, engine="fast"), show_progress=False)
+    assert "CUDA graph capture failed" not in caplog.text
+    assert {o.engine for o in quick.values()} == {"fast-graph"}
+    assert torch.cuda.current_device() == 0
+    for key in plain:
+        assert_same_training(plain[key], quick[key], rtol=2e-3, atol=2e-3)
