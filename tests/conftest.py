@@ -14,7 +14,9 @@ from v3_trainer import TrainConfig
 
 TINY_MODEL = ModelConfig(input_size=8, hidden_size=8, num_layers=1, dropout=0.0)
 TINY_FEATURES = FeatureConfig(seq_len=16, n_components=8)
-TINY_TRAIN = TrainConfig(epochs=2, batch_size=64, patience=5, checkpoint_every_s=0.0)
+# device "cpu": the suite is about logic and must give the same numbers on a GPU machine too
+# (bench/run_gpu_check.sh runs tests/test_trainer.py there; the CUDA tests set their own).
+TINY_TRAIN = TrainConfig(epochs=2, batch_size=64, patience=5, checkpoint_every_s=0.0, device="cpu")
 
 
 def tiny_config(**over) -> PipelineConfig:
