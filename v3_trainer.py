@@ -325,7 +325,7 @@ def save_checkpoint(path: str | Path, *, model_state: dict, model_config: ModelC
         "warmup_candles": int(WARMUP_CANDLES),
         "target_mean": float(data.target_mean),
         "target_std": float(data.target_std),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         **meta,
     }
     _save(obj, path)
