@@ -212,7 +212,8 @@ class V3CoLabPipeline:
         versions, missing = {}, []
         for mod, pip_name in (("torch", "torch"), ("numpy", "numpy"), ("pandas", "pandas"),
                               ("sklearn", "scikit-learn"), ("tqdm", "tqdm"),
-                              ("binance", "python-binance"), ("huggingface_hub", "huggingface-hub")):
+                              ("binance", "python-binance"), ("huggingface_hub", "huggingface-hub"),
+                              ("matplotlib", "matplotlib")):
             try:
                 import warnings
                 with warnings.catch_warnings():
@@ -587,8 +588,10 @@ class V3CoLabPipeline:
             fp = f"{_fingerprint(data)}-{data.n_train}-{data.n_val}"
             old = prior_folds.get(fold.index + 1)
             csv = self.walk_forward_path(symbol, interval, fold.index)
+            settings = {"train": c.train.to_dict(), "model": c.model.to_dict(),
+                        "features": c.features.to_dict(), "fee_per_side": c.fee_per_side}
             if (not retrain and old and old.get("fingerprint") == fp and csv.exists()
-                    and old.get("train_config") == c.train.to_dict()):
+                    and old.get("settings") == settings):
                 log.info("%s: walk-forward fold %d/%d already done", key, fold.index + 1, k)
                 entries.append(old)
                 continue
@@ -600,7 +603,7 @@ class V3CoLabPipeline:
             scored = self._score_pair(data, data.to_close(pred, te), interval)
             self._write_fold_predictions(csv, data, scored)
             tr = data.split("train")
-            entry = {"fold": fold.index + 1, "fingerprint": fp, "train_config": c.train.to_dict(),
+            entry = {"fold": fold.index + 1, "fingerprint": fp, "settings": settings,
                      "n_candles": fold.n_candles, "n_train": data.n_train, "n_val": data.n_val,
                      "n_test": data.n_test,
                      "train_first_open_time": int(data.target_open_time[tr][0]),
@@ -640,11 +643,14 @@ class V3CoLabPipeline:
     def write_report(self, *, rescore: bool = False) -> dict:
         """The across-pair summary (into the results JSON under '_summary') and
         results/report.md + report.html with plots. `rescore` first re-scores every pair;
-        pairs scored by an older V3 (no baselines or backtest yet) are re-scored anyway."""
+        pairs scored by an older V3 (no baselines or backtest yet) or with another fee are
+        re-scored anyway."""
         from v3_evaluation import summarize_pairs
-        from v3_report import write_report
+        from v3_report import summary_sentences, write_report
+        fee = self.config.fee_per_side
         old = [k for k, v in self.load_results().items() if not k.startswith("_")
-               and v.get("status") in ("success", "skipped") and "backtest" not in v]
+               and v.get("status") in ("success", "skipped")
+               and (v.get("backtest") or {}).get("fee_per_side") != fee]
         if rescore or old:
             self.rescore_pairs(None if rescore else old)
         results = self.load_results()
@@ -656,6 +662,8 @@ class V3CoLabPipeline:
         results["_summary"] = summary
         atomic_write_json(self.results_path, results)
         paths = write_report(self.base_dir, results)
+        log.info("%s%s", "[SYNTHETIC DATA] " if summary["synthetic"] else "",
+                 summary_sentences(summary)[0].replace("**", ""))
         log.info("report: %s (and %s)", paths["md"], paths["html"].name)
         return summary
 

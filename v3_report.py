@@ -109,7 +109,7 @@ def plot_equity(df: pd.DataFrame, path: Path, *, interval: str, fee_per_side: fl
 def plot_skill(entries: dict[str, dict], path: Path, *, title: str) -> Path:
     """Skill vs. persistence per pair with its 95 % interval, the linear baseline beside it."""
     keys = list(entries)
-    fig, ax = _figure(8.0, 0.9 + 0.35 * len(keys))
+    fig, ax = _figure(8.0, 1.8 + 0.35 * len(keys))
     y = np.arange(len(keys))
     for off, (name, color) in ((-0.15, ("model", "tab:blue")), (0.15, ("linear", "tab:green"))):
         m = [_metrics(entries[k], name) for k in keys]
@@ -207,7 +207,8 @@ def summary_sentences(summary: dict) -> list[str]:
                    f"pairs** only")
     out = [
         f"{verdict} (one-sided Diebold-Mariano test on absolute errors, {corr}-corrected across "
-        f"pairs, p < {alpha:g}); {worse} of {n} are significantly worse than it.",
+        f"pairs, p < {alpha:g}); {worse} of {n} {'is' if worse == 1 else 'are'} significantly "
+        f"worse than it.",
         f"Median skill (1 - MAE / MAE of persistence; 0 = as good as doing nothing): LSTM "
         f"{_f(ms['model'], '+.4f')}, linear ridge {_f(ms['linear'], '+.4f')}, drift "
         f"{_f(ms['drift'], '+.4f')}.",
