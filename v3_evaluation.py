@@ -61,8 +61,9 @@ def normal_cdf(x: float) -> float:
 
 def wilson_interval(hits: int, n: int, *, z: float = Z95) -> tuple[float, float]:
     """95 % Wilson score interval of a proportion hits/n, as fractions in [0, 1]."""
-    if n <= 0:
-        raise ValueError(f"wilson_interval needs n >= 1 trials, got n={n}.")
+    if n <= 0 or not 0 <= hits <= n:
+        raise ValueError(f"wilson_interval needs n >= 1 trials and 0 <= hits <= n, got "
+                         f"hits={hits}, n={n}.")
     p = hits / n
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
@@ -76,8 +77,9 @@ def binomial_p_value(hits: int, n: int) -> float:
     With p = 1/2 the distribution is symmetric, so the two-sided p-value is twice the smaller
     tail, capped at 1 (the same value as scipy.stats.binomtest(hits, n).pvalue).
     """
-    if n <= 0:
-        raise ValueError(f"binomial_p_value needs n >= 1 trials, got n={n}.")
+    if n <= 0 or not 0 <= hits <= n:
+        raise ValueError(f"binomial_p_value needs n >= 1 trials and 0 <= hits <= n, got "
+                         f"hits={hits}, n={n}.")
     k = min(hits, n - hits)
     log_half_n = n * math.log(0.5)
     logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half_n
@@ -472,6 +474,9 @@ def summarize_pairs(entries: dict[str, dict], *, cfg: SummaryConfig = SummaryCon
             "max": max(valid_dir) if valid_dir else None,
             "above_50_significant": {"count": len(dir_sig), "pairs": dir_sig},
             "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}},
+        "guide_targets": {  # the guide's promise: MAPE < 0.02 %, direction > 90 %
+            "mape_below_0.02_pct": sum(t.get("mape") is not None and t["mape"] < 0.02 for t in tests),
+            "direction_above_90_pct": sum(a is not None and a > 90 for a in dir_acc)},
         "per_pair": {k: {"skill": t.get("skill"), "dm_p_better": t.get("dm_p_better"),
                          "dm_p_better_holm": pb, "dm_p_worse_holm": pw,
                          "directional_accuracy": t.get("directional_accuracy"),

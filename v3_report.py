@@ -215,8 +215,14 @@ def summary_sentences(summary: dict) -> list[str]:
         f"Directional accuracy over the {n} pairs: median {_f(d['median'], '.1f')} % (min "
         f"{_f(d['min'], '.1f')} %, max {_f(d['max'], '.1f')} %); "
         f"{d['above_50_significant']['count']} of {n} significantly above 50 % (binomial test, "
-        f"{corr}-corrected). A coin flip scores 50 %; the guide's target was > 90 %.",
+        f"{corr}-corrected). A coin flip scores 50 %.",
     ]
+    g = summary.get("guide_targets")
+    if g:
+        out.append(f"The guide's targets: MAPE < 0.02 % is met on {g['mape_below_0.02_pct']} of "
+                   f"{n} pairs, directional accuracy > 90 % on {g['direction_above_90_pct']} of "
+                   f"{n} (even persistence has a MAPE of one typical candle move, and 90 % "
+                   f"direction would mean a leak).")
     bt = summary.get("backtest")
     if bt:
         med = bt["median_total_return"]
@@ -256,11 +262,12 @@ def build_blocks(results: dict, plots: dict) -> list[tuple]:
     rows = []
     per = summary.get("per_pair", {})
     for k, e in entries.items():
-        t, base = e["test"], e.get("baseline") or {}
+        t, base, sp = e["test"], e.get("baseline") or {}, e.get("splits") or {}
         rows.append([k, "synthetic" if e.get("synthetic") else "real",
-                     f"{t['n']} ({_iso_ms((e.get('splits') or {}).get('test_first_open_time'))} .. "
-                     f"{_iso_ms((e.get('splits') or {}).get('test_last_open_time'))})",
-                     _f(t.get("mape")), _f((base.get("persistence") or {}).get("mape")), _f(t.get("mase"), ".3f"),
+                     f"{t['n']} ({_iso_ms(sp.get('test_first_open_time'))} .. "
+                     f"{_iso_ms(sp.get('test_last_open_time'))})",
+                     _f(t.get("mape")), _f((base.get("persistence") or {}).get("mape")),
+                     _f(t.get("mase"), ".3f"),
                      _f(t.get("skill"), "+.4f"), _ci(t, "skill", "+.4f"),
                      _p(per.get(k, {}).get("dm_p_better_holm")),
                      _f(t.get("directional_accuracy"), ".1f"), _ci(t, "direction"),

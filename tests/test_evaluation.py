@@ -106,6 +106,8 @@ def test_statistics_refuse_zero_trials():
         wilson_interval(0, 0)
     with pytest.raises(ValueError, match="n >= 1"):
         binomial_p_value(0, 0)
+    with pytest.raises(ValueError, match="hits=11, n=10"):
+        binomial_p_value(11, 10)
 
 
 def test_dm_identical_forecasts_show_no_difference():
@@ -273,7 +275,7 @@ def test_backtest_rejects_a_percentage_fee():
 
 
 def _entry(skill_p, dir_acc, dir_p, skill=0.0):
-    return {"test": {"n": 100, "skill": skill, "dm_p_better": skill_p,
+    return {"test": {"n": 100, "mape": 0.3, "skill": skill, "dm_p_better": skill_p,
                      "directional_accuracy": dir_acc, "direction_p_value": dir_p},
             "baseline": {b: {"skill": 0.0} for b in BASELINES}}
 
@@ -291,6 +293,7 @@ def test_summarize_pairs_counts_with_holm_and_reports_the_spread():
     assert d["above_50_significant"]["pairs"] == ["A_1h"]
     assert sum(d["histogram"]["counts"]) == 3
     assert s["significance"]["correction"] == "holm"
+    assert s["guide_targets"] == {"mape_below_0.02_pct": 0, "direction_above_90_pct": 0}
 
 
 # ---------------------------------------------------------------------------------------

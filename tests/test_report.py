@@ -207,3 +207,5 @@ def test_summary_sentences_say_no_plainly():
     assert text.startswith("**No: the models do not beat persistence**")
     assert "None of the 8 pairs" in text and "3 of 8 are significantly worse" in text
     assert "median 50.5 % (min 47.0 %, max 53.0 %)" in text
+    s["guide_targets"] = {"mape_below_0.02_pct": 0, "direction_above_90_pct": 0}
+    assert "MAPE < 0.02 % is met on 0 of 8 pairs" in " ".join(summary_sentences(s))
