@@ -492,6 +492,8 @@ def summarize_pairs(entries: dict[str, dict], *, cfg: SummaryConfig = SummaryCon
                 b["long_flat"]["total_return"] > b["buy_and_hold"]["total_return"] for b in bt),
             "long_short_beats_buy_and_hold": sum(
                 b["long_short"]["total_return"] > b["buy_and_hold"]["total_return"] for b in bt),
+            "median_trades": {m: med(b[m]["trades"] for b in bt) for m in ("long_flat", "long_short")},
+            "median_long_flat_exposure": med(b["long_flat"]["exposure"] for b in bt),
             "n_pairs": len(bt)}
     return out
 

@@ -233,6 +233,17 @@ def summary_sentences(summary: dict) -> list[str]:
             f"median total return long/flat {_f(med['long_flat'], '+.1f', True)} %, long/short "
             f"{_f(med['long_short'], '+.1f', True)} %, buy-and-hold "
             f"{_f(med['buy_and_hold'], '+.1f', True)} % over the test split.")
+        trades = bt.get("median_trades") or {}
+        if trades:
+            text = (f"The strategies change position rarely (median {_f(trades['long_flat'], 'g')} "
+                    f"trades long/flat, {_f(trades['long_short'], 'g')} long/short; long/flat is "
+                    f"in the market {_f(bt['median_long_flat_exposure'], '.0f', True)} % of the "
+                    f"time)")
+            if (trades["long_short"] or 0) <= 10:
+                text += (": their returns are mostly one bet on the trend of the test period "
+                         "(a falling market rewards a forecast that is always 'down'), not "
+                         "evidence of forecasting skill")
+            out.append(text + ".")
     return out
 
 

@@ -209,3 +209,12 @@ def test_summary_sentences_say_no_plainly():
     assert "median 50.5 % (min 47.0 %, max 53.0 %)" in text
     s["guide_targets"] = {"mape_below_0.02_pct": 0, "direction_above_90_pct": 0}
     assert "MAPE < 0.02 % is met on 0 of 8 pairs" in " ".join(summary_sentences(s))
+    s["backtest"] = {"median_total_return": {"long_flat": 0.0, "long_short": 0.06,
+                                             "buy_and_hold": -0.06},
+                     "long_flat_beats_buy_and_hold": 6, "long_short_beats_buy_and_hold": 6,
+                     "median_trades": {"long_flat": 2, "long_short": 3},
+                     "median_long_flat_exposure": 0.1, "n_pairs": 8}
+    text = " ".join(summary_sentences(s))
+    assert "long/flat beat buy-and-hold on 6 of 8 pairs" in text
+    assert "median 2 trades long/flat, 3 long/short" in text
+    assert "mostly one bet on the trend of the test period" in text
