@@ -8,7 +8,8 @@
 Steps: 1 setup, 2 download (binance | csv | synthetic), 3 indicators + PCA, 4 training,
 5 Hugging Face upload. Outputs (see README): data/SYMBOL_INTERVAL.csv,
 all_models/v3_model_SYMBOL_INTERVAL.pt, results/v3_training_results.json,
-results/predictions/SYMBOL_INTERVAL.csv, results/config.json.
+results/predictions/SYMBOL_INTERVAL.csv, results/config.json, and (end of step 4)
+results/report.md + report.html with results/plots/*.png.
 
 Command line: `python v3_colab_training.py --help`; `--demo` runs offline in under a minute.
 """
@@ -657,8 +658,8 @@ class V3CoLabPipeline:
         entries = {k: v for k, v in results.items() if not k.startswith("_") and
                    v.get("status") in ("success", "skipped") and (v.get("test") or {}).get("n")}
         summary = summarize_pairs(entries)
+        # no clock in the summary: an unchanged run leaves the results file unchanged
         summary["fee_per_side"] = self.config.fee_per_side
-        summary["generated_at"] = _now_iso()
         results["_summary"] = summary
         atomic_write_json(self.results_path, results)
         paths = write_report(self.base_dir, results)

@@ -259,8 +259,9 @@ def build_blocks(results: dict, plots: dict) -> list[tuple]:
                        "say nothing about markets."))
     b.append(("h", 2, "Summary"))
     b.extend(("p", s) for s in summary_sentences(summary))
-    b.append(("p", f"Generated {summary.get('generated_at', '-')}. Every number below is in "
-                   f"results/v3_training_results.json (per pair, and under `_summary`)."))
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    b.append(("p", f"Generated {now}. Every number below is in results/v3_training_results.json "
+                   f"(per pair, and under `_summary`)."))
 
     b.append(("h", 2, "Test metrics per pair, next to the baselines"))
     b.append(("p", "Same test samples for every forecast. Skill = 1 - MAE / MAE(persistence) "
