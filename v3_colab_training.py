@@ -8,7 +8,8 @@
 Steps: 1 setup, 2 download (binance | csv | synthetic), 3 indicators + PCA, 4 training,
 5 Hugging Face upload. Outputs (see README): data/SYMBOL_INTERVAL.csv,
 all_models/v3_model_SYMBOL_INTERVAL.pt, results/v3_training_results.json,
-results/predictions/SYMBOL_INTERVAL.csv, results/config.json.
+results/predictions/SYMBOL_INTERVAL.csv, results/config.json, and (end of step 4)
+results/report.md + report.html with results/plots/*.png.
 
 Command line: `python v3_colab_training.py --help`; `--demo` runs offline in under a minute.
 """
@@ -60,6 +61,8 @@ class PipelineConfig:
     upload: bool = True
     show_progress: bool = True
     preset: str = "guide"             # 'guide' or 'demo'
+    fee_per_side: float = 0.001       # backtest fee per side (0.001 = 0.1 %)
+    walk_forward: int = 0             # folds of the walk-forward evaluation in step 4 (0: off)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -186,6 +189,12 @@ class V3CoLabPipeline:
                 f"{WARMUP_CANDLES} + window {c.features.seq_len} + enough windows for the "
                 f"70/15/15 splits). The guide uses 3000.")
         check_train_config(c.train)
+        if not (isinstance(c.fee_per_side, (int, float)) and 0 <= c.fee_per_side < 0.1):
+            raise ConfigError(f"fee_per_side={c.fee_per_side!r} must be a fraction in [0, 0.1) "
+                              f"(0.001 = 0.1 % per side, Binance's spot taker fee).")
+        if not isinstance(c.walk_forward, int) or c.walk_forward < 0:
+            raise ConfigError(f"walk_forward={c.walk_forward!r} must be a number of folds >= 1 "
+                              f"(or 0 for none), e.g. --walk-forward 3.")
 
     # -- results -----------------------------------------------------------------------
     def load_results(self) -> dict:
@@ -226,7 +235,8 @@ class V3CoLabPipeline:
         versions, missing = {}, []
         for mod, pip_name in (("torch", "torch"), ("numpy", "numpy"), ("pandas", "pandas"),
                               ("sklearn", "scikit-learn"), ("tqdm", "tqdm"),
-                              ("binance", "python-binance"), ("huggingface_hub", "huggingface-hub")):
+                              ("binance", "python-binance"), ("huggingface_hub", "huggingface-hub"),
+                              ("matplotlib", "matplotlib")):
             try:
                 import warnings
                 with warnings.catch_warnings():
@@ -416,6 +426,9 @@ class V3CoLabPipeline:
         train_jobs(jobs, c.train, show_progress=c.show_progress, on_done=self._finalize_pair,
                    on_error=lambda job, e: self._fail(job.symbol, job.interval, "train", e))
         self._log_summary(pairs)
+        if c.walk_forward:
+            self.step_4_walk_forward(c.walk_forward, retrain=retrain)
+        self.write_report()
         return self.load_results()
 
     def step_3_train_models(self, epochs: int | None = None, batch_size: int | None = None,
@@ -496,7 +509,7 @@ class V3CoLabPipeline:
 
     def _finalize_pair(self, job, outcome) -> dict:
         """Predict the test split with the best weights, score it, save every artifact."""
-        from v3_evaluation import evaluate_with_baseline, regression_metrics
+        from v3_evaluation import regression_metrics
         from v3_trainer import predict_standardized, save_checkpoint, save_resume_state
         c = self.config
         data, symbol, interval, key = job.data, job.symbol, job.interval, job.key
@@ -505,7 +518,8 @@ class V3CoLabPipeline:
         te, va = data.split("test"), data.split("val")
         pred_test = data.to_close(predict_standardized(model, data, te), te)
         pred_val = data.to_close(predict_standardized(model, data, va), va)
-        test, baseline = evaluate_with_baseline(data.actual_close[te], pred_test, data.last_close[te])
+        scored = self._score_pair(data, pred_test, interval)  # baselines, significance, backtest
+        test, baseline = scored["test"], scored["baseline"]
         val = regression_metrics(data.actual_close[va], pred_val, data.last_close[va])
         prior_data = prior.get("data", {})
         meta = {
@@ -541,11 +555,222 @@ class V3CoLabPipeline:
             total_epochs=outcome.epochs_done, val_mape=val["mape"],
             stopped_early=outcome.stopped_early, test=test, baseline=baseline,
             features=_features_info(data),
+            **self._evaluation_fields(data, scored),
             synthetic=meta["synthetic"], train_seconds=round(outcome.seconds, 2),
             device=_device_name(c.train.device),
             model_path=str(self.model_path(symbol, interval).relative_to(self.base_dir)),
             predictions_path=str(self.predictions_path(symbol, interval).relative_to(self.base_dir)),
             history=outcome.history)
+
+    # -- evaluation (issue 7): baselines, significance, backtest, walk-forward, report -------
+    def _score_pair(self, data: PreparedData, pred_test: np.ndarray, interval: str) -> dict:
+        """The model's test forecast next to every baseline on the same samples, with the
+        significance tests and the fee-aware backtest (v3_evaluation)."""
+        from v3_evaluation import backtest_direction, evaluate_pair
+        te = data.split("test")
+        scored = evaluate_pair(data, pred_test)
+        scored["predictions"]["model"] = np.asarray(pred_test, np.float64)
+        scored["backtest"] = backtest_direction(pred_test, data.last_close[te], data.actual_close[te],
+                                                interval=interval,
+                                                fee_per_side=self.config.fee_per_side)
+        scored["tuning"]["lstm"] = ("the stopping epoch, by early stopping on the validation loss "
+                                    f"(patience {self.config.train.patience}); nothing on test")
+        return scored
+
+    @staticmethod
+    def _evaluation_fields(data: PreparedData, scored: dict) -> dict:
+        """What the evaluation adds to a pair's results entry (besides test and baseline)."""
+        te = data.split("test")
+        return {"backtest": scored["backtest"], "mase_scale": scored["mase_scale"],
+                "tuning": scored["tuning"],
+                "splits": {"train": data.n_train, "val": data.n_val, "test": data.n_test,
+                           "test_first_open_time": int(data.target_open_time[te][0]),
+                           "test_last_open_time": int(data.target_open_time[te][-1])}}
+
+    def _write_fold_predictions(self, path: Path, data: PreparedData, scored: dict) -> None:
+        te = data.split("test")
+        p = scored["predictions"]
+        preds = pd.DataFrame({"open_time": data.target_open_time[te],
+                              "last_close": data.last_close[te],
+                              "actual_close": data.actual_close[te],
+                              "predicted_close": p["model"],
+                              "drift_close": p["drift"], "linear_close": p["linear"]})
+        atomic_write_bytes(path, preds.to_csv(index=False).encode())
+
+    def rescore_pairs(self, keys: list[str] | None = None) -> dict:
+        """Score trained pairs (all, or `keys`) again from their saved model and features, with
+        no training: for results written by an older V3, or after a change of fee."""
+        import io
+        import torch
+        from v3_trainer import load_checkpoint, model_from_checkpoint, predict_standardized
+        done = {}
+        for key, entry in self.load_results().items():
+            if key.startswith("_") or entry.get("status") not in ("success", "skipped") \
+                    or (keys is not None and key not in keys):
+                continue
+            symbol, interval = entry["symbol"], entry["interval"]
+            mpath, ppath = self.model_path(symbol, interval), self.processed_path(symbol, interval)
+            if not (mpath.exists() and ppath.exists()):
+                log.warning("%s: no saved model or features; not re-scored", key)
+                continue
+            ckpt = load_checkpoint(mpath)
+            data = PreparedData.load(ppath)
+            if ckpt.get("data_range", {}).get("last_open_time") != data.last_open_time:
+                log.warning("%s: the features changed since the model was trained; not re-scored "
+                            "(train it again with --retrain)", key)
+                continue
+            te = data.split("test")
+            pred = data.to_close(predict_standardized(model_from_checkpoint(ckpt), data, te), te)
+            scored = self._score_pair(data, pred, interval)
+            preds = pd.DataFrame({"open_time": data.target_open_time[te],
+                                  "last_close": data.last_close[te],
+                                  "actual_close": data.actual_close[te], "predicted_close": pred})
+            atomic_write_bytes(self.predictions_path(symbol, interval),
+                               preds.to_csv(index=False).encode())
+            # keep the model file in step; torch_version back to a plain str for weights_only
+            ckpt.update(test=scored["test"], baseline=scored["baseline"],
+                        torch_version=str(ckpt.get("torch_version", torch.__version__)))
+            buf = io.BytesIO()
+            torch.save(ckpt, buf)
+            atomic_write_bytes(mpath, buf.getvalue())
+            done[key] = self._update_result(
+                key, test=scored["test"], baseline=scored["baseline"],
+                **self._evaluation_fields(data, scored),
+                predictions_path=str(self.predictions_path(symbol, interval)
+                                     .relative_to(self.base_dir)))
+        log.info("re-scored %d pairs from their saved models", len(done))
+        return done
+
+    def walk_forward_path(self, symbol: str, interval: str, fold: int) -> Path:
+        return self.results_dir / "walk_forward" / f"{pair_key(symbol, interval)}_fold{fold + 1}.csv"
+
+    def step_4_walk_forward(self, k: int, *, retrain: bool = False) -> dict:
+        """Retrain every pair on K successive origins (expanding window; indicators, scaling,
+        PCA and the target's mean/std refitted on each fold's own training rows) and score
+        each fold's next block of test samples; per-fold and pooled metrics go into the
+        results under `walk_forward`. A finished fold is kept unless `retrain`."""
+        from v3_market_data import data_path, read_klines
+        pairs = self.pairs()
+        log.info("walk-forward: %d folds x %d pairs (expanding window)", k, len(pairs))
+        done = {}
+        for symbol, interval in pairs:
+            key = pair_key(symbol, interval)
+            src = data_path(self.data_dir, symbol, interval)
+            if not src.exists():
+                log.warning("%s: walk-forward skipped, no data file %s (run step 2)", key, src.name)
+                continue
+            try:
+                done[key] = self._walk_forward_pair(read_klines(src), symbol, interval, k,
+                                                    retrain=retrain)
+            except V3Error as e:
+                reason = " ".join(str(e).split())
+                log.error("%s %s: walk-forward failed: %s", symbol, interval, reason)
+                self._update_result(key, walk_forward={"k": k, "status": "failed", "reason": reason})
+        return done
+
+    def _walk_forward_pair(self, klines: pd.DataFrame, symbol: str, interval: str, k: int, *,
+                           retrain: bool) -> dict:
+        from v3_evaluation import fold_fractions, walk_forward_folds
+        from v3_trainer import predict_standardized, train_model
+        c, key = self.config, pair_key(symbol, interval)
+        name = f"{symbol} {interval}"
+        full = prepare_dataset(klines, c.features, interval=interval, name=name)
+        folds = walk_forward_folds(full.ends, k, test_size=full.n_test,
+                                   train_frac=c.features.train_frac, val_frac=c.features.val_frac,
+                                   min_samples=c.features.min_split_samples)
+        prior = (self.load_results().get(key, {}).get("walk_forward") or {})
+        prior_folds = {f["fold"]: f for f in prior.get("folds", []) if isinstance(f, dict)}
+        entries = []
+        for fold in folds:
+            tf, vf = fold_fractions(fold)
+            fcfg = dataclasses.replace(c.features, train_frac=tf, val_frac=vf)
+            data = prepare_dataset(klines.iloc[:fold.n_candles], fcfg, interval=interval, name=name)
+            if (data.n_train, data.n_val, data.n_test) != (fold.n_train, fold.n_val, fold.n_test) \
+                    or not np.array_equal(data.ends, full.ends[:fold.n_samples]):
+                raise V3Error(f"{name}: walk-forward fold {fold.index + 1} split into "
+                              f"{data.n_train}/{data.n_val}/{data.n_test} samples, planned "
+                              f"{fold.n_train}/{fold.n_val}/{fold.n_test}; please report this.")
+            fp = f"{_fingerprint(data)}-{data.n_train}-{data.n_val}"
+            old = prior_folds.get(fold.index + 1)
+            csv = self.walk_forward_path(symbol, interval, fold.index)
+            settings = {"train": c.train.to_dict(), "model": c.model.to_dict(),
+                        "features": c.features.to_dict(), "fee_per_side": c.fee_per_side}
+            if (not retrain and old and old.get("fingerprint") == fp and csv.exists()
+                    and old.get("settings") == settings):
+                log.info("%s: walk-forward fold %d/%d already done", key, fold.index + 1, k)
+                entries.append(old)
+                continue
+            model_cfg = dataclasses.replace(c.model, input_size=data.transform.n_components)
+            outcome = train_model(data, model_cfg, c.train, desc=f"{key} fold {fold.index + 1}/{k}",
+                                  show_progress=c.show_progress)
+            te = data.split("test")
+            pred = predict_standardized(_load_best(model_cfg, outcome.best_state), data, te)
+            scored = self._score_pair(data, data.to_close(pred, te), interval)
+            self._write_fold_predictions(csv, data, scored)
+            tr = data.split("train")
+            entry = {"fold": fold.index + 1, "fingerprint": fp, "settings": settings,
+                     "n_candles": fold.n_candles, "n_train": data.n_train, "n_val": data.n_val,
+                     "n_test": data.n_test,
+                     "train_first_open_time": int(data.target_open_time[tr][0]),
+                     "train_last_open_time": int(data.target_open_time[tr][-1]),
+                     "test_first_open_time": int(data.target_open_time[te][0]),
+                     "test_last_open_time": int(data.target_open_time[te][-1]),
+                     "best_epoch": outcome.best_epoch, "total_epochs": outcome.epochs_done,
+                     "mase_scale": scored["mase_scale"], "test": scored["test"],
+                     "baseline": scored["baseline"], "backtest": scored["backtest"],
+                     "linear_alpha": scored["tuning"]["linear"]["alpha"],
+                     "predictions_path": str(csv.relative_to(self.base_dir))}
+            entries.append(entry)
+            self._update_result(key, walk_forward={"k": k, "status": "running", "folds": entries})
+            log.info("%s: walk-forward fold %d/%d: skill %s, direction %s%%", key, fold.index + 1,
+                     k, _fmt(entry["test"]["skill"], "+.4f"),
+                     _fmt(entry["test"]["directional_accuracy"], ".1f"))
+        pooled = self._pool_folds(entries, interval)
+        return self._update_result(key, walk_forward={"k": k, "status": "success", "folds": entries,
+                                                      "pooled": pooled})["walk_forward"]
+
+    def _pool_folds(self, entries: list[dict], interval: str) -> dict:
+        """Metrics over the test samples of all folds together (each scaled by its own fold's
+        naive MAE for MASE), with the baselines and the backtest on the same samples."""
+        from v3_evaluation import backtest_direction, forecast_metrics
+        df = pd.concat([pd.read_csv(self.base_dir / e["predictions_path"]) for e in entries])
+        df["mase_scale"] = np.concatenate([np.full(e["n_test"], e["mase_scale"]) for e in entries])
+        last, actual = df["last_close"].to_numpy(), df["actual_close"].to_numpy()
+        m = lambda col: forecast_metrics(actual, df[col].to_numpy(), last,
+                                         mase_scale=df["mase_scale"].to_numpy())
+        return {"n_folds": len(entries), "test": m("predicted_close"),
+                "baseline": {"persistence": m("last_close"), "drift": m("drift_close"),
+                             "linear": m("linear_close")},
+                "backtest": backtest_direction(df["predicted_close"].to_numpy(), last, actual,
+                                               interval=interval,
+                                               fee_per_side=self.config.fee_per_side)}
+
+    def write_report(self, *, rescore: bool = False) -> dict:
+        """The across-pair summary (into the results JSON under '_summary') and
+        results/report.md + report.html with plots. `rescore` first re-scores every pair;
+        pairs scored by an older V3 (no baselines or backtest yet) or with another fee are
+        re-scored anyway."""
+        from v3_evaluation import summarize_pairs
+        from v3_report import summary_sentences, write_report
+        fee = self.config.fee_per_side
+        old = [k for k, v in self.load_results().items() if not k.startswith("_")
+               and v.get("status") in ("success", "skipped")
+               and (v.get("backtest") or {}).get("fee_per_side") != fee]
+        if rescore or old:
+            self.rescore_pairs(None if rescore else old)
+        results = self.load_results()
+        entries = {k: v for k, v in results.items() if not k.startswith("_") and
+                   v.get("status") in ("success", "skipped") and (v.get("test") or {}).get("n")}
+        summary = summarize_pairs(entries)
+        # no clock in the summary: an unchanged run leaves the results file unchanged
+        summary["fee_per_side"] = self.config.fee_per_side
+        results["_summary"] = summary
+        atomic_write_json(self.results_path, results)
+        paths = write_report(self.base_dir, results)
+        log.info("%s%s", "[SYNTHETIC DATA] " if summary["synthetic"] else "",
+                 summary_sentences(summary)[0].replace("**", ""))
+        log.info("report: %s (and %s)", paths["md"], paths["html"].name)
+        return summary
 
     def _log_summary(self, pairs) -> None:
         results = self.load_results()
@@ -684,6 +909,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hf-repo", help="Hub model repo id (default <your user>/cpb-models)")
     p.add_argument("--hf-folder", help="folder in the Hub repo (default v3)")
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--walk-forward", type=int, metavar="K",
+                   help="also retrain each pair on K successive origins (expanding window) and "
+                        "report per-fold and pooled metrics")
+    p.add_argument("--fee-per-side", type=float, metavar="FRAC",
+                   help="backtest fee per side as a fraction (default 0.001 = 0.1 %%)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: re-score the saved models and rewrite results/report.md "
+                        "and report.html")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--engine", choices=("auto", "fast", "plain"),
                    help="training engine: auto (default: fast on a GPU, plain on CPU), fast "
@@ -710,7 +943,9 @@ def pipeline_from_args(args: argparse.Namespace) -> tuple[V3CoLabPipeline, list[
                              ("hf_folder", args.hf_folder),
                              ("api_urls", _split_list(args.api_urls)),
                              ("archive_url", args.archive_url),
-                             ("download_workers", args.download_workers)) if v is not None}
+                             ("download_workers", args.download_workers),
+                             ("walk_forward", args.walk_forward),
+                             ("fee_per_side", args.fee_per_side)) if v is not None}
     if args.private:
         top["hf_private"] = True
     if args.refresh:
@@ -743,6 +978,9 @@ def main(argv: list[str] | None = None) -> int:
                      pipe.config.model.hidden_size, pipe.config.model.num_layers,
                      pipe.config.train.epochs)
         produced = None
+        if args.report_only:
+            produced = pipe.write_report(rescore=True)["n_pairs"]
+            steps = []
         for step in steps:
             if step == "setup":
                 pipe.step_1_setup_environment()

@@ -1,16 +1,153 @@
-"""Metrics of next-close forecasts, always next to the naive baseline on the same samples.
+"""Honest evaluation: baselines as models, metrics with their uncertainty, and a fee-aware backtest.
 
-Units: `mape` and `directional_accuracy` are percentages; `mae`, `rmse` are in price units
-and `mse` in price units squared. Directional accuracy counts the samples where
-sign(predicted - last) == sign(actual - last), over the samples whose actual move is not zero
-(`n_direction` of them); it is None for a forecast that never predicts a move (persistence).
+Every forecast here is a next-close price for the samples of a `PreparedData` split, and every
+metric is computed on exactly the samples the LSTM is scored on.
+
+Baselines are ordinary models with the verbs of a model (`fit(data)`, `predict(data, idx)`),
+so "model vs. baselines" is one loop (darts' way):
+- `PersistenceBaseline`: next close = last close.
+- `DriftBaseline`: next close = last close * exp(mean training log return).
+- `LinearBaseline`: ridge regression of the next standardised log return on the same input
+  the LSTM sees (the window of PCA scores, summarised by its means over the last 1, 4, 16
+  and 60 candles), fitted on the training split; its penalty is chosen on the validation
+  split only.
+
+Metrics (`forecast_metrics`), units in names or below:
+- `mape` (%), `mae`, `rmse` (price units), `mse` (price units squared).
+- `mase`: MAE / the in-sample one-step naive MAE (mean |close_(t+1) - close_t| over the
+  training samples). Below 1 beats a naive forecast in-sample; persistence sits near 1.
+- `skill` = 1 - MAE / MAE_persistence (0 for persistence, > 0 better, < 0 worse), with an
+  approximate 95 % interval from the Diebold-Mariano standard error (MAE_persistence held
+  fixed): `skill_ci95_low`, `skill_ci95_high`.
+- `directional_accuracy` (%): share of samples with sign(predicted - last) == sign(actual -
+  last), over the `n_direction` samples whose actual move is not zero (a forecast of "no
+  move" counts as a miss); None for a forecast that never predicts a move (persistence).
+  `direction_hits` of `n_direction`, a 95 % Wilson interval (`direction_ci95_low/high`, %) and
+  an exact two-sided binomial p-value against 50 % (`direction_p_value`).
+- Diebold-Mariano test against persistence, loss = absolute error (so it tests exactly what
+  `skill` measures), horizon h = 1, so the HAC (Newey-West) variance has no lag terms and is
+  the sample variance of the loss difference / n; the statistic is compared with the normal
+  distribution (asymptotic; the test split has hundreds of samples). `dm_stat` < 0 means the
+  forecast's loss is lower; `dm_p_value` is two-sided; `dm_p_better` is one-sided (H1: the
+  forecast has the lower loss) and is what "beats persistence significantly" uses.
+
+The statistics use only the standard library (`math.erf`, `math.lgamma`); the tests check
+them against scipy.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
+
+from v3_common import INTERVAL_MS, ConfigError
+
+Z95 = 1.959963984540054  # the 97.5 % quantile of the standard normal
+METRIC_FIELDS = ("mape", "mae", "rmse", "mse", "mase", "skill", "skill_ci95_low",
+                 "skill_ci95_high", "directional_accuracy", "direction_hits", "n_direction",
+                 "direction_ci95_low", "direction_ci95_high", "direction_p_value", "dm_stat",
+                 "dm_p_value", "dm_p_better", "n")
+BASELINES = ("persistence", "drift", "linear")
+
+
+# ---------------------------------------------------------------------------------------
+# Statistics (standard library only)
+
+
+def normal_cdf(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def wilson_interval(hits: int, n: int, *, z: float = Z95) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion hits/n, as fractions in [0, 1]."""
+    if n <= 0 or not 0 <= hits <= n:
+        raise ValueError(f"wilson_interval needs n >= 1 trials and 0 <= hits <= n, got "
+                         f"hits={hits}, n={n}.")
+    p = hits / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def binomial_p_value(hits: int, n: int) -> float:
+    """Exact two-sided binomial test of hits/n against 1/2 (sums of pmfs in log space).
+
+    With p = 1/2 the distribution is symmetric, so the two-sided p-value is twice the smaller
+    tail, capped at 1 (the same value as scipy.stats.binomtest(hits, n).pvalue).
+    """
+    if n <= 0 or not 0 <= hits <= n:
+        raise ValueError(f"binomial_p_value needs n >= 1 trials and 0 <= hits <= n, got "
+                         f"hits={hits}, n={n}.")
+    k = min(hits, n - hits)
+    log_half_n = n * math.log(0.5)
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half_n
+            for i in range(k + 1)]
+    top = max(logs)
+    tail = math.exp(top) * sum(math.exp(v - top) for v in logs)  # P(X <= k)
+    return min(1.0, 2.0 * tail)
+
+
+def diebold_mariano(errors_a: np.ndarray, errors_b: np.ndarray, *, loss: str = "absolute") -> dict:
+    """Diebold-Mariano test of forecast a against forecast b, horizon 1.
+
+    d_t = L(e_a,t) - L(e_b,t), L = |e| ('absolute') or e^2 ('squared'). With h = 1 the HAC
+    variance of mean(d) is var(d) / n (no autocovariance terms). Returns the statistic
+    (< 0: a has the lower loss), the two-sided p-value, the one-sided p-value of "a is
+    better", the mean loss difference and its standard error. Identical forecasts give
+    stat 0 and p 1.
+    """
+    a, b = np.asarray(errors_a, np.float64), np.asarray(errors_b, np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"diebold_mariano needs two 1-D error series of the same length, got "
+                         f"shapes {a.shape} and {b.shape}.")
+    if loss not in ("absolute", "squared"):
+        raise ValueError(f"loss must be 'absolute' or 'squared', got {loss!r}.")
+    la, lb = (np.abs(a), np.abs(b)) if loss == "absolute" else (a * a, b * b)
+    d = la - lb
+    n = len(d)
+    if n < 2:
+        return {"stat": None, "p_value": None, "p_better": None, "mean_diff": None, "se": None}
+    mean = float(d.mean())
+    se = float(math.sqrt(float(d.var(ddof=0)) / n))
+    if se == 0.0 or not math.isfinite(se):
+        # d is constant: no difference at all, or a difference without any noise
+        if mean == 0.0:
+            return {"stat": 0.0, "p_value": 1.0, "p_better": 0.5, "mean_diff": 0.0, "se": 0.0}
+        return {"stat": None, "p_value": 0.0, "p_better": 0.0 if mean < 0 else 1.0,
+                "mean_diff": mean, "se": 0.0}
+    stat = mean / se
+    return {"stat": stat, "p_value": min(1.0, 2.0 * (1.0 - normal_cdf(abs(stat)))),
+            "p_better": normal_cdf(stat), "mean_diff": mean, "se": se}
+
+
+def holm_adjust(p_values: list[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values (None stays None and does not count as a test)."""
+    idx = [i for i, p in enumerate(p_values) if p is not None]
+    m = len(idx)
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda j: p_values[j])):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        out[i] = running
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics
+
+
+def naive_mae(last: np.ndarray, actual: np.ndarray) -> float:
+    """The in-sample one-step naive MAE: mean |close_(t+1) - close_t| (MASE's scale)."""
+    last, actual = np.asarray(last, np.float64), np.asarray(actual, np.float64)
+    if len(last) == 0:
+        raise ValueError("naive_mae needs at least one training sample.")
+    return float(np.mean(np.abs(actual - last)))
 
 
 def regression_metrics(actual: np.ndarray, predicted: np.ndarray, last: np.ndarray) -> dict:
+    """The plain metrics (mape %, mae, rmse, mse, directional_accuracy %, n, n_direction)."""
     actual = np.asarray(actual, np.float64)
     predicted = np.asarray(predicted, np.float64)
     last = np.asarray(last, np.float64)
@@ -39,6 +176,46 @@ def regression_metrics(actual: np.ndarray, predicted: np.ndarray, last: np.ndarr
     }
 
 
+def forecast_metrics(actual: np.ndarray, predicted: np.ndarray, last: np.ndarray, *,
+                     mase_scale: float | np.ndarray) -> dict:
+    """Every metric of METRIC_FIELDS for one forecast, against persistence on the same samples.
+
+    `mase_scale` is the training split's naive MAE (`naive_mae`), or one value per sample
+    when samples come from several walk-forward folds.
+    """
+    actual = np.asarray(actual, np.float64)
+    predicted = np.asarray(predicted, np.float64)
+    last = np.asarray(last, np.float64)
+    if not (actual.shape == predicted.shape == last.shape):
+        raise ValueError(f"actual, predicted and last must have the same length, got "
+                         f"{actual.shape}, {predicted.shape}, {last.shape}.")
+    out = dict.fromkeys(METRIC_FIELDS)
+    out.update(regression_metrics(actual, predicted, last))
+    out["direction_hits"] = 0
+    n = out["n"]
+    if n == 0:
+        return out
+    err, err_p = predicted - actual, last - actual
+    scale = np.broadcast_to(np.asarray(mase_scale, np.float64), err.shape)
+    out["mase"] = float(np.mean(np.abs(err) / scale)) if np.all(scale > 0) else None
+    mae_p = float(np.mean(np.abs(err_p)))
+    dm = diebold_mariano(err, err_p, loss="absolute")
+    if mae_p > 0:
+        out["skill"] = 1.0 - out["mae"] / mae_p
+        if dm["se"] is not None:
+            out["skill_ci95_low"] = -(dm["mean_diff"] + Z95 * dm["se"]) / mae_p
+            out["skill_ci95_high"] = -(dm["mean_diff"] - Z95 * dm["se"]) / mae_p
+    out["dm_stat"], out["dm_p_value"], out["dm_p_better"] = dm["stat"], dm["p_value"], dm["p_better"]
+    if out["directional_accuracy"] is not None:
+        moved = actual != last
+        hits = int(np.sum(np.sign(predicted - last)[moved] == np.sign(actual - last)[moved]))
+        lo, hi = wilson_interval(hits, out["n_direction"])
+        out.update(direction_hits=hits, direction_ci95_low=100.0 * lo,
+                   direction_ci95_high=100.0 * hi,
+                   direction_p_value=binomial_p_value(hits, out["n_direction"]))
+    return out
+
+
 def persistence_forecast(last: np.ndarray) -> np.ndarray:
     """The naive baseline: next close = last close."""
     return np.asarray(last, np.float64).copy()
@@ -48,3 +225,331 @@ def evaluate_with_baseline(actual, predicted, last) -> tuple[dict, dict]:
     """(model metrics, {"persistence": baseline metrics}) on exactly the same samples."""
     return (regression_metrics(actual, predicted, last),
             {"persistence": regression_metrics(actual, persistence_forecast(last), last)})
+
+
+# ---------------------------------------------------------------------------------------
+# Baselines as models: fit(data) on the training split, predict(data, idx) -> closes
+
+
+class PersistenceBaseline:
+    """next close = last close."""
+    name = "persistence"
+
+    def fit(self, data) -> "PersistenceBaseline":
+        return self
+
+    def predict(self, data, idx) -> np.ndarray:
+        return persistence_forecast(data.last_close[idx])
+
+
+class DriftBaseline:
+    """next close = last close * exp(mean log return of the training split)."""
+    name = "drift"
+
+    def fit(self, data) -> "DriftBaseline":
+        self.mean_log_return = float(data.target_mean)  # the training split's mean
+        return self
+
+    def predict(self, data, idx) -> np.ndarray:
+        return np.asarray(data.last_close[idx], np.float64) * math.exp(self.mean_log_return)
+
+
+class LinearBaseline:
+    """Ridge regression on a summary of the LSTM's input window.
+
+    The window (seq_len x K PCA scores) is summarised by the mean of its last L rows for each
+    L in `lags` (1 = the last row; seq_len = the whole window), i.e. len(lags) x K inputs:
+    the same information at a few horizons, cheap enough to fit for 40 pairs on a CPU.
+    Fitted on the training split (centred with the training means); the penalty `alpha` is the
+    one of `alphas` with the lowest MSE on the validation split. Solved once by SVD, so every
+    alpha costs one matrix product.
+    """
+    name = "linear"
+
+    def __init__(self, *, lags: tuple[int, ...] = (1, 4, 16, 60),
+                 alphas: tuple[float, ...] = tuple(10.0 ** np.arange(-2, 8.5, 0.5))):
+        self.lags = tuple(int(l) for l in lags)
+        self.alphas = tuple(float(a) for a in alphas)
+
+    def fit(self, data) -> "LinearBaseline":
+        tr, va = data.split("train"), data.split("val")
+        x = self.inputs(data, tr)
+        y = np.asarray(data.target[tr], np.float64)
+        self.x_mean, self.y_mean = x.mean(axis=0), float(y.mean())
+        u, s, vt = np.linalg.svd(x - self.x_mean, full_matrices=False)
+        uty = u.T @ (y - self.y_mean)
+        xv = self.inputs(data, va) - self.x_mean
+        yv = np.asarray(data.target[va], np.float64) - self.y_mean
+        self.val_mse = {}
+        best = None
+        for a in self.alphas:
+            coef = vt.T @ (s / (s * s + a) * uty)
+            mse = float(np.mean((xv @ coef - yv) ** 2))
+            self.val_mse[a] = mse
+            if best is None or mse < best[0]:
+                best = (mse, a, coef)
+        _, self.alpha, self.coef = best
+        return self
+
+    def predict_standardized(self, data, idx) -> np.ndarray:
+        return (self.inputs(data, idx) - self.x_mean) @ self.coef + self.y_mean
+
+    def predict(self, data, idx) -> np.ndarray:
+        return data.to_close(self.predict_standardized(data, idx), idx)
+
+    def inputs(self, data, idx) -> np.ndarray:
+        """(n, len(lags) x K): the mean of the last L window rows for each lag L."""
+        w = np.asarray(data.windows(idx), np.float64)  # (n, T, K)
+        lags = sorted({min(l, data.seq_len) for l in self.lags})
+        return np.concatenate([w[:, -l:, :].mean(axis=1) for l in lags], axis=1)
+
+    def describe(self, data) -> str:
+        lags = sorted({min(l, data.seq_len) for l in self.lags})
+        return (f"means of the last {', '.join(map(str, lags))} rows of the window of "
+                f"{data.transform.n_components} PCA scores")
+
+
+def baseline_models() -> list:
+    return [PersistenceBaseline(), DriftBaseline(), LinearBaseline()]
+
+
+def evaluate_pair(data, predicted_test: np.ndarray, *, baselines: list | None = None) -> dict:
+    """Score the model's test forecast and every baseline on the same test samples of `data`.
+
+    Baselines are fitted on the training split (and tuned on validation) here. Returns
+    {"test": metrics, "baseline": {name: metrics}, "predictions": {name: closes},
+    "mase_scale": float, "tuning": {...}}.
+    """
+    idx = data.split("test")
+    tr = data.split("train")
+    scale = naive_mae(data.last_close[tr], data.actual_close[tr])
+    actual, last = data.actual_close[idx], data.last_close[idx]
+    out = {"test": forecast_metrics(actual, predicted_test, last, mase_scale=scale),
+           "baseline": {}, "predictions": {}, "mase_scale": scale, "tuning": {}}
+    for model in baselines if baselines is not None else baseline_models():
+        model.fit(data)
+        pred = model.predict(data, idx)
+        out["predictions"][model.name] = pred
+        out["baseline"][model.name] = forecast_metrics(actual, pred, last, mase_scale=scale)
+        if isinstance(model, LinearBaseline):
+            out["tuning"]["linear"] = {
+                "alpha": model.alpha, "chosen_on": "validation MSE of the standardised return",
+                # the largest penalty shrinks the ridge to the training mean, i.e. to drift
+                "at_largest_alpha": model.alpha == max(model.alphas),
+                "val_mse_by_alpha": {f"{a:g}": v for a, v in model.val_mse.items()},
+                "input": model.describe(data)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# A fee-aware backtest of the predicted direction
+
+
+def periods_per_year(interval: str) -> float:
+    if interval not in INTERVAL_MS:
+        raise ConfigError(f"timeframe {interval!r} has no fixed length; use one of "
+                          f"{', '.join(INTERVAL_MS)}.")
+    return 365.25 * 24 * 3600 * 1000 / INTERVAL_MS[interval]  # crypto trades around the clock
+
+
+def backtest_positions(positions: np.ndarray, last: np.ndarray, actual: np.ndarray, *,
+                       fee_per_side: float, interval: str) -> dict:
+    """Trade `positions` (1 long, 0 flat, -1 short), one per sample.
+
+    The position for sample t is taken at the close of candle t (`last`), the price the
+    forecast was made at, and held through candle t+1 (to `actual`). Changing the position
+    costs `fee_per_side` per unit traded (flat -> long 1 side, long -> short 2 sides), charged
+    on the equity at the moment of the trade; the last position is closed (and charged) after
+    the last sample. Returns total return, annualised Sharpe ratio, maximum drawdown (all
+    fractions), trades (position changes, the final close included), fees paid and the
+    equity curve (start 1.0, one value per sample).
+    """
+    pos = np.asarray(positions, np.float64)
+    last, actual = np.asarray(last, np.float64), np.asarray(actual, np.float64)
+    if not (pos.shape == last.shape == actual.shape) or pos.ndim != 1:
+        raise ValueError(f"positions, last and actual must be 1-D of one length, got "
+                         f"{pos.shape}, {last.shape}, {actual.shape}.")
+    if not 0 <= fee_per_side < 1:
+        raise ConfigError(f"fee_per_side must be a fraction in [0, 1) (0.001 = 0.1 %), "
+                          f"got {fee_per_side!r}.")
+    n = len(pos)
+    if n == 0:
+        return {"total_return": None, "sharpe": None, "max_drawdown": None, "trades": 0,
+                "fees_paid": 0.0, "exposure": None, "equity": [1.0]}
+    move = actual / last - 1.0
+    turnover = np.abs(np.diff(np.r_[0.0, pos]))  # traded at the close of candle t
+    growth = (1.0 - fee_per_side * turnover) * (1.0 + pos * move)
+    growth[-1] *= 1.0 - fee_per_side * abs(pos[-1])  # close the position after the last candle
+    equity = np.cumprod(growth)
+    step_ret = growth - 1.0
+    sd = float(step_ret.std(ddof=1)) if n > 1 else 0.0
+    sharpe = float(step_ret.mean() / sd * math.sqrt(periods_per_year(interval))) if sd > 0 else None
+    curve = np.r_[1.0, equity]
+    drawdown = 1.0 - curve / np.maximum.accumulate(curve)
+    return {"total_return": float(equity[-1] - 1.0), "sharpe": sharpe,
+            "max_drawdown": float(drawdown.max()),
+            "trades": int(np.count_nonzero(turnover)) + int(pos[-1] != 0),
+            "fees_paid": float(fee_per_side * (turnover.sum() + abs(pos[-1]))),
+            "exposure": float(np.mean(pos != 0)), "equity": curve.tolist()}
+
+
+def direction_positions(predicted: np.ndarray, last: np.ndarray, *, mode: str) -> np.ndarray:
+    """'long_flat': 1 when the forecast is above the last close, else 0;
+    'long_short': 1 above, -1 below, 0 when the forecast is exactly the last close."""
+    up = np.sign(np.asarray(predicted, np.float64) - np.asarray(last, np.float64))
+    if mode == "long_flat":
+        return (up > 0).astype(np.float64)
+    if mode == "long_short":
+        return up
+    raise ConfigError(f"backtest mode must be 'long_flat' or 'long_short', got {mode!r}.")
+
+
+def backtest_direction(predicted: np.ndarray, last: np.ndarray, actual: np.ndarray, *,
+                       interval: str, fee_per_side: float = 0.001, keep_equity: bool = False) -> dict:
+    """The forecast's direction traded long/flat and long/short, next to buy-and-hold.
+    Equity curves are dropped unless `keep_equity` (the plots recompute them)."""
+    out = {"fee_per_side": fee_per_side,
+           "execution": "position set at the close of candle t (the forecast's last close), "
+                        "held through candle t+1; fees per side on every position change; "
+                        "closed after the last test candle"}
+    for mode in ("long_flat", "long_short"):
+        out[mode] = backtest_positions(direction_positions(predicted, last, mode=mode), last,
+                                       actual, fee_per_side=fee_per_side, interval=interval)
+    out["buy_and_hold"] = backtest_positions(np.ones(len(np.asarray(last))), last, actual,
+                                             fee_per_side=fee_per_side, interval=interval)
+    if not keep_equity:
+        for mode in ("long_flat", "long_short", "buy_and_hold"):
+            del out[mode]["equity"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Across pairs
+
+
+@dataclass(frozen=True)
+class SummaryConfig:
+    alpha: float = 0.05         # significance level, after the Holm correction across pairs
+    correction: str = "holm"    # Holm-Bonferroni (controls the family-wise error rate)
+
+
+def summarize_pairs(entries: dict[str, dict], *, cfg: SummaryConfig = SummaryConfig()) -> dict:
+    """Across-pair summary of evaluated entries {pair key: results entry with 'test'}.
+
+    Median skill of the model and of each baseline; how many pairs beat (or lose to)
+    persistence significantly by the one-sided DM test with Holm-adjusted p < alpha; the
+    distribution of directional accuracy (min / median / max, a histogram) and how many pairs
+    are significantly above 50 % (two-sided binomial, Holm); backtest medians.
+    """
+    keys = [k for k, e in entries.items() if (e.get("test") or {}).get("n")]
+    tests = [entries[k]["test"] for k in keys]
+
+    def med(vals):
+        vals = [v for v in vals if v is not None]
+        return float(np.median(vals)) if vals else None
+
+    p_better = holm_adjust([t.get("dm_p_better") for t in tests])
+    p_worse = holm_adjust([None if t.get("dm_p_better") is None else 1.0 - t["dm_p_better"]
+                           for t in tests])
+    p_dir = holm_adjust([t.get("direction_p_value") for t in tests])
+    dir_acc = [t.get("directional_accuracy") for t in tests]
+    beat = [k for k, p in zip(keys, p_better) if p is not None and p < cfg.alpha]
+    worse = [k for k, p in zip(keys, p_worse) if p is not None and p < cfg.alpha]
+    dir_sig = [k for k, p, a in zip(keys, p_dir, dir_acc)
+               if p is not None and p < cfg.alpha and a is not None and a > 50]
+    valid_dir = [a for a in dir_acc if a is not None]
+    counts, edges = np.histogram(valid_dir, bins=np.arange(30, 72.5, 2.5)) if valid_dir else ([], [])
+    out = {
+        "n_pairs": len(keys), "pairs": keys,
+        "synthetic": any(bool(entries[k].get("synthetic")) for k in keys),
+        "median_skill": {"model": med(t.get("skill") for t in tests),
+                         **{b: med((entries[k].get("baseline") or {}).get(b, {}).get("skill")
+                                   for k in keys) for b in BASELINES}},
+        "significance": {"alpha": cfg.alpha, "correction": cfg.correction,
+                         "test": "Diebold-Mariano, absolute error, one-sided, vs persistence"},
+        "beat_persistence": {"count": len(beat), "pairs": beat},
+        "worse_than_persistence": {"count": len(worse), "pairs": worse},
+        "directional_accuracy": {
+            "min": min(valid_dir) if valid_dir else None, "median": med(valid_dir),
+            "max": max(valid_dir) if valid_dir else None,
+            "above_50_significant": {"count": len(dir_sig), "pairs": dir_sig},
+            "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}},
+        "guide_targets": {  # the guide's promise: MAPE < 0.02 %, direction > 90 %
+            "mape_below_0.02_pct": sum(t.get("mape") is not None and t["mape"] < 0.02 for t in tests),
+            "direction_above_90_pct": sum(a is not None and a > 90 for a in dir_acc)},
+        "per_pair": {k: {"skill": t.get("skill"), "dm_p_better": t.get("dm_p_better"),
+                         "dm_p_better_holm": pb, "dm_p_worse_holm": pw,
+                         "directional_accuracy": t.get("directional_accuracy"),
+                         "direction_p_value": t.get("direction_p_value"), "direction_p_holm": pd_}
+                     for k, t, pb, pw, pd_ in zip(keys, tests, p_better, p_worse, p_dir)},
+    }
+    bt = [entries[k].get("backtest") for k in keys if entries[k].get("backtest")]
+    if bt:
+        out["backtest"] = {
+            "median_total_return": {m: med(b[m]["total_return"] for b in bt)
+                                    for m in ("long_flat", "long_short", "buy_and_hold")},
+            "long_flat_beats_buy_and_hold": sum(
+                b["long_flat"]["total_return"] > b["buy_and_hold"]["total_return"] for b in bt),
+            "long_short_beats_buy_and_hold": sum(
+                b["long_short"]["total_return"] > b["buy_and_hold"]["total_return"] for b in bt),
+            "median_trades": {m: med(b[m]["trades"] for b in bt) for m in ("long_flat", "long_short")},
+            "median_long_flat_exposure": med(b["long_flat"]["exposure"] for b in bt),
+            "n_pairs": len(bt)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Walk-forward: K successive origins, an expanding training window, preprocessing refitted
+
+
+@dataclass(frozen=True)
+class Fold:
+    index: int          # 0-based, in time order
+    n_candles: int      # the fold sees candles[:n_candles] only (its last test target included)
+    n_train: int        # samples, counted from the first sample of the full series
+    n_val: int
+    n_test: int
+
+    @property
+    def n_samples(self) -> int:
+        return self.n_train + self.n_val + self.n_test
+
+
+def walk_forward_folds(ends: np.ndarray, k: int, *, test_size: int, train_frac: float,
+                       val_frac: float, min_samples: int) -> list[Fold]:
+    """K folds whose test blocks of `test_size` samples tile the end of the series.
+
+    `ends` are the sample ends (candle rows) of the full series. Fold j tests samples
+    [N - (K - j) * test_size, N - (K - j - 1) * test_size); everything before them is its
+    training + validation data (validation = the last val_frac / (train_frac + val_frac) of
+    it), so the training window grows fold by fold and every fold's test block comes after
+    its own training and validation samples. Raises ConfigError when the first fold would
+    have too little to train on.
+    """
+    n = len(ends)
+    if not isinstance(k, int) or k < 1:
+        raise ConfigError(f"--walk-forward needs a number of folds >= 1, got {k!r}.")
+    first_fit = n - k * test_size
+    val_share = val_frac / (train_frac + val_frac)
+    n_val0 = int(first_fit * val_share)
+    if first_fit - n_val0 < max(min_samples, test_size) or n_val0 < min_samples:
+        raise ConfigError(
+            f"walk-forward with {k} folds of {test_size} test samples leaves the first fold "
+            f"{first_fit} samples of {n} for training + validation; it needs >= "
+            f"{int(np.ceil(max(min_samples, test_size) / (1 - val_share)))}. Use fewer folds "
+            f"or more candles (--candles).")
+    folds = []
+    for j in range(k):
+        fit = n - (k - j) * test_size
+        n_val = int(fit * val_share)
+        last_sample = fit + test_size - 1
+        folds.append(Fold(index=j, n_candles=int(ends[last_sample]) + 2, n_train=fit - n_val,
+                          n_val=n_val, n_test=test_size))
+    return folds
+
+
+def fold_fractions(fold: Fold) -> tuple[float, float]:
+    """(train_frac, val_frac) that make prepare_dataset split the fold's samples exactly as
+    planned (it takes int(n * frac); the half sample keeps float rounding away)."""
+    n = fold.n_samples
+    return (fold.n_train + 0.5) / n, (fold.n_val + 0.5) / n

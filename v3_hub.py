@@ -215,7 +215,7 @@ def build_model_card(results: dict, config: dict | None, *, repo_id: str,
     a per-pair table beside the persistence baseline, limitations, and how to load one.
     Deterministic (no clock): an unchanged run gives an unchanged card, hence no new commit."""
     config = config or {}
-    pairs = sorted(k for k, r in results.items() if isinstance(r, dict))
+    pairs = sorted(k for k, r in results.items() if isinstance(r, dict) and not k.startswith("_"))
     rows = [results[k] for k in pairs]
     trained = [r for r in rows if r.get("status") in ("success", "skipped") and r.get("test")]
     synthetic = any(_is_synthetic(r) for r in rows)

@@ -75,7 +75,7 @@ def test_every_artifact_is_written(trained):
     header = (base / "data" / "BTCUSDT_15m.csv").read_text().splitlines()[0]
     assert header == ",".join(KLINE_COLUMNS)
     on_disk = json.loads((base / "results" / "v3_training_results.json").read_text())
-    assert set(on_disk) == set(PAIRS) and on_disk == results
+    assert set(on_disk) - {"_summary"} == set(PAIRS) and on_disk == results
 
 
 def test_results_json_fields(trained):
@@ -106,7 +106,7 @@ def test_predictions_csv_and_persistence_recomputed(trained):
         assert len(df) == results[key]["test"]["n"]
         assert df["open_time"].is_monotonic_increasing
         persist = regression_metrics(df.actual_close, df.last_close, df.last_close)
-        assert persist == results[key]["baseline"]["persistence"]
+        assert persist.items() <= results[key]["baseline"]["persistence"].items()
         model = regression_metrics(df.actual_close, df.predicted_close, df.last_close)
         for f in ("mape", "mae", "rmse", "mse", "directional_accuracy"):
             assert model[f] == pytest.approx(results[key]["test"][f], rel=1e-9)

@@ -1,0 +1,220 @@
+"""The evaluation inside the pipeline and the report: results JSON fields, walk-forward folds,
+report.md / report.html with every section and image, --report-only, bad input."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import tiny_config
+from v3_colab_training import V3CoLabPipeline, main
+from v3_evaluation import BASELINES, METRIC_FIELDS, forecast_metrics, naive_mae
+from v3_report import summary_sentences
+
+PAIRS = ["BTCUSDT_15m", "BTCUSDT_1h"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A demo-sized run: 1 coin x 2 timeframes of synthetic candles, a tiny model, 2 epochs,
+    2 walk-forward folds; step 4 ends with the report."""
+    base = tmp_path_factory.mktemp("report")
+    p = V3CoLabPipeline(base, config=tiny_config(walk_forward=2), coins=["BTCUSDT"],
+                        timeframes=["15m", "1h"])
+    p.step_2_download_binance_data()
+    p.step_3_preprocess_features()
+    results = p.step_4_train_models()
+    return p, results
+
+
+def test_results_hold_every_baseline_with_the_test_fields(run):
+    _, results = run
+    for key in PAIRS:
+        r = results[key]
+        assert set(r["test"]) == set(METRIC_FIELDS)
+        assert set(r["baseline"]) == set(BASELINES)
+        for name in BASELINES:
+            assert set(r["baseline"][name]) == set(r["test"]), name
+            assert r["baseline"][name]["n"] == r["test"]["n"] == r["splits"]["test"]
+        assert r["baseline"]["persistence"]["skill"] == 0.0
+        assert r["tuning"]["linear"]["alpha"] > 0
+        for mode in ("long_flat", "long_short", "buy_and_hold"):
+            assert {"total_return", "sharpe", "max_drawdown", "trades"} <= set(r["backtest"][mode])
+        assert r["backtest"]["fee_per_side"] == 0.001
+
+
+def test_model_metrics_recomputed_from_the_predictions_csv(run):
+    p, results = run
+    for key in PAIRS:
+        df = pd.read_csv(p.base_dir / "results" / "predictions" / f"{key}.csv")
+        r = results[key]
+        m = forecast_metrics(df.actual_close.to_numpy(), df.predicted_close.to_numpy(),
+                             df.last_close.to_numpy(), mase_scale=r["mase_scale"])
+        for f in ("mape", "mase", "skill", "directional_accuracy", "dm_p_value", "direction_p_value"):
+            assert m[f] == pytest.approx(r["test"][f], rel=1e-9), f
+
+
+def test_mase_scale_is_the_training_naive_mae(run):
+    from v3_data_processor import PreparedData
+    p, results = run
+    data = PreparedData.load(p.processed_path("BTCUSDT", "1h"))
+    tr = data.split("train")
+    assert results["BTCUSDT_1h"]["mase_scale"] == pytest.approx(
+        naive_mae(data.last_close[tr], data.actual_close[tr]))
+
+
+def test_summary_across_pairs_in_the_results_json(run):
+    p, _ = run
+    on_disk = json.loads(p.results_path.read_text())
+    s = on_disk["_summary"]
+    assert s["n_pairs"] == 2 and s["pairs"] == PAIRS and s["synthetic"] is True
+    assert s["significance"]["correction"] == "holm"
+    skills = [on_disk[k]["test"]["skill"] for k in PAIRS]
+    assert s["median_skill"]["model"] == pytest.approx(float(np.median(skills)))
+    d = s["directional_accuracy"]
+    accs = [on_disk[k]["test"]["directional_accuracy"] for k in PAIRS]
+    assert (d["min"], d["max"]) == (min(accs), max(accs))
+    assert 0 <= s["beat_persistence"]["count"] <= 2
+
+
+def test_walk_forward_folds_and_pooled(run):
+    p, results = run
+    for key in PAIRS:
+        wf = results[key]["walk_forward"]
+        assert wf["status"] == "success" and wf["k"] == 2 and len(wf["folds"]) == 2
+        f1, f2 = wf["folds"]
+        assert f1["train_last_open_time"] < f1["test_first_open_time"]
+        assert f2["train_last_open_time"] < f2["test_first_open_time"]
+        assert f1["test_last_open_time"] < f2["test_first_open_time"]  # test blocks move forward
+        assert f2["n_train"] > f1["n_train"]                            # the window expands
+        pooled = wf["pooled"]
+        assert pooled["test"]["n"] == f1["n_test"] + f2["n_test"]
+        assert set(pooled["baseline"]) == set(BASELINES)
+        assert set(pooled["test"]) == set(METRIC_FIELDS)
+        for f in (f1, f2):
+            assert (p.base_dir / f["predictions_path"]).exists()
+    # the last fold tests exactly the main model's test samples
+    main_df = pd.read_csv(p.base_dir / "results" / "predictions" / "BTCUSDT_1h.csv")
+    last_fold = pd.read_csv(p.base_dir / results["BTCUSDT_1h"]["walk_forward"]["folds"][1]
+                            ["predictions_path"])
+    assert np.array_equal(main_df.open_time, last_fold.open_time)
+
+
+def test_walk_forward_rerun_keeps_finished_folds(run, caplog):
+    p, _ = run
+    caplog.set_level("INFO", logger="v3")
+    p.step_4_walk_forward(2)
+    assert "BTCUSDT_15m: walk-forward fold 1/2 already done" in caplog.text
+    assert "BTCUSDT_1h: walk-forward fold 2/2 already done" in caplog.text
+
+
+def test_report_has_every_section_and_image(run):
+    p, results = run
+    md = (p.results_dir / "report.md").read_text()
+    page = (p.results_dir / "report.html").read_text()
+    for section in ("# V3 evaluation report", "## Summary", "## Test metrics per pair",
+                    "## Every forecast on every pair", "## Backtest of the predicted direction",
+                    "## Walk-forward", "## Across pairs", "## Per pair", "## Definitions"):
+        assert section in md, section
+        assert re.search(rf"<h[123]>{re.escape(section.lstrip('# '))}", page), section
+    assert "SYNTHETIC DATA" in md and "SYNTHETIC DATA" in page
+    # the plain verdict on top, before any table
+    verdict = md.index("beat persistence")
+    assert verdict < md.index("| pair")
+    images = re.findall(r"!\[[^\]]*\]\((plots/[^)]+\.png)\)", md)
+    expected = {"plots/skill.png", "plots/direction.png"} | {
+        f"plots/{k}_{kind}.png" for k in PAIRS for kind in ("curves", "predictions", "equity")}
+    assert set(images) == expected
+    for rel in images:
+        assert (p.results_dir / rel).read_bytes().startswith(PNG_MAGIC)
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(embedded) == len(expected)
+    assert all(base64.b64decode(e).startswith(PNG_MAGIC) for e in embedded)
+    assert "plots/" not in page  # self-contained
+    # numbers in the report come from the results JSON
+    for k in PAIRS:
+        assert f"{results[k]['test']['mape']:.4f}" in md
+        assert f"{results[k]['test']['skill']:+.4f}" in md
+
+
+def test_report_only_rescores_and_rewrites(run, caplog):
+    p, _ = run
+    caplog.set_level("INFO", logger="v3")
+    (p.results_dir / "report.md").unlink()
+    (p.results_dir / "report.html").unlink()
+    # an entry as an older V3 wrote it: only the plain metrics
+    results = json.loads(p.results_path.read_text())
+    before = results["BTCUSDT_1h"]["test"]
+    for f in ("backtest", "mase_scale", "tuning"):
+        results["BTCUSDT_1h"].pop(f)
+    results["BTCUSDT_1h"]["baseline"] = {"persistence": {"mape": 1.0}}
+    p.results_path.write_text(json.dumps(results))
+    rc = main(["--report-only", "--base-dir", str(p.base_dir), "--source", "synthetic",
+               "--no-progress", "--fee-per-side", "0.002"])
+    assert rc == 0
+    assert "re-scored 2 pairs from their saved models" in caplog.text
+    after = json.loads(p.results_path.read_text())
+    assert after["BTCUSDT_1h"]["test"] == pytest.approx(before)  # same model, same numbers
+    assert set(after["BTCUSDT_1h"]["baseline"]) == set(BASELINES)
+    assert after["BTCUSDT_1h"]["backtest"]["fee_per_side"] == 0.002
+    assert "Fee 0.2 % per side" in (p.results_dir / "report.md").read_text()
+    assert (p.results_dir / "report.html").exists()
+
+
+def test_walk_forward_failure_is_recorded_and_others_go_on(tmp_path, caplog):
+    caplog.set_level("INFO", logger="v3")
+    p = V3CoLabPipeline(tmp_path, config=tiny_config(candles=700), coins=["BTCUSDT"],
+                        timeframes=["1h"])
+    p.step_2_download_binance_data()
+    out = p.step_4_walk_forward(50)
+    assert out == {}
+    r = p.load_results()["BTCUSDT_1h"]
+    assert r["walk_forward"]["status"] == "failed"
+    assert "Use fewer folds" in r["walk_forward"]["reason"]
+    assert r["status"] == "downloaded"  # the pair itself is not marked failed
+    assert "BTCUSDT 1h: walk-forward failed: walk-forward with 50 folds" in caplog.text
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--fee-per-side", "1"], "fee_per_side=1.0 must be a fraction"),
+    (["--walk-forward", "-2"], "walk_forward=-2 must be a number of folds"),
+])
+def test_bad_evaluation_options_are_named_errors(tmp_path, caplog, argv, message):
+    rc = main(["--demo", "--base-dir", str(tmp_path), "--no-progress"] + argv)
+    assert rc == 2
+    assert message in caplog.text
+
+
+def test_report_with_nothing_trained_says_so(tmp_path):
+    p = V3CoLabPipeline(tmp_path, config=tiny_config(), coins=["BTCUSDT"], timeframes=["1h"])
+    summary = p.write_report()
+    assert summary["n_pairs"] == 0
+    assert "No pair has test results yet" in (tmp_path / "results" / "report.md").read_text()
+
+
+def test_summary_sentences_say_no_plainly():
+    s = {"n_pairs": 8, "beat_persistence": {"count": 0}, "worse_than_persistence": {"count": 3},
+         "median_skill": {"model": -0.01, "linear": -0.002, "drift": -0.0005},
+         "significance": {"alpha": 0.05, "correction": "holm"},
+         "directional_accuracy": {"min": 47.0, "median": 50.5, "max": 53.0,
+                                  "above_50_significant": {"count": 0}}}
+    text = " ".join(summary_sentences(s))
+    assert text.startswith("**No: the models do not beat persistence**")
+    assert "None of the 8 pairs" in text and "3 of 8 are significantly worse" in text
+    assert "median 50.5 % (min 47.0 %, max 53.0 %)" in text
+    s["guide_targets"] = {"mape_below_0.02_pct": 0, "direction_above_90_pct": 0}
+    assert "MAPE < 0.02 % is met on 0 of 8 pairs" in " ".join(summary_sentences(s))
+    s["backtest"] = {"median_total_return": {"long_flat": 0.0, "long_short": 0.06,
+                                             "buy_and_hold": -0.06},
+                     "long_flat_beats_buy_and_hold": 6, "long_short_beats_buy_and_hold": 6,
+                     "median_trades": {"long_flat": 2, "long_short": 3},
+                     "median_long_flat_exposure": 0.1, "n_pairs": 8}
+    text = " ".join(summary_sentences(s))
+    assert "long/flat beat buy-and-hold on 6 of 8 pairs" in text
+    assert "median 2 trades long/flat, 3 long/short" in text
+    assert "mostly one bet on the trend of the test period" in text
