@@ -189,6 +189,14 @@ class V3CoLabPipeline:
                 f"{WARMUP_CANDLES} + window {c.features.seq_len} + enough windows for the "
                 f"70/15/15 splits). The guide uses 3000.")
         check_train_config(c.train)
+        _device_name(c.train.device)  # 'cuda' without a GPU, or a typo, fails here, not in step 4
+        m = c.model
+        if not (isinstance(m.hidden_size, int) and m.hidden_size >= 1
+                and isinstance(m.num_layers, int) and m.num_layers >= 1
+                and isinstance(m.dropout, (int, float)) and 0 <= m.dropout < 1):
+            raise ConfigError(f"model hidden_size={m.hidden_size!r}, num_layers={m.num_layers!r}, "
+                              f"dropout={m.dropout!r}: need integers >= 1 and a dropout in [0, 1) "
+                              f"(the guide uses 128, 3 and 0.3).")
         if not (isinstance(c.fee_per_side, (int, float)) and 0 <= c.fee_per_side < 0.1):
             raise ConfigError(f"fee_per_side={c.fee_per_side!r} must be a fraction in [0, 0.1) "
                               f"(0.001 = 0.1 % per side, Binance's spot taker fee).")
@@ -971,6 +979,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         pipe, steps = pipeline_from_args(args)
+        setup_logging("WARNING" if args.quiet else "INFO")  # the pipeline set INFO: --quiet wins
         pipe.pairs()
         pipe._check_config()
         if pipe.config.preset == "demo":

@@ -89,7 +89,11 @@ def check_train_config(cfg: TrainConfig) -> None:
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device {name!r} is not a device torch knows: use 'auto', 'cpu', "
+                          f"'cuda' or 'cuda:N' (--device).") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but CUDA is not available here. "
                           f"Use --device cpu, or in Colab switch the runtime to a GPU.")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import tiny_config
+from tests.conftest import TINY_MODEL, TINY_TRAIN, tiny_config
 from v3_colab_training import PipelineConfig, V3CoLabPipeline, demo_config, main
 from v3_common import (DEFAULT_COINS, KLINE_COLUMNS, ConfigError, DataValidationError,
                        InsufficientDataError, V3Error)
@@ -232,6 +232,10 @@ def test_one_bad_pair_does_not_stop_the_others(tmp_path):
     (["BTCUSDT"], ["1h"], {"candles": 100}, ConfigError, "candles=100 is too few: need >= "),
     (["BTCUSDT"], ["1h"], {"source": "csv"}, ConfigError, "--data-dir"),
     (["BTCUSDT"], ["1h"], {"source": "kraken"}, ConfigError, "source 'kraken'"),
+    (["BTCUSDT"], ["1h"], {"model": dataclasses.replace(TINY_MODEL, hidden_size=0)}, ConfigError,
+     "model hidden_size=0"),
+    (["BTCUSDT"], ["1h"], {"train": dataclasses.replace(TINY_TRAIN, device="gpu0")}, ConfigError,
+     "device 'gpu0' is not a device torch knows"),
 ])
 def test_bad_input_fails_before_heavy_work(tmp_path, coins, timeframes, over, err, text):
     p = V3CoLabPipeline(tmp_path, config=tiny_config(**over), coins=coins, timeframes=timeframes)
@@ -310,6 +314,26 @@ def test_cli_bad_input_exit_codes(tmp_path, caplog):
     assert main(["--source", "csv", "--data-dir", str(empty), "--base-dir", str(tmp_path / "o"),
                  "--coins", "BTCUSDT", "--timeframes", "1h", "--no-upload", "--no-progress",
                  "--epochs", "1"]) == 1
+
+
+def test_cli_quiet_shows_only_warnings(tmp_path, caplog):
+    import logging
+    v3_log = logging.getLogger("v3")
+    level = v3_log.level
+    try:
+        rc = main(["--demo", "--base-dir", str(tmp_path), "--quiet", "--no-progress",
+                   "--steps", "setup"])
+        assert v3_log.level == logging.WARNING  # not reset to INFO by the pipeline
+    finally:
+        v3_log.setLevel(level)
+    assert rc == 0
+    assert "STEP 1/5" not in caplog.text and "demo preset" not in caplog.text
+
+
+def test_cli_device_typo_is_a_named_error_before_any_work(tmp_path, caplog):
+    assert main(["--demo", "--base-dir", str(tmp_path), "--device", "gpu0", "--no-progress"]) == 2
+    assert "ConfigError: device 'gpu0' is not a device torch knows" in caplog.text
+    assert not (tmp_path / "data").exists()
 
 
 def test_demo_preset_is_small_and_offline():
