@@ -609,6 +609,7 @@ class V3CoLabPipeline:
         """Score trained pairs (all, or `keys`) again from their saved model and features, with
         no training: for results written by an older V3, or after a change of fee."""
         import io
+        import zipfile
         import torch
         from v3_trainer import load_checkpoint, model_from_checkpoint, predict_standardized
         done = {}
@@ -621,8 +622,14 @@ class V3CoLabPipeline:
             if not (mpath.exists() and ppath.exists()):
                 log.warning("%s: no saved model or features; not re-scored", key)
                 continue
-            ckpt = load_checkpoint(mpath)
-            data = PreparedData.load(ppath)
+            try:
+                ckpt = load_checkpoint(mpath)
+                data = PreparedData.load(ppath)
+            except (V3Error, OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+                # one unreadable file costs that pair's re-scoring, never the others' or the report
+                log.warning("%s: not re-scored: %s: %s (re-train it: --retrain)", key,
+                            type(e).__name__, " ".join(str(e).split())[:200])
+                continue
             if ckpt.get("data_range", {}).get("last_open_time") != data.last_open_time:
                 log.warning("%s: the features changed since the model was trained; not re-scored "
                             "(train it again with --retrain)", key)
@@ -668,7 +675,9 @@ class V3CoLabPipeline:
                 log.warning("%s: walk-forward skipped, no data file %s (run step 2)", key, src.name)
                 continue
             try:
-                done[key] = self._walk_forward_pair(read_klines(src), symbol, interval, k,
+                # the latest `candles` rows, as step 3: the last fold tests the model's test split
+                done[key] = self._walk_forward_pair(read_klines(src).tail(self.config.candles)
+                                                    .reset_index(drop=True), symbol, interval, k,
                                                     retrain=retrain)
             except V3Error as e:
                 reason = " ".join(str(e).split())

@@ -166,6 +166,37 @@ def test_report_only_rescores_and_rewrites(run, caplog):
     assert (p.results_dir / "report.html").exists()
 
 
+def test_an_unreadable_model_does_not_stop_the_report(run, caplog):
+    p, _ = run
+    caplog.set_level("INFO", logger="v3")
+    path = p.model_path("BTCUSDT", "15m")
+    good = path.read_bytes()
+    try:
+        path.write_bytes(b"not a checkpoint")
+        summary = p.write_report(rescore=True)
+    finally:
+        path.write_bytes(good)
+    assert "BTCUSDT_15m: not re-scored: CheckpointError" in caplog.text
+    assert "re-scored 1 pairs from their saved models" in caplog.text
+    assert summary["n_pairs"] == 2  # the pair keeps its earlier numbers in the report
+    assert "BTCUSDT_15m" in (p.results_dir / "report.md").read_text()
+
+
+def test_walk_forward_uses_the_candles_step_3_uses(tmp_path):
+    """A data file grown by incremental downloads: walk-forward, like step 3, takes the
+    latest `candles` rows, so its last fold tests exactly the model's test split."""
+    from v3_data_processor import PreparedData
+    from v3_market_data import data_path, synthetic_klines, write_klines
+    p = V3CoLabPipeline(tmp_path, config=tiny_config(candles=700), coins=["BTCUSDT"],
+                        timeframes=["1h"])
+    write_klines(synthetic_klines("BTCUSDT", "1h", 900), data_path(p.data_dir, "BTCUSDT", "1h"))
+    p.step_3_preprocess_features()
+    wf = p.step_4_walk_forward(2)["BTCUSDT_1h"]
+    data = PreparedData.load(p.processed_path("BTCUSDT", "1h"))
+    last = pd.read_csv(tmp_path / wf["folds"][-1]["predictions_path"])
+    assert np.array_equal(last.open_time, data.target_open_time[data.split("test")])
+
+
 def test_walk_forward_failure_is_recorded_and_others_go_on(tmp_path, caplog):
     caplog.set_level("INFO", logger="v3")
     p = V3CoLabPipeline(tmp_path, config=tiny_config(candles=700), coins=["BTCUSDT"],
