@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from v3_common import (DEFAULT_COINS, DEFAULT_TIMEFRAMES, ConfigError, V3Error, atomic_write_bytes,
-                       atomic_write_json,
+from v3_common import (DEFAULT_COINS, DEFAULT_TIMEFRAMES, ConfigError, V3Error, _json_default,
+                       atomic_write_bytes, atomic_write_json,
                        check_interval, default_base_dir, log, normalize_symbol, pair_key, progress,
                        read_json, setup_logging)
 from v3_data_processor import (WARMUP_CANDLES, FeatureConfig, PreparedData, check_feature_config,
@@ -210,11 +210,13 @@ class V3CoLabPipeline:
 
     def _update_result(self, key: str, **fields) -> dict:
         results = self.load_results()
-        entry = results.get(key, {})
-        entry.update(fields)
+        before = results.get(key, {})
+        entry = dict(before, **fields)
         for k in [k for k, v in entry.items() if v is None and k in ("reason", "failed_step",
                                                                       "skip_reason")]:
             del entry[k]  # a field that no longer applies
+        if _same_json(entry, before) and self.results_path.exists():
+            return before  # nothing new: the file (and its updated_at) stays as it was
         entry["updated_at"] = _now_iso()
         results[key] = entry
         atomic_write_json(self.results_path, results)
@@ -229,8 +231,11 @@ class V3CoLabPipeline:
     def _write_config(self) -> None:
         cfg = self.config.to_dict()
         cfg.update(coins=self.COINS, timeframes=self.TIMEFRAMES, base_dir=str(self.base_dir),
-                   warmup_candles=WARMUP_CANDLES, written_at=_now_iso())
-        atomic_write_json(self.results_dir / "config.json", cfg)
+                   warmup_candles=WARMUP_CANDLES)
+        path = self.results_dir / "config.json"
+        if _same_json(cfg, read_json(path, default={}) or {}):
+            return  # unchanged settings: keep the file (and its written_at)
+        atomic_write_json(path, dict(cfg, written_at=_now_iso()))
 
     # -- step 1 ------------------------------------------------------------------------
     def step_1_setup_environment(self) -> dict:
@@ -881,6 +886,17 @@ def _load_best(model_cfg: ModelConfig, state: dict):
 
 def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
+
+
+def _same_json(new: dict, old: dict, *, clock=("updated_at", "written_at")) -> bool:
+    """`new` would be written as `old` is stored, leaving out the time stamps."""
+    import json
+    strip = lambda d: {k: v for k, v in d.items() if k not in clock}  # noqa: E731
+    dump = lambda d: json.dumps(strip(d), sort_keys=True, default=_json_default)  # noqa: E731
+    try:
+        return dump(new) == dump(old)
+    except TypeError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------

@@ -146,6 +146,17 @@ def test_rerun_skips_trained_pairs(trained, caplog):
     assert results["BTCUSDT_15m"]["test"]["n"] > 0  # the earlier metrics stay
 
 
+def test_an_unchanged_rerun_leaves_results_config_and_models_as_they_are(trained):
+    """No rewrite for a new time stamp alone: re-running a finished job (a Colab cell run
+    again) gives step 5 nothing new to commit."""
+    p, _ = trained
+    p.step_4_train_models(epochs=2)  # every pair skipped
+    files = [p.results_path, p.results_dir / "config.json"] + sorted(p.models_dir.glob("*.pt"))
+    before = [f.read_bytes() for f in files]
+    p.step_4_train_models(epochs=2)
+    assert [f.read_bytes() for f in files] == before
+
+
 def test_resume_training_continues_from_checkpoint(tmp_path, caplog):
     """The guide's pipeline.step_3_train_models(epochs=N) continues instead of restarting,
     and 2 + 2 epochs give the same model as 4 epochs straight."""
