@@ -330,7 +330,9 @@ _TRAIN_KEYS = [("epochs", "epochs"), ("batch_size", "batch size"),
                ("grad_accum_steps", "gradient accumulation"), ("grad_clip", "gradient clip"),
                ("patience", "early-stopping patience"), ("scheduler_t0", "cosine restarts T0"),
                ("seed", "seed")]
-_SOURCE_TEXT = {"binance": "Binance spot candles", "csv": "candles from CSV files",
+_SOURCE_TEXT = {"binance": "Binance spot candles",
+                "binance-archive": "Binance spot candles (data.binance.vision archive)",
+                "csv": "candles from CSV files",
                 "synthetic": "SYNTHETIC candles (no market data)"}
 
 

@@ -329,10 +329,10 @@ def build_blocks(results: dict, plots: dict) -> list[tuple]:
                    "split's one-step naive MAE. Directional accuracy counts sign(predicted - "
                    "last close) = sign(actual - last close) over candles that moved. Baselines: "
                    "persistence (next close = last close), drift (last close x exp(mean training "
-                   "log return)), linear (ridge on the flattened window of PCA features, penalty "
-                   "chosen on validation). Backtest: the position for candle t+1 is set at the "
-                   "close of candle t, fees per side on every change, Sharpe annualised for "
-                   "24/7 trading."))
+                   "log return)), linear (ridge on the window of PCA features, summarised by its "
+                   "means over the last 1, 4, 16 and 60 candles; penalty chosen on validation). "
+                   "Backtest: the position for candle t+1 is set at the close of candle t, fees "
+                   "per side on every change, Sharpe annualised for 24/7 trading."))
     return b
 
 
