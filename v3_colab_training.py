@@ -174,10 +174,16 @@ class V3CoLabPipeline:
                 raise ConfigError("source 'csv' needs a data folder: pass --data-dir DIR "
                                   "(a folder of SYMBOL_INTERVAL.csv or .csv.gz files).")
             if not Path(c.data_dir).is_dir():
-                raise ConfigError(f"data folder {c.data_dir} does not exist.")
+                raise ConfigError(f"data folder {c.data_dir} does not exist: pass --data-dir with "
+                                  f"an existing folder of SYMBOL_INTERVAL.csv or .csv.gz files.")
         if c.source in ("binance", "binance-archive"):
             from v3_binance_data import api_urls_from_env
             api_urls_from_env(c.api_urls)
+            if c.archive_url is not None and not str(c.archive_url).startswith(("http://",
+                                                                                 "https://")):
+                raise ConfigError(f"archive URL {c.archive_url!r} is not an http(s) URL: give the "
+                                  f"archive's root such as https://data.binance.vision "
+                                  f"(--archive-url or V3_BINANCE_ARCHIVE_URL).")
             if not isinstance(c.download_workers, int) or not 1 <= c.download_workers <= 16:
                 raise ConfigError(f"download_workers={c.download_workers!r}: use 1..16 (default 4; "
                                   f"Binance's limits favour a few connections).")
@@ -190,6 +196,9 @@ class V3CoLabPipeline:
                 f"70/15/15 splits). The guide uses 3000.")
         check_train_config(c.train)
         _device_name(c.train.device)  # 'cuda' without a GPU, or a typo, fails here, not in step 4
+        if c.upload:  # a bad Hub folder fails now, not after hours of training
+            from v3_hub import _check_folder
+            _check_folder(c.hf_folder)
         m = c.model
         if not (isinstance(m.hidden_size, int) and m.hidden_size >= 1
                 and isinstance(m.num_layers, int) and m.num_layers >= 1

@@ -181,7 +181,9 @@ def available_models(*, model_dir: str | Path | None = None, hub_repo: str | Non
         if (d / "all_models").is_dir():
             d = d / "all_models"
         if not d.is_dir():
-            raise CheckpointError(f"{model_dir} is not a folder of models.")
+            raise CheckpointError(f"{model_dir} is not a folder of models: pass --model-dir with "
+                                  f"a folder of v3_model_*.pt files or a base_dir holding "
+                                  f"all_models/ (or --hub-repo for a Hub repo).")
         names = [p.name for p in d.glob("v3_model_*.pt")]
     else:
         from huggingface_hub import HfApi

@@ -247,6 +247,10 @@ def test_one_bad_pair_does_not_stop_the_others(tmp_path):
      "model hidden_size=0"),
     (["BTCUSDT"], ["1h"], {"train": dataclasses.replace(TINY_TRAIN, device="gpu0")}, ConfigError,
      "device 'gpu0' is not a device torch knows"),
+    (["BTCUSDT"], ["1h"], {"source": "binance-archive", "archive_url": "data.binance.vision"},
+     ConfigError, "archive URL 'data.binance.vision' is not an http"),
+    (["BTCUSDT"], ["1h"], {"upload": True, "hf_folder": "../up"}, ConfigError,
+     "Hub folder '../up' is not a plain relative path"),
 ])
 def test_bad_input_fails_before_heavy_work(tmp_path, coins, timeframes, over, err, text):
     p = V3CoLabPipeline(tmp_path, config=tiny_config(**over), coins=coins, timeframes=timeframes)
