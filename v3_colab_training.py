@@ -853,11 +853,19 @@ class V3CoLabPipeline:
         self.step_2_download_binance_data()
         self.step_3_preprocess_features()
         results = self.step_4_train_models(retrain=retrain)
-        if self.config.upload if upload is None else upload:
-            self.step_5_upload_to_huggingface()
-        else:
+        if not (self.config.upload if upload is None else upload):
             log.info("STEP 5/5: upload switched off")
+        elif not self._usable(results):
+            log.error("STEP 5/5: no pair trained, nothing to upload: see the reasons in %s",
+                      self.results_path)
+        else:
+            self.step_5_upload_to_huggingface()
         return results
+
+    def _usable(self, results: dict) -> int:
+        """How many of this run's pairs have a model (status success or skipped)."""
+        return sum(1 for s, i in self.pairs()
+                   if results.get(pair_key(s, i), {}).get("status") in ("success", "skipped"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -1032,11 +1040,11 @@ def main(argv: list[str] | None = None) -> int:
             elif step == "preprocess":
                 produced = len(pipe.step_3_preprocess_features())
             elif step == "train":
-                results = pipe.step_4_train_models(retrain=args.retrain)
-                produced = sum(1 for s, i in pipe.pairs() if results.get(pair_key(s, i), {}).get(
-                    "status") in ("success", "skipped"))
+                produced = pipe._usable(pipe.step_4_train_models(retrain=args.retrain))
             elif step == "upload":
-                if pipe.config.upload:
+                if pipe.config.upload and produced == 0:
+                    log.error("STEP 5/5: no pair trained, nothing to upload")
+                elif pipe.config.upload:
                     pipe.step_5_upload_to_huggingface()
                 else:
                     log.info("STEP 5/5: upload switched off (--no-upload, or --demo without --hf-repo)")

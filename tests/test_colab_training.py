@@ -351,6 +351,23 @@ def test_cli_device_typo_is_a_named_error_before_any_work(tmp_path, caplog):
     assert not (tmp_path / "data").exists()
 
 
+def test_nothing_trained_exits_1_and_skips_the_upload(tmp_path, caplog, monkeypatch):
+    """Every pair failing is exit code 1 (README), not an UploadError ('no models') from
+    step 5, with or without a token."""
+    monkeypatch.setenv("HF_TOKEN", "hf_not_used")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["--source", "csv", "--data-dir", str(empty), "--base-dir", str(tmp_path / "o"),
+                 "--coins", "BTCUSDT", "--timeframes", "1h", "--no-progress", "--epochs", "1",
+                 "--hf-repo", "alice/cpb-models"]) == 1
+    assert "nothing to upload" in caplog.text and "UploadError" not in caplog.text
+    p = V3CoLabPipeline(tmp_path / "o2", config=tiny_config(source="csv", data_dir=str(empty),
+                                                            upload=True),
+                        coins=["BTCUSDT"], timeframes=["1h"])
+    results = p.run_full_pipeline(epochs=1)
+    assert results["BTCUSDT_1h"]["status"] == "failed"
+
+
 def test_demo_preset_is_small_and_offline():
     c = demo_config()
     assert c.source == "synthetic" and c.upload is False
