@@ -656,12 +656,15 @@ class V3CoLabPipeline:
                                   "actual_close": data.actual_close[te], "predicted_close": pred})
             atomic_write_bytes(self.predictions_path(symbol, interval),
                                preds.to_csv(index=False).encode())
-            # keep the model file in step; torch_version back to a plain str for weights_only
-            ckpt.update(test=scored["test"], baseline=scored["baseline"],
-                        torch_version=str(ckpt.get("torch_version", torch.__version__)))
-            buf = io.BytesIO()
-            torch.save(ckpt, buf)
-            atomic_write_bytes(mpath, buf.getvalue())
+            # keep the model file in step (rewritten only when its numbers change: a re-save
+            # of the same checkpoint differs in bytes, and step 5 would upload it again);
+            # torch_version back to a plain str for weights_only
+            if (ckpt.get("test"), ckpt.get("baseline")) != (scored["test"], scored["baseline"]):
+                ckpt.update(test=scored["test"], baseline=scored["baseline"],
+                            torch_version=str(ckpt.get("torch_version", torch.__version__)))
+                buf = io.BytesIO()
+                torch.save(ckpt, buf)
+                atomic_write_bytes(mpath, buf.getvalue())
             done[key] = self._update_result(
                 key, test=scored["test"], baseline=scored["baseline"],
                 **self._evaluation_fields(data, scored),

@@ -182,6 +182,24 @@ def test_an_unreadable_model_does_not_stop_the_report(run, caplog):
     assert "BTCUSDT_15m" in (p.results_dir / "report.md").read_text()
 
 
+def test_rescoring_to_the_same_numbers_leaves_the_model_files_alone(tmp_path):
+    """--report-only with nothing changed must not hand step 5 forty 'new' model files."""
+    p = V3CoLabPipeline(tmp_path, config=tiny_config(), coins=["BTCUSDT"], timeframes=["1h"])
+    p.step_2_download_binance_data()
+    p.step_4_train_models()
+    path = p.model_path("BTCUSDT", "1h")
+    before = path.read_bytes()
+    assert p.rescore_pairs() and path.read_bytes() == before
+    # a checkpoint whose numbers differ from the re-scored ones is still brought in step
+    import torch
+    from v3_trainer import load_checkpoint
+    ckpt = load_checkpoint(path)
+    ckpt["test"] = dict(ckpt["test"], mape=-1.0)
+    torch.save(ckpt, path)
+    p.rescore_pairs()
+    assert load_checkpoint(path)["test"] == p.load_results()["BTCUSDT_1h"]["test"]
+
+
 def test_walk_forward_uses_the_candles_step_3_uses(tmp_path):
     """A data file grown by incremental downloads: walk-forward, like step 3, takes the
     latest `candles` rows, so its last fold tests exactly the model's test split."""
