@@ -29,9 +29,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning"),
 ]
 
-SECRET = "hf_SECRETtokenXyZ0123456789abcdef"   # alice, write access
+SECRET = "hf_fake-SECRET-token-XyZ0123456789ab"   # alice, write access
 READ_ONLY = "hf_READonlyToken0123456789abcdef"  # alice, read access
-SCOPED = "hf_FINEgrainedToken0123456789abcd"    # carol, fine-grained, may write to 'carol' only
+SCOPED = "hf_fake-FINEgrained-token-012345678"    # carol, fine-grained, may write to 'carol' only
 REPO = "alice/cpb-models"
 PAIRS = [("BTCUSDT", "15m"), ("BTCUSDT", "1h")]
 

@@ -154,7 +154,7 @@ def test_hub_model_predicts_exactly_like_the_local_one(trained, tmp_path, monkey
     from huggingface_hub import constants
     from fake_hub import FakeHub, FakeUser
     from v3_hub import upload_to_hub
-    token = "hf_PREDICTtestToken0123456789abcdef"
+    token = "hf_fake-PREDICT-test-token-0123456"
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
