@@ -36,7 +36,8 @@ import pandas as pd
 
 from v3_binance_archive import DAY_MS, ArchiveEmptyError, archive_url_from_env, fetch_archive_klines
 from v3_common import (INTERVAL_MS, KLINE_COLUMNS, ConfigError, DataValidationError,
-                       DownloadError, RetryableDownloadError, V3Error, log, pair_key, progress)
+                       DownloadError, RetryableDownloadError, V3Error, log, pair_key, progress,
+                       utc_minute)
 
 DEFAULT_API_URLS = ["https://api.binance.com/api", "https://data-api.binance.vision/api"]
 PAGE_LIMIT = 1000                  # candles per klines request (Binance's maximum)
@@ -121,11 +122,6 @@ def klines_to_frame(rows: list) -> pd.DataFrame:
                             f"{rows[0]!r:.200}") from e
 
 
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return dt.datetime.fromtimestamp(int(ms) / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
 
 # ---------------------------------------------------------------------------------------
 # Series checks: sorted, unique, regular spacing, consistent OHLC; gaps reported with times.
@@ -139,7 +135,7 @@ def find_gaps(df: pd.DataFrame, interval: str) -> list[dict]:
     out = []
     for i in np.flatnonzero(np.diff(t) > step):
         a, b = int(t[i]), int(t[i + 1])
-        out.append({"after": _iso(a), "before": _iso(b), "after_open_time": a,
+        out.append({"after": utc_minute(a), "before": utc_minute(b), "after_open_time": a,
                     "before_open_time": b, "missing": (b - a) // step - 1})
     return out
 
@@ -159,8 +155,8 @@ def check_series(df: pd.DataFrame, interval: str, name: str) -> tuple[pd.DataFra
     if len(bad):
         i = int(bad[0])
         raise DataValidationError(
-            f"{name}: irregular spacing: candles at {_iso(out['open_time'].iloc[i])} and "
-            f"{_iso(out['open_time'].iloc[i + 1])} are {d[i] / 1000:g} s apart, not a multiple "
+            f"{name}: irregular spacing: candles at {utc_minute(out['open_time'].iloc[i])} and "
+            f"{utc_minute(out['open_time'].iloc[i + 1])} are {d[i] / 1000:g} s apart, not a multiple "
             f"of {interval} ({len(bad)} such places). Re-download the pair (--refresh).")
     return out, find_gaps(out, interval)
 
@@ -272,8 +268,8 @@ class PairDownload:
         """The `data` block of the results JSON."""
         return {"source": self.source, "synthetic": self.source == "synthetic", "rows": self.rows,
                 "new_rows": self.new_rows, "first_open_time": self.first_open_time,
-                "last_open_time": self.last_open_time, "first": _iso(self.first_open_time),
-                "last": _iso(self.last_open_time), "sources_used": self.sources_used,
+                "last_open_time": self.last_open_time, "first": utc_minute(self.first_open_time),
+                "last": utc_minute(self.last_open_time), "sources_used": self.sources_used,
                 "api_url": self.api_url, "n_gaps": len(self.gaps), "gaps": self.gaps[:20]}
 
 
@@ -715,7 +711,7 @@ class BinanceDownloader:
             old = None
         if old is not None and (last_closed - int(old["open_time"].iloc[-1])) // step > n_candles:
             log.info("%s: the saved file ends %s, more than %d candles ago; downloading afresh",
-                     name, _iso(old["open_time"].iloc[-1]), n_candles)
+                     name, utc_minute(old["open_time"].iloc[-1]), n_candles)
             old = None
         start = int(old["open_time"].iloc[-1]) + step if old is not None else window_start
         new = self._fetch_range(out, start_ms=start, end_ms=last_closed,
@@ -739,7 +735,7 @@ class BinanceDownloader:
         if now - newest_close > allowed:
             raise DownloadError(
                 f"{name}: delisted or halted: the newest candle closed "
-                f"{_age(now - newest_close)} ago ({_iso(newest_close)}), more than "
+                f"{_age(now - newest_close)} ago ({utc_minute(newest_close)}), more than "
                 f"{allowed // step} intervals; V3 does not train on stale data. Remove it from "
                 f"COINS.")
         n_new = len(merged) - (len(old) if old is not None else 0)
@@ -808,7 +804,7 @@ class BinanceDownloader:
                 df = merge_klines(df, recent)
         if self.api_available is False and len(df):
             log.warning("%s: archive only (the API is blocked): the newest candle opened %s, "
-                        "%.0f h ago", name, _iso(df["open_time"].iloc[-1]),
+                        "%.0f h ago", name, utc_minute(df["open_time"].iloc[-1]),
                         (now - int(df["open_time"].iloc[-1])) / 3_600_000)
         return df
 
@@ -877,8 +873,8 @@ def format_download_table(outcomes: list[PairDownload]) -> str:
         else:
             status = "failed: " + _reason(str(r.error))
         rows.append((r.key, r.requested_symbol if r.renamed else "-",
-                     str(r.rows) if r.ok else "-", _iso(r.first_open_time) or "-",
-                     _iso(r.last_open_time) or "-", " + ".join(r.sources_used) or r.source, status))
+                     str(r.rows) if r.ok else "-", utc_minute(r.first_open_time) or "-",
+                     utc_minute(r.last_open_time) or "-", " + ".join(r.sources_used) or r.source, status))
     widths = [max(len(x[i]) for x in rows) for i in range(len(head))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(x, widths)).rstrip() for x in rows)
 

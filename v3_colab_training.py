@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from v3_common import (DEFAULT_COINS, DEFAULT_TIMEFRAMES, ConfigError, V3Error, _json_default,
-                       atomic_write_bytes, atomic_write_json,
+from v3_common import (DEFAULT_COINS, DEFAULT_TIMEFRAMES, ConfigError, V3Error, atomic_write_bytes,
+                       atomic_write_json, json_default, utc_minute,
                        check_interval, default_base_dir, log, normalize_symbol, pair_key, progress,
                        read_json, setup_logging)
 from v3_data_processor import (WARMUP_CANDLES, FeatureConfig, PreparedData, check_feature_config,
@@ -79,11 +79,6 @@ def demo_config() -> PipelineConfig:
 
 DEMO_COINS = ["BTCUSDT", "ETHUSDT"]
 
-
-def _iso(ms) -> str | None:
-    if ms is None:
-        return None
-    return dt.datetime.fromtimestamp(int(ms) / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _now_iso() -> str:
@@ -345,7 +340,7 @@ class V3CoLabPipeline:
 
     def _load_offline(self, symbol: str, interval: str):
         """Sources 'csv' and 'synthetic': one pair, validated, written to data/."""
-        from v3_binance_data import PairDownload, check_series, find_gaps, log_gaps
+        from v3_binance_data import PairDownload, check_series, log_gaps
         from v3_market_data import data_path, find_csv, read_klines, synthetic_klines, write_klines
         c = self.config
         out = PairDownload(symbol, symbol, interval, source=c.source, sources_used=[c.source])
@@ -483,7 +478,7 @@ class V3CoLabPipeline:
                 resume = None
             else:
                 log.info("%s: keeps the candles it was trained on (up to %s); newer ones are "
-                         "used with retrain=True (--retrain)", key, _iso(older.last_open_time))
+                         "used with retrain=True (--retrain)", key, utc_minute(older.last_open_time))
                 data = older
         if (resume is not None and self.model_path(symbol, interval).exists()
                 and resume.get("completed") and resume["epochs_requested"] >= c.train.epochs):
@@ -912,7 +907,7 @@ def _same_json(new: dict, old: dict, *, clock=("updated_at", "written_at")) -> b
     """`new` would be written as `old` is stored, leaving out the time stamps."""
     import json
     strip = lambda d: {k: v for k, v in d.items() if k not in clock}  # noqa: E731
-    dump = lambda d: json.dumps(strip(d), sort_keys=True, default=_json_default)  # noqa: E731
+    dump = lambda d: json.dumps(strip(d), sort_keys=True, default=json_default)  # noqa: E731
     try:
         return dump(new) == dump(old)
     except TypeError:

@@ -167,11 +167,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default)
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=json_default)
                               + "\n").encode())
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """json.dumps(default=...) for numpy numbers and arrays and paths."""
     import numpy as np
     if isinstance(o, (np.integer,)):
         return int(o)
@@ -182,6 +183,14 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def utc_minute(ms: int | None) -> str | None:
+    """'2025-01-01 00:00 UTC' for a time in ms (None stays None)."""
+    import datetime as dt
+    if ms is None:
+        return None
+    return dt.datetime.fromtimestamp(int(ms) / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:

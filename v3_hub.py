@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import re
 import sys
 import tempfile
 import time

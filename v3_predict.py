@@ -25,12 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
-from v3_common import (INTERVAL_MS, CheckpointError, DownloadError, StaleDataError, V3Error, check_interval,
-                       log, normalize_symbol, pair_key, setup_logging)
+from v3_common import (INTERVAL_MS, CheckpointError, DownloadError, StaleDataError, V3Error,
+                       check_interval, json_default, log, normalize_symbol, pair_key,
+                       setup_logging, utc_minute)
 from v3_data_processor import FEATURE_SET_VERSION, feature_names, latest_window
 from v3_hub import DEFAULT_FOLDER, LoadedModel
 
@@ -141,7 +141,7 @@ def predict_next(symbol: str, interval: str, *, model: str | Path | LoadedModel,
     if check_stale and age > STALE_AFTER_INTERVALS * step:
         raise StaleDataError(
             f"{symbol} {interval}: the newest closed candle closed {age / step:.1f} intervals "
-            f"ago ({_iso(last_open + step)}); market data older than {STALE_AFTER_INTERVALS} "
+            f"ago ({utc_minute(last_open + step)}); market data older than {STALE_AFTER_INTERVALS} "
             f"intervals is stale (delisted or halted pair, or a stuck feed). Fetch fresh "
             f"candles.")
     with torch.inference_mode():
@@ -151,7 +151,7 @@ def predict_next(symbol: str, interval: str, *, model: str | Path | LoadedModel,
     ck = m.checkpoint
     return {
         "symbol": symbol, "interval": interval,
-        "open_time": last_open + step, "open_time_utc": _iso(last_open + step),
+        "open_time": last_open + step, "open_time_utc": utc_minute(last_open + step),
         "last_open_time": last_open, "last_close": last_close,
         "predicted_close": predicted, "predicted_return": math.expm1(log_ret),
         "predicted_log_return": log_ret,
@@ -162,9 +162,6 @@ def predict_next(symbol: str, interval: str, *, model: str | Path | LoadedModel,
                        "synthetic": bool(ck.get("synthetic"))},
     }
 
-
-def _iso(ms: int) -> str:
-    return pd.Timestamp(int(ms), unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
 
 
 # ---------------------------------------------------------------------------------------
@@ -269,20 +266,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"symbol": symbol, "interval": interval,
                          "error": f"{type(e).__name__}: {e}"})
     if args.json:
-        print(json.dumps(rows, indent=2, default=_json_safe))
+        print(json.dumps(rows, indent=2, default=json_default))
     else:
         print(format_table(rows))
         print("Metrics are the model's test split; persistence = 'next close = last close' on "
               "the same samples. Not financial advice.")
     return 0 if any("error" not in r for r in rows) else 1
 
-
-def _json_safe(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    raise TypeError(type(o).__name__)
 
 
 if __name__ == "__main__":
