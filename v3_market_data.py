@@ -28,6 +28,12 @@ def data_path(data_dir: str | Path, symbol: str, interval: str) -> Path:
     return Path(data_dir) / f"{pair_key(symbol, interval)}.csv"
 
 
+def latest_candles(df: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The latest `n` candles of `df`, re-indexed from 0. Files grow with every incremental
+    download; steps 3, 4 and the walk-forward all work on this same cut."""
+    return df.tail(n).reset_index(drop=True)
+
+
 def find_csv(folder: str | Path, symbol: str, interval: str) -> Path:
     """The file for a pair in a CSV folder: SYMBOL_INTERVAL.csv or SYMBOL_INTERVAL.csv.gz."""
     folder = Path(folder)
