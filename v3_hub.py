@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator
 
 from v3_common import (INTERVAL_MS, CheckpointError, ConfigError, DownloadError, UploadError,
                        check_interval, log, normalize_symbol, pair_key, read_json)
+from v3_trainer import LoadedModel, load_checkpoint
 
 DEFAULT_REPO_NAME = "cpb-models"
 DEFAULT_FOLDER = "v3"
@@ -592,41 +593,6 @@ def _refuse_if_token_inside(uploads: list[tuple[str, Path | bytes]], token: str)
 # Loading back
 
 
-@dataclass
-class LoadedModel:
-    """One pair's model from the Hub, ready to predict.
-
-    `model` takes windows (batch, seq_len, n_components) of PCA scores and returns the next
-    candle's standardised log return; `transform` maps raw indicator rows (in `feature_names`
-    order) to those scores; predicted close = last_close * exp(target_mean + target_std * out).
-    """
-    model: Any                     # v3_lstm_model.V3LSTMModel, eval mode, CPU
-    transform: Any                 # v3_data_processor.FittedTransform (training rows only)
-    symbol: str
-    interval: str
-    feature_names: list[str]
-    seq_len: int
-    warmup_candles: int
-    target_mean: float
-    target_std: float
-    checkpoint: dict               # everything in the file: configs, data range, metrics
-    path: Path                     # the downloaded file (in the huggingface_hub cache)
-    repo_id: str | None            # None for a local file
-    revision: str | None           # the commit the file came from
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: dict, *, path: Path, repo_id: str | None = None,
-                        revision: str | None = None) -> "LoadedModel":
-        """Rebuild the model and its preprocessing from a checkpoint read by load_checkpoint."""
-        from v3_trainer import model_from_checkpoint, transform_from_checkpoint
-        return cls(model=model_from_checkpoint(ckpt), transform=transform_from_checkpoint(ckpt),
-                   symbol=str(ckpt["symbol"]), interval=str(ckpt["interval"]),
-                   feature_names=list(ckpt["feature_names"]), seq_len=int(ckpt["seq_len"]),
-                   warmup_candles=int(ckpt["warmup_candles"]),
-                   target_mean=float(ckpt["target_mean"]), target_std=float(ckpt["target_std"]),
-                   checkpoint=ckpt, path=Path(path), repo_id=repo_id, revision=revision)
-
-
 def load_model_from_hub(repo_id: str, symbol: str, interval: str, *, folder: str = DEFAULT_FOLDER,
                         revision: str | None = None, token: str | None = None,
                         cache_dir: str | Path | None = None,
@@ -641,7 +607,6 @@ def load_model_from_hub(repo_id: str, symbol: str, interval: str, *, folder: str
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError,
                                         LocalEntryNotFoundError, RevisionNotFoundError)
-    from v3_trainer import load_checkpoint
 
     symbol, interval = normalize_symbol(symbol), check_interval(interval)
     folder = _check_folder(folder)

@@ -32,7 +32,8 @@ from v3_common import (INTERVAL_MS, CheckpointError, DownloadError, StaleDataErr
                        check_interval, json_default, log, normalize_symbol, pair_key,
                        setup_logging, utc_minute)
 from v3_data_processor import FEATURE_SET_VERSION, feature_names, latest_window
-from v3_hub import DEFAULT_FOLDER, LoadedModel
+from v3_hub import DEFAULT_FOLDER
+from v3_trainer import LoadedModel
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 STALE_AFTER_INTERVALS = 2  # market data older than this many intervals is refused

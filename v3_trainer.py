@@ -448,3 +448,43 @@ def load_resume_state(path: str | Path) -> dict | None:
         log.warning("%s is unreadable (%s); training that pair from scratch", path, type(e).__name__)
         return None
     return st if isinstance(st, dict) and st.get("format") == RESUME_FORMAT else None
+
+
+@dataclass
+class LoadedModel:
+    """One pair's saved model (a local file or one from the Hub), ready to predict.
+
+    `model` takes windows (batch, seq_len, n_components) of PCA scores and returns the next
+    candle's standardised log return; `transform` maps raw indicator rows (in `feature_names`
+    order) to those scores; predicted close = last_close * exp(target_mean + target_std * out).
+    """
+    model: V3LSTMModel             # eval mode, CPU
+    transform: FittedTransform     # fitted on the training rows only
+    symbol: str
+    interval: str
+    feature_names: list[str]
+    seq_len: int
+    warmup_candles: int
+    target_mean: float
+    target_std: float
+    checkpoint: dict               # everything in the file: configs, data range, metrics
+    path: Path                     # the file (a Hub download lives in the huggingface_hub cache)
+    repo_id: str | None            # None for a local file
+    revision: str | None           # the commit the file came from
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, *, path: Path, repo_id: str | None = None,
+                        revision: str | None = None) -> "LoadedModel":
+        """Rebuild the model and its preprocessing from a checkpoint read by load_checkpoint."""
+        return cls(model=model_from_checkpoint(ckpt), transform=transform_from_checkpoint(ckpt),
+                   symbol=str(ckpt["symbol"]), interval=str(ckpt["interval"]),
+                   feature_names=list(ckpt["feature_names"]), seq_len=int(ckpt["seq_len"]),
+                   warmup_candles=int(ckpt["warmup_candles"]),
+                   target_mean=float(ckpt["target_mean"]), target_std=float(ckpt["target_std"]),
+                   checkpoint=ckpt, path=Path(path), repo_id=repo_id, revision=revision)
+
+
+def load_model_file(path: str | Path) -> LoadedModel:
+    """A saved model file, checked (weights_only=True, weights fit the config) and rebuilt.
+    Raises CheckpointError for a missing, truncated or foreign file."""
+    return LoadedModel.from_checkpoint(load_checkpoint(path), path=Path(path))
