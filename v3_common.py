@@ -211,3 +211,49 @@ def default_base_dir() -> Path:
     if env:
         return Path(env)
     return Path("/content") if in_colab() else Path("v3_output")
+
+
+# ---------------------------------------------------------------------------------------
+# Text for people: tables, plurals, numbers.
+
+
+def text_table(head: tuple[str, ...] | list[str], rows: Iterable[Iterable[Any]], *,
+               max_width: dict[int, int] | None = None) -> str:
+    """A plain-text table: columns left-aligned, two spaces apart, no trailing spaces.
+
+    `max_width` {column index: characters}: a longer cell is shortened at a word boundary and
+    ends with '...' (never cut mid-word unless one word is longer than the column)."""
+    max_width = max_width or {}
+    cells = [[str(v) for v in head]] + [[str(v) for v in r] for r in rows]
+    for r in cells[1:]:
+        for i, n in max_width.items():
+            if i < len(r):
+                r[i] = shorten(r[i], n)
+    widths = [max(len(r[i]) for r in cells if i < len(r)) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def shorten(text: str, n: int) -> str:
+    """`text` on one line, at most `n` characters, cut at a word boundary with '...'."""
+    text = " ".join(str(text).split())
+    if len(text) <= n:
+        return text
+    cut = text[: max(n - 3, 1)]
+    if " " in cut and text[len(cut)] != " ":
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:") + "..."
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 pair', '2 pairs', '0 pairs'; `many` for irregular words ('1 candle', 'candles')."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def fmt_num(v: float | None, spec: str, missing: str = "-") -> str:
+    """format(v, spec), with None (or NaN) as `missing` and never '-0.0'."""
+    if v is None or v != v:
+        return missing
+    s = format(v, spec)
+    if s.lstrip("+-").strip("0.%") == "" and s.startswith("-"):
+        s = format(abs(v) * 0.0, spec)  # -0.0 -> 0.0 (keeps a '+' sign spec as '+0.0')
+    return s

@@ -52,3 +52,21 @@ def test_setup_logging_is_idempotent():
     setup_logging()
     setup_logging()
     assert len(log.handlers) == n  # the test suite's marked handler is kept, nothing added
+
+
+def test_text_table_aligns_and_shortens_at_word_boundaries():
+    from v3_common import text_table
+    out = text_table(("pair", "note"), [("BTCUSDT_15m", "stopped early at epoch 8 of 40"),
+                                        ("ETHUSDT_1h", "")], max_width={1: 20}).splitlines()
+    assert out[0].startswith("pair         note")
+    assert out[1].endswith("stopped early at...")  # not 'stopped early at ep...'
+    assert all(line == line.rstrip() for line in out)  # no padding at the end of a row
+
+
+def test_plural_and_fmt_num():
+    from v3_common import fmt_num, plural
+    assert (plural(1, "pair"), plural(2, "pair"), plural(0, "model")) == ("1 pair", "2 pairs",
+                                                                          "0 models")
+    assert fmt_num(-0.00001, ".2f") == "0.00" and fmt_num(-0.00001, "+.3f") == "+0.000"
+    assert fmt_num(-1.25, ".1f") == "-1.2" and fmt_num(None, ".1f") == "-"
+    assert fmt_num(float("nan"), ".1f") == "-"
