@@ -634,3 +634,13 @@ def load_model_from_hub(repo_id: str, symbol: str, interval: str, *, folder: str
     parts = path.parts
     commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
     return LoadedModel.from_checkpoint(ckpt, path=path, repo_id=repo_id, revision=commit)
+
+
+def check_folder(folder: str) -> str:  # MERGE-TEMP: helper D replaces this
+    return _check_folder(folder)
+
+
+def check_repo_id(repo_id: str | None) -> str | None:  # MERGE-TEMP: helper D replaces this
+    if repo_id is None:
+        return None
+    return _check_repo_id(repo_id, "user")

@@ -81,3 +81,13 @@ class V3LSTMModel(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def check_model_config(m: ModelConfig) -> None:  # MERGE-TEMP: helper A replaces this
+    from v3_common import ConfigError
+    if not (isinstance(m.hidden_size, int) and m.hidden_size >= 1
+            and isinstance(m.num_layers, int) and m.num_layers >= 1
+            and isinstance(m.dropout, (int, float)) and 0 <= m.dropout < 1):
+        raise ConfigError(f"model hidden_size={m.hidden_size!r}, num_layers={m.num_layers!r}, "
+                          f"dropout={m.dropout!r}: need integers >= 1 and a dropout in [0, 1) "
+                          f"(the guide uses 128, 3 and 0.3).")

@@ -488,3 +488,8 @@ def load_model_file(path: str | Path) -> LoadedModel:
     """A saved model file, checked (weights_only=True, weights fit the config) and rebuilt.
     Raises CheckpointError for a missing, truncated or foreign file."""
     return LoadedModel.from_checkpoint(load_checkpoint(path), path=Path(path))
+
+
+def mean_forecast_val_loss(data: PreparedData) -> float:  # MERGE-TEMP: helper A replaces this
+    va = data.split("val")
+    return float(np.mean(np.square(np.asarray(data.target[va], np.float64))))

@@ -199,7 +199,7 @@ def test_interrupted_training_resumes(tmp_path, monkeypatch, caplog):
     with pytest.raises(KeyboardInterrupt):
         p.step_4_train_models()
     monkeypatch.setattr(v3_trainer, "_mse", real)
-    assert p.resume_path("BTCUSDT", "1h").exists()
+    assert p.layout.resume_path("BTCUSDT", "1h").exists()
     assert not p.model_path("BTCUSDT", "1h").exists()
     r = p.step_4_train_models()
     assert "resuming from epoch 1" in caplog.text
@@ -399,3 +399,156 @@ def test_newer_candles_do_not_retrain_finished_or_interrupted_pairs(tmp_path, ca
     assert [h["epoch"] for h in r["history"]] == [1, 2, 3]
     preds = pd.read_csv(p.predictions_path("BTCUSDT", "1h"))
     assert preds.open_time.iloc[-1] == full.open_time.iloc[-1]  # the latest 700 candles
+
+
+# ---------------------------------------------------------------------------------------
+# One config that flows, and what a new user tripped over
+
+
+def _no_token(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-stored-tokens"))
+
+
+def test_the_config_is_frozen_and_run_full_pipeline_keeps_what_was_not_passed(tmp_path):
+    """V3CoLabPipeline(config=demo_config()).run_full_pipeline() used to train 100 epochs:
+    the defaults of run_full_pipeline replaced the preset's."""
+    cfg = tiny_config(train=dataclasses.replace(TINY_TRAIN, epochs=3, early_stopping=False))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.candles = 10
+    p = V3CoLabPipeline(tmp_path, config=cfg, coins=["BTCUSDT"], timeframes=["1h"])
+    r = p.run_full_pipeline()["BTCUSDT_1h"]
+    assert r["total_epochs"] == 3 and r["train_config"]["batch_size"] == TINY_TRAIN.batch_size \
+        if "train_config" in r else r["total_epochs"] == 3
+    assert p.config is cfg  # the caller's config is never changed
+    assert json.loads((tmp_path / "results" / "config.json").read_text())["train"]["epochs"] == 3
+    assert demo_config().train.epochs == 5 and demo_config().coins == ("BTCUSDT", "ETHUSDT")
+
+
+def test_lower_case_coins_are_normalised(tmp_path):
+    p = V3CoLabPipeline(tmp_path, config=tiny_config(), coins=["btc", "ethusdt"], timeframes=["1h"])
+    assert p.pairs() == [("BTCUSDT", "1h"), ("ETHUSDT", "1h")]
+    assert p.checked_config().coins == ("BTCUSDT", "ETHUSDT")
+
+
+@pytest.mark.parametrize("token", [False, True])
+def test_a_bad_hf_repo_fails_before_any_work_token_or_not(tmp_path, caplog, monkeypatch, token):
+    _no_token(monkeypatch, tmp_path)
+    if token:
+        monkeypatch.setenv("HF_TOKEN", "hf_not_used")
+    rc = main(["--demo", "--base-dir", str(tmp_path / "o"), "--hf-repo", "bad repo name",
+               "--no-progress"])
+    assert rc == 2 and "ConfigError" in caplog.text and "bad repo name" in caplog.text
+    assert not (tmp_path / "o" / "data").exists()  # nothing downloaded or trained
+
+
+def test_steps_take_comma_lists_and_unknown_steps_are_usage_errors(tmp_path, capsys):
+    from v3_colab_training import build_parser, pipeline_from_args
+    args = build_parser().parse_args(["--demo", "--steps", "train,upload", "setup"])
+    assert pipeline_from_args(args)[1] == ["setup", "train", "upload"]  # in pipeline order
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["--steps", "train,uplod"])
+    assert e.value.code == 2 and "unknown step 'uplod'" in capsys.readouterr().err
+
+
+def test_a_pair_that_stopped_early_is_finished_and_one_at_the_limit_continues(tmp_path, caplog):
+    """Re-run with more epochs, a pair that stopped early used to get a fresh patience window
+    and different results; now it is skipped with the reason, and only pairs that hit the
+    epoch limit continue."""
+    import torch as _torch
+    cfg = tiny_config(train=dataclasses.replace(TINY_TRAIN, patience=1, epochs=30))
+    p = V3CoLabPipeline(tmp_path, config=cfg, coins=["BTCUSDT"], timeframes=["1h"])
+    p.step_2_download_binance_data()
+    first = p.step_4_train_models()["BTCUSDT_1h"]
+    assert first["stopped_early"] and first["total_epochs"] < 30
+    caplog.clear()
+    again = p.step_4_train_models(epochs=60)["BTCUSDT_1h"]
+    assert again["status"] == "skipped" and again["history"] == first["history"]
+    assert (f"stopped early at epoch {first['total_epochs']} (best {first['best_epoch']}); "
+            f"--retrain") in again["skip_reason"]
+    state = _torch.load(p.layout.resume_path("BTCUSDT", "1h"), weights_only=True)
+    assert state["epochs_requested"] == 30  # untouched by the skipped re-run
+
+
+def test_a_truncated_model_file_is_retrained_not_skipped(trained, tmp_path, caplog):
+    import shutil
+    p0, _ = trained
+    base = tmp_path / "copy"
+    shutil.copytree(p0.base_dir, base)
+    p = V3CoLabPipeline(base, config=p0.config, coins=["BTCUSDT"], timeframes=["1h"])
+    path = p.model_path("BTCUSDT", "1h")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    r = p.step_4_train_models(epochs=2)["BTCUSDT_1h"]
+    assert r["status"] == "success"  # trained again, not "skipped, already trained"
+    assert "its model file cannot be read" in caplog.text
+    load_checkpoint(path)  # whole again
+
+
+def test_report_only_marks_pairs_it_could_not_rescore_and_exits_1(trained, tmp_path, caplog):
+    import shutil
+    p0, _ = trained
+    base = tmp_path / "copy"
+    shutil.copytree(p0.base_dir, base)
+    path = base / "all_models" / "v3_model_BTCUSDT_1h.pt"
+    path.write_bytes(path.read_bytes()[:100])
+    rc = main(["--base-dir", str(base), "--coins", "BTCUSDT", "ETHUSDT", "--report-only",
+               "--source", "synthetic", "--candles", "700", "--no-progress"])
+    assert rc == 1 and "could not re-score 1 pair (BTCUSDT_1h)" in caplog.text
+    results = json.loads((base / "results" / "v3_training_results.json").read_text())
+    assert "CheckpointError" not in results["BTCUSDT_1h"]["rescore_error"]
+    assert "not a readable V3 checkpoint" in results["BTCUSDT_1h"]["rescore_error"]
+    assert "rescore_error" not in results["ETHUSDT_1h"]
+
+
+def test_every_pair_failing_says_so(tmp_path, caplog):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = main(["--source", "csv", "--data-dir", str(empty), "--base-dir", str(tmp_path / "o"),
+               "--coins", "BTCUSDT", "ETHUSDT", "--timeframes", "1h", "--no-progress",
+               "--no-upload"])
+    assert rc == 1
+    assert "all 2 pairs failed (download)" in caplog.text
+    assert "v3_training_results.json" in caplog.text
+
+
+def test_an_upload_asked_for_without_a_token_exits_1_even_quiet(trained, tmp_path, monkeypatch,
+                                                                 caplog):
+    _no_token(monkeypatch, tmp_path)
+    p0, _ = trained
+    rc = main(["--base-dir", str(p0.base_dir), "--coins", "BTCUSDT", "ETH", "--source",
+               "synthetic", "--candles", "700", "--steps", "upload", "--quiet"])
+    assert rc == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("the upload you asked for was skipped: no Hugging Face token" in m for m in errors)
+
+
+def test_quiet_hides_progress_bars(tmp_path):
+    from v3_colab_training import build_parser, pipeline_from_args
+    pipe, _ = pipeline_from_args(build_parser().parse_args(["--demo", "--quiet"]))
+    assert pipe.config.show_progress is False
+
+
+def test_download_workers_0_is_refused_for_every_source(tmp_path, caplog):
+    assert main(["--demo", "--base-dir", str(tmp_path), "--download-workers", "0"]) == 2
+    assert "download_workers=0" in caplog.text and not (tmp_path / "data").exists()
+
+
+def test_help_is_instant_it_does_not_import_torch():
+    out = subprocess.run([sys.executable, "-X", "importtime", str(REPO / "v3_colab_training.py"),
+                          "--help"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0 and "--threads" in out.stdout
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines()}
+    assert "torch" not in imported and "pandas" not in imported
+
+
+def test_results_store_the_real_mean_forecast_reference(trained):
+    p, results = trained
+    r = results["BTCUSDT_1h"]
+    data = PreparedData.load(p.processed_path("BTCUSDT", "1h"))
+    va = data.split("val")
+    # predicting the training mean = 0 in standardised units: the loss is the mean square
+    assert r["val_loss_mean_forecast"] == pytest.approx(float(np.mean(data.target[va] ** 2)),
+                                                        rel=1e-5)

@@ -177,7 +177,7 @@ def test_an_unreadable_model_does_not_stop_the_report(run, caplog):
     finally:
         path.write_bytes(good)
     assert "BTCUSDT_15m: not re-scored: CheckpointError" in caplog.text
-    assert "re-scored 1 pairs from their saved models" in caplog.text
+    assert "re-scored 1 pair from their saved models" in caplog.text
     assert summary["n_pairs"] == 2  # the pair keeps its earlier numbers in the report
     assert "BTCUSDT_15m" in (p.results_dir / "report.md").read_text()
 

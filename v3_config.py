@@ -1,0 +1,132 @@
+"""The settings of a run: one frozen `PipelineConfig`, checked once by `check_config`.
+
+    from v3_config import PipelineConfig, check_config, demo_config
+    cfg = check_config(dataclasses.replace(demo_config(), coins=("btc", "ETHUSDT")))
+
+`check_config` raises a named error (ConfigError) for anything that cannot work, before any
+heavy work, and returns the config with coins and timeframes normalised ('btc' -> 'BTCUSDT').
+The pipeline calls it once per run; every step then receives the same checked value.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from v3_binance_data import api_urls_from_env
+from v3_common import (DEFAULT_COINS, DEFAULT_TIMEFRAMES, ConfigError, check_interval,
+                       normalize_symbol)
+from v3_data_processor import WARMUP_CANDLES, FeatureConfig, check_feature_config
+from v3_hub import check_folder, check_repo_id
+from v3_lstm_model import ModelConfig, check_model_config
+from v3_trainer import TrainConfig, check_train_config, resolve_device
+
+SOURCES = ("binance", "binance-archive", "csv", "synthetic")
+PRESETS = ("guide", "demo")
+DEMO_COINS = ("BTCUSDT", "ETHUSDT")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything a run depends on; written to results/config.json and into every checkpoint."""
+    coins: tuple[str, ...] = tuple(DEFAULT_COINS)  # the guide's 20 (V3CoLabPipeline.COINS)
+    timeframes: tuple[str, ...] = tuple(DEFAULT_TIMEFRAMES)  # (V3CoLabPipeline.TIMEFRAMES)
+    candles: int = 3000               # latest closed candles per pair
+    source: str = "binance"           # 'binance', 'binance-archive', 'csv' or 'synthetic'
+    data_dir: str | None = None       # the folder of SYMBOL_INTERVAL.csv[.gz] for source 'csv'
+    api_urls: list[str] | None = None  # Binance API bases in order; None: $V3_BINANCE_API_URLS,
+                                       # else api.binance.com, then data-api.binance.vision
+    archive_url: str | None = None    # kline archive; None: $V3_BINANCE_ARCHIVE_URL or data.binance.vision
+    refresh: bool = False             # step 2 downloads afresh instead of appending newer candles
+    download_workers: int = 4         # pairs downloaded at once
+    model: ModelConfig = field(default_factory=ModelConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    hf_repo: str | None = None        # default '<your user>/cpb-models'
+    hf_folder: str = "v3"             # folder in the repo for models, results, config
+    hf_private: bool = False          # create the repo as private (an existing repo keeps its setting)
+    upload: bool = True
+    show_progress: bool = True
+    preset: str = "guide"             # 'guide' or 'demo'
+    fee_per_side: float = 0.001       # backtest fee per side (0.001 = 0.1 %)
+    walk_forward: int = 0             # folds of the walk-forward evaluation in step 4 (0: off)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def with_training(self, **overrides) -> "PipelineConfig":
+        """A copy with the training settings replaced by those given (None: keep)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, **given)) \
+            if given else self
+
+
+def demo_config() -> PipelineConfig:
+    """The offline demo: synthetic candles, a small model, a few epochs (< 1 min on 2 cores)."""
+    return PipelineConfig(
+        coins=DEMO_COINS, candles=2000, source="synthetic", preset="demo", upload=False,
+        model=ModelConfig(hidden_size=32, num_layers=2),
+        train=TrainConfig(epochs=5, patience=5))
+
+
+def check_pairs(coins, timeframes) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Coins and timeframes as V3 uses them (normalised, de-duplicated); ConfigError on bad input."""
+    if isinstance(coins, str) or not coins:
+        raise ConfigError(f"COINS must be a non-empty list of symbols such as ['BTCUSDT'], "
+                          f"got {coins!r}.")
+    if isinstance(timeframes, str) or not timeframes:
+        raise ConfigError(f"TIMEFRAMES must be a non-empty list such as ['15m', '1h'], "
+                          f"got {timeframes!r}.")
+    return (tuple(dict.fromkeys(normalize_symbol(c) for c in coins)),
+            tuple(dict.fromkeys(check_interval(t) for t in timeframes)))
+
+
+def check_config(c: PipelineConfig) -> PipelineConfig:
+    """The one check of a run's settings, before any work: raises ConfigError naming the
+    setting, what was given and how to fix it; returns the config with normalised pairs."""
+    coins, timeframes = check_pairs(c.coins, c.timeframes)
+    _check_source(c)
+    if not isinstance(c.download_workers, int) or isinstance(c.download_workers, bool) \
+            or not 1 <= c.download_workers <= 16:
+        raise ConfigError(f"download_workers={c.download_workers!r}: use 1..16 (default 4; "
+                          f"Binance's limits favour a few connections; --download-workers).")
+    check_feature_config(c.features)
+    need = c.features.min_candles()
+    if not isinstance(c.candles, int) or c.candles < need:
+        raise ConfigError(
+            f"candles={c.candles!r} is too few: need >= {need} per pair (indicator warm-up "
+            f"{WARMUP_CANDLES} + window {c.features.seq_len} + enough windows for the "
+            f"70/15/15 splits). The guide uses 3000.")
+    check_model_config(c.model)
+    check_train_config(c.train)
+    resolve_device(c.train.device)  # 'cuda' without a GPU, or a typo, fails here, not in step 4
+    check_folder(c.hf_folder)       # a bad Hub folder or repo id fails now, not after training
+    check_repo_id(c.hf_repo)
+    if not (isinstance(c.fee_per_side, (int, float)) and 0 <= c.fee_per_side < 0.1):
+        raise ConfigError(f"fee_per_side={c.fee_per_side!r} must be a fraction in [0, 0.1) "
+                          f"(0.001 = 0.1 % per side, Binance's spot taker fee).")
+    if not isinstance(c.walk_forward, int) or c.walk_forward < 0:
+        raise ConfigError(f"walk_forward={c.walk_forward!r} must be a number of folds >= 1 "
+                          f"(or 0 for none), e.g. --walk-forward 3.")
+    if c.preset not in PRESETS:
+        raise ConfigError(f"preset {c.preset!r} is not one of {', '.join(PRESETS)}.")
+    return dataclasses.replace(c, coins=coins, timeframes=timeframes)
+
+
+def _check_source(c: PipelineConfig) -> None:
+    if c.source not in SOURCES:
+        raise ConfigError(f"source {c.source!r} is not one of {', '.join(SOURCES)}.")
+    if c.source == "csv":
+        if not c.data_dir:
+            raise ConfigError("source 'csv' needs a data folder: pass --data-dir DIR "
+                              "(a folder of SYMBOL_INTERVAL.csv or .csv.gz files).")
+        if not Path(c.data_dir).is_dir():
+            raise ConfigError(f"data folder {c.data_dir} does not exist: pass --data-dir with "
+                              f"an existing folder of SYMBOL_INTERVAL.csv or .csv.gz files.")
+    if c.source in ("binance", "binance-archive"):
+        api_urls_from_env(c.api_urls)
+        if c.archive_url is not None and not str(c.archive_url).startswith(("http://",
+                                                                             "https://")):
+            raise ConfigError(f"archive URL {c.archive_url!r} is not an http(s) URL: give the "
+                              f"archive's root such as https://data.binance.vision "
+                              f"(--archive-url or V3_BINANCE_ARCHIVE_URL).")

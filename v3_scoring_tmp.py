@@ -1,0 +1,216 @@
+"""Scoring trained pairs: the LSTM's test forecast through the same loop as the baselines,
+re-scoring a saved model without training, and the walk-forward evaluation.
+
+    scored = score_pair(data, model_test_forecast(model, data), "15m", fee_per_side=0.001,
+                        patience=15)
+    fields = rescore_pair(layout, entry, fee_per_side=0.001, patience=15)
+
+The metrics themselves (baselines, significance tests, the backtest) are in v3_metrics; this
+module applies them to a pair's `PreparedData` and writes the per-sample predictions.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import zipfile
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from v3_common import CheckpointError, V3Error, atomic_write_bytes, log
+from v3_data_processor import PreparedData, prepare_dataset
+from v3_evaluation import (backtest_direction, evaluate_pair, fold_fractions, forecast_metrics,
+                           walk_forward_folds)
+from v3_layout import RunLayout
+from v3_lstm_model import V3LSTMModel
+from v3_trainer import load_model_file, predict_standardized, train_model
+
+
+def score_pair(data: PreparedData, pred_test: np.ndarray, interval: str, *, fee_per_side: float,
+               patience: int) -> dict:
+    """The model's test forecast next to every baseline on the same samples, with the
+    significance tests and the fee-aware backtest."""
+    te = data.split("test")
+    scored = evaluate_pair(data, pred_test)
+    scored["predictions"]["model"] = np.asarray(pred_test, np.float64)
+    scored["backtest"] = backtest_direction(pred_test, data.last_close[te], data.actual_close[te],
+                                            interval=interval, fee_per_side=fee_per_side)
+    scored["tuning"]["lstm"] = ("the stopping epoch, by early stopping on the validation loss "
+                                f"(patience {patience}); nothing on test")
+    return scored
+
+
+def evaluation_fields(data: PreparedData, scored: dict) -> dict:
+    """What scoring adds to a pair's results entry."""
+    te = data.split("test")
+    return {"test": scored["test"], "baseline": scored["baseline"],
+            "backtest": scored["backtest"], "mase_scale": scored["mase_scale"],
+            "tuning": scored["tuning"],
+            "splits": {"train": data.n_train, "val": data.n_val, "test": data.n_test,
+                       "test_first_open_time": int(data.target_open_time[te][0]),
+                       "test_last_open_time": int(data.target_open_time[te][-1])}}
+
+
+def model_test_forecast(model, data: PreparedData, split: str = "test") -> np.ndarray:
+    """A trained model's next-close forecast for the samples of one split."""
+    idx = data.split(split)
+    return data.to_close(predict_standardized(model, data, idx), idx)
+
+
+def write_predictions(path, data: PreparedData, scored: dict, *, baselines: bool = False) -> None:
+    """The per-sample test predictions as CSV (results/predictions/*.csv; walk-forward folds
+    also carry the drift and linear baselines' closes)."""
+    te = data.split("test")
+    p = scored["predictions"]
+    cols = {"open_time": data.target_open_time[te], "last_close": data.last_close[te],
+            "actual_close": data.actual_close[te], "predicted_close": p["model"]}
+    if baselines:
+        cols.update(drift_close=p["drift"], linear_close=p["linear"])
+    atomic_write_bytes(path, pd.DataFrame(cols).to_csv(index=False).encode())
+
+
+# ---------------------------------------------------------------------------------------
+# Re-scoring a saved model
+
+
+def rescore_pair(layout: RunLayout, entry: dict, *, fee_per_side: float, patience: int) -> dict:
+    """Score a trained pair again from its saved model and features, with no training (for
+    results of an older V3, or another fee). Rewrites its predictions CSV, and its model file
+    only when the model's numbers change (a re-save differs in bytes, and step 5 would upload
+    it again). Returns the results fields; CheckpointError when the files do not fit."""
+    symbol, interval = entry["symbol"], entry["interval"]
+    mpath, ppath = layout.model_path(symbol, interval), layout.processed_path(symbol, interval)
+    if not ppath.exists():
+        raise CheckpointError(f"no saved features {layout.relative(ppath)}")
+    loaded = load_model_file(mpath)  # CheckpointError for a missing or unreadable model
+    try:
+        data = PreparedData.load(ppath)
+    except (V3Error, OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{layout.relative(ppath)} is unreadable ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:200]})") from e
+    ckpt = loaded.checkpoint
+    if ckpt.get("data_range", {}).get("last_open_time") != data.last_open_time:
+        raise CheckpointError("the features changed since the model was trained")
+    scored = score_pair(data, model_test_forecast(loaded.model, data), interval,
+                        fee_per_side=fee_per_side, patience=patience)
+    path = layout.predictions_path(symbol, interval)
+    write_predictions(path, data, scored)
+    if (ckpt.get("test"), ckpt.get("baseline")) != (scored["test"], scored["baseline"]):
+        ckpt.update(test=scored["test"], baseline=scored["baseline"],
+                    torch_version=str(ckpt.get("torch_version", torch.__version__)))
+        buf = io.BytesIO()
+        torch.save(ckpt, buf)  # torch_version stays a plain str for weights_only
+        atomic_write_bytes(mpath, buf.getvalue())
+    return dict(evaluation_fields(data, scored), predictions_path=layout.relative(path))
+
+
+# ---------------------------------------------------------------------------------------
+# Walk-forward: K successive origins, an expanding training window, preprocessing refitted
+
+
+def walk_forward_pair(klines: pd.DataFrame, symbol: str, interval: str, cfg, *,
+                      layout: RunLayout, prior: dict, retrain: bool,
+                      on_fold: Callable[[list[dict]], None] | None = None) -> dict:
+    """Retrain a pair on `cfg.walk_forward` successive origins (indicators, scaling, PCA and
+    the target's mean/std refitted on each fold's own training rows) and score each fold's
+    next block of test samples. `prior` is the pair's earlier `walk_forward` entry: a fold
+    with the same data and settings is kept unless `retrain`. `on_fold(entries)` after each
+    new fold. Returns the new `walk_forward` entry (per-fold and pooled metrics)."""
+    k, name = cfg.walk_forward, f"{symbol} {interval}"
+    full = prepare_dataset(klines, cfg.features, interval=interval, name=name)
+    folds = walk_forward_folds(full.ends, k, test_size=full.n_test,
+                               train_frac=cfg.features.train_frac, val_frac=cfg.features.val_frac,
+                               min_samples=cfg.features.min_split_samples)
+    prior_folds = {f["fold"]: f for f in prior.get("folds", []) if isinstance(f, dict)}
+    settings = {"train": cfg.train.to_dict(), "model": cfg.model.to_dict(),
+                "features": cfg.features.to_dict(), "fee_per_side": cfg.fee_per_side}
+    entries = []
+    for fold in folds:
+        data = _fold_data(klines, full, fold, cfg, interval, name)
+        fp = f"{fingerprint(data)}-{data.n_train}-{data.n_val}"
+        old = prior_folds.get(fold.index + 1)
+        csv = layout.walk_forward_path(symbol, interval, fold.index)
+        if (not retrain and old and old.get("fingerprint") == fp and csv.exists()
+                and old.get("settings") == settings):
+            log.info("%s_%s: walk-forward fold %d/%d already done", symbol, interval,
+                     fold.index + 1, k)
+            entries.append(old)
+            continue
+        entries.append(_train_fold(data, fold, cfg, interval, csv, layout,
+                                   desc=f"{symbol}_{interval} fold {fold.index + 1}/{k}",
+                                   fingerprint=fp, settings=settings))
+        if on_fold:
+            on_fold(entries)
+    return {"k": k, "status": "success", "folds": entries,
+            "pooled": pool_folds(entries, interval, layout=layout, fee_per_side=cfg.fee_per_side)}
+
+
+def _fold_data(klines, full: PreparedData, fold, cfg, interval: str, name: str) -> PreparedData:
+    tf, vf = fold_fractions(fold)
+    fcfg = dataclasses.replace(cfg.features, train_frac=tf, val_frac=vf)
+    data = prepare_dataset(klines.iloc[:fold.n_candles], fcfg, interval=interval, name=name)
+    if (data.n_train, data.n_val, data.n_test) != (fold.n_train, fold.n_val, fold.n_test) \
+            or not np.array_equal(data.ends, full.ends[:fold.n_samples]):
+        raise V3Error(f"{name}: walk-forward fold {fold.index + 1} split into "
+                      f"{data.n_train}/{data.n_val}/{data.n_test} samples, planned "
+                      f"{fold.n_train}/{fold.n_val}/{fold.n_test}; please report this.")
+    return data
+
+
+def _train_fold(data: PreparedData, fold, cfg, interval: str, csv, layout: RunLayout, *,
+                desc: str, fingerprint: str, settings: dict) -> dict:
+    model_cfg = dataclasses.replace(cfg.model, input_size=data.transform.n_components)
+    outcome = train_model(data, model_cfg, cfg.train, desc=desc, show_progress=cfg.show_progress)
+    scored = score_pair(data, model_test_forecast(best_model(model_cfg, outcome.best_state), data),
+                        interval, fee_per_side=cfg.fee_per_side, patience=cfg.train.patience)
+    write_predictions(csv, data, scored, baselines=True)
+    tr, te = data.split("train"), data.split("test")
+    entry = {"fold": fold.index + 1, "fingerprint": fingerprint, "settings": settings,
+             "n_candles": fold.n_candles, "n_train": data.n_train, "n_val": data.n_val,
+             "n_test": data.n_test,
+             "train_first_open_time": int(data.target_open_time[tr][0]),
+             "train_last_open_time": int(data.target_open_time[tr][-1]),
+             "test_first_open_time": int(data.target_open_time[te][0]),
+             "test_last_open_time": int(data.target_open_time[te][-1]),
+             "best_epoch": outcome.best_epoch, "total_epochs": outcome.epochs_done,
+             "mase_scale": scored["mase_scale"], "test": scored["test"],
+             "baseline": scored["baseline"], "backtest": scored["backtest"],
+             "linear_alpha": scored["tuning"]["linear"]["alpha"],
+             "predictions_path": layout.relative(csv)}
+    skill, acc = entry["test"]["skill"], entry["test"]["directional_accuracy"]
+    log.info("%s: skill %s, direction %s%%", desc, "-" if skill is None else f"{skill:+.4f}",
+             "-" if acc is None else f"{acc:.1f}")
+    return entry
+
+
+def pool_folds(entries: list[dict], interval: str, *, layout: RunLayout,
+               fee_per_side: float) -> dict:
+    """Metrics over the test samples of all folds together (each scaled by its own fold's
+    naive MAE for MASE), with the baselines and the backtest on the same samples."""
+    df = pd.concat([pd.read_csv(layout.base_dir / e["predictions_path"]) for e in entries])
+    scale = np.concatenate([np.full(e["n_test"], e["mase_scale"]) for e in entries])
+    last, actual = df["last_close"].to_numpy(), df["actual_close"].to_numpy()
+    m = lambda col: forecast_metrics(actual, df[col].to_numpy(), last, mase_scale=scale)  # noqa: E731
+    return {"n_folds": len(entries), "test": m("predicted_close"),
+            "baseline": {"persistence": m("last_close"), "drift": m("drift_close"),
+                         "linear": m("linear_close")},
+            "backtest": backtest_direction(df["predicted_close"].to_numpy(), last, actual,
+                                           interval=interval, fee_per_side=fee_per_side)}
+
+
+# ---------------------------------------------------------------------------------------
+# Small shared pieces
+
+
+def fingerprint(data: PreparedData) -> str:
+    """What identifies the samples a model was trained on."""
+    return f"{data.first_open_time}-{data.last_open_time}-{len(data.ends)}-{data.seq_len}"
+
+
+def best_model(model_cfg, state: dict):
+    """The model with the given (best) weights, in eval mode."""
+    m = V3LSTMModel(model_cfg)
+    m.load_state_dict(state)
+    return m.eval()
