@@ -31,8 +31,9 @@ Metrics (`forecast_metrics`), units in names or below:
   forecast's loss is lower; `dm_p_value` is two-sided; `dm_p_better` is one-sided (H1: the
   forecast has the lower loss) and is what "beats persistence significantly" uses.
 
-The statistics use only the standard library (`math.erf`, `math.lgamma`); the tests check
-them against scipy.
+The normal distribution, the exact binomial test and the Wilson interval are scipy.stats';
+the Diebold-Mariano statistic (a mean and a standard error) and Holm's step-down adjustment
+(scipy has none; statsmodels is not a dependency) are a few lines each here.
 """
 from __future__ import annotations
 
@@ -40,10 +41,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from v3_common import INTERVAL_MS, ConfigError
 
-Z95 = 1.959963984540054  # the 97.5 % quantile of the standard normal
+Z95 = float(stats.norm.ppf(0.975))  # 1.95996..., the 97.5 % quantile of the standard normal
 METRIC_FIELDS = ("mape", "mae", "rmse", "mse", "mase", "skill", "skill_ci95_low",
                  "skill_ci95_high", "directional_accuracy", "direction_hits", "n_direction",
                  "direction_ci95_low", "direction_ci95_high", "direction_p_value", "dm_stat",
@@ -52,41 +54,33 @@ BASELINES = ("persistence", "drift", "linear")
 
 
 # ---------------------------------------------------------------------------------------
-# Statistics (standard library only)
+# Statistics (the distributions and tests from scipy.stats)
 
 
 def normal_cdf(x: float) -> float:
-    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+    """P(Z <= x) for a standard normal Z (scipy.stats.norm)."""
+    return float(stats.norm.cdf(x))
+
+
+def _check_trials(name: str, hits: int, n: int) -> None:
+    if n <= 0 or not 0 <= hits <= n:
+        raise ValueError(f"{name} needs n >= 1 trials and 0 <= hits <= n, got "
+                         f"hits={hits}, n={n}.")
 
 
 def wilson_interval(hits: int, n: int, *, z: float = Z95) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion hits/n, as fractions in [0, 1]."""
-    if n <= 0 or not 0 <= hits <= n:
-        raise ValueError(f"wilson_interval needs n >= 1 trials and 0 <= hits <= n, got "
-                         f"hits={hits}, n={n}.")
-    p = hits / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    """Wilson score interval of a proportion hits/n (95 % for the default z), as fractions in
+    [0, 1] (scipy.stats.binomtest(...).proportion_ci(method='wilson'))."""
+    _check_trials("wilson_interval", hits, n)
+    ci = stats.binomtest(int(hits), int(n)).proportion_ci(
+        confidence_level=1.0 - 2.0 * float(stats.norm.sf(z)), method="wilson")
+    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 def binomial_p_value(hits: int, n: int) -> float:
-    """Exact two-sided binomial test of hits/n against 1/2 (sums of pmfs in log space).
-
-    With p = 1/2 the distribution is symmetric, so the two-sided p-value is twice the smaller
-    tail, capped at 1 (the same value as scipy.stats.binomtest(hits, n).pvalue).
-    """
-    if n <= 0 or not 0 <= hits <= n:
-        raise ValueError(f"binomial_p_value needs n >= 1 trials and 0 <= hits <= n, got "
-                         f"hits={hits}, n={n}.")
-    k = min(hits, n - hits)
-    log_half_n = n * math.log(0.5)
-    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half_n
-            for i in range(k + 1)]
-    top = max(logs)
-    tail = math.exp(top) * sum(math.exp(v - top) for v in logs)  # P(X <= k)
-    return min(1.0, 2.0 * tail)
+    """Exact two-sided binomial test of hits/n against 1/2 (scipy.stats.binomtest)."""
+    _check_trials("binomial_p_value", hits, n)
+    return float(stats.binomtest(int(hits), int(n), 0.5).pvalue)
 
 
 def diebold_mariano(errors_a: np.ndarray, errors_b: np.ndarray, *, loss: str = "absolute") -> dict:
@@ -118,7 +112,7 @@ def diebold_mariano(errors_a: np.ndarray, errors_b: np.ndarray, *, loss: str = "
         return {"stat": None, "p_value": 0.0, "p_better": 0.0 if mean < 0 else 1.0,
                 "mean_diff": mean, "se": 0.0}
     stat = mean / se
-    return {"stat": stat, "p_value": min(1.0, 2.0 * (1.0 - normal_cdf(abs(stat)))),
+    return {"stat": stat, "p_value": min(1.0, float(2.0 * stats.norm.sf(abs(stat)))),
             "p_better": normal_cdf(stat), "mean_diff": mean, "se": se}
 
 

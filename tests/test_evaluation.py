@@ -101,6 +101,17 @@ def test_binomial_p_value_matches_scipy(hits, n):
                                                       rel=1e-9, abs=1e-15)
 
 
+def test_statistics_pinned_by_hand():
+    # P(X <= 3 | n=10, p=1/2) = (1 + 10 + 45 + 120) / 1024; two-sided = twice that
+    assert binomial_p_value(7, 10) == pytest.approx(2 * 176 / 1024, rel=1e-12)
+    assert binomial_p_value(5, 10) == 1.0
+    # Wilson: (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), p = 0.5, n = 10
+    z = 1.959963984540054
+    centre, half = 0.5, z * math.sqrt(0.025 + z * z / 400) / (1 + z * z / 10)
+    assert wilson_interval(5, 10) == pytest.approx((centre - half, centre + half), abs=1e-12)
+    assert wilson_interval(0, 20)[0] == 0.0
+
+
 def test_statistics_refuse_zero_trials():
     with pytest.raises(ValueError, match="n >= 1"):
         wilson_interval(0, 0)
