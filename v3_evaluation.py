@@ -345,7 +345,9 @@ def evaluate_pair(data, predicted_test: np.ndarray, *, baselines: list | None = 
 
     Baselines are fitted on the training split (and tuned on validation) here. Returns
     {"test": metrics, "baseline": {name: metrics}, "predictions": {name: closes},
-    "mase_scale": float, "tuning": {...}}.
+    "mase_scale": float, "tuning": {...}}. tuning["linear"] records the chosen `alpha`,
+    `at_largest_alpha` (the ridge is then in effect drift) and `at_grid_edge` (the chosen
+    alpha is the smallest or the largest of the grid, so the grid did not bracket the best).
     """
     idx = data.split("test")
     tr = data.split("train")

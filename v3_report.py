@@ -301,8 +301,9 @@ def _backtest_sentences(summary: dict) -> list[str]:
            f"fees per side: long/flat beat buy-and-hold on {bt['long_flat_beats_buy_and_hold']} "
            f"of {plural(bt['n_pairs'], 'pair')}, long/short on "
            f"{bt['long_short_beats_buy_and_hold']}; median total return long/flat "
-           f"{_f(med['long_flat'], '+.1f', True)} %, long/short {_f(med['long_short'], '+.1f', True)} "
-           f"%, buy-and-hold {_f(med['buy_and_hold'], '+.1f', True)} % over the test split."]
+           f"{_f(med['long_flat'], '+.1f', True)} %, long/short "
+           f"{_f(med['long_short'], '+.1f', True)} %, buy-and-hold "
+           f"{_f(med['buy_and_hold'], '+.1f', True)} % over the test split."]
     trades = bt.get("median_trades") or {}
     if trades:
         lf, ls = trades["long_flat"], trades["long_short"]
@@ -507,7 +508,8 @@ def _walk_forward_blocks(entries: dict) -> list[tuple]:
                                 f["test_last_open_time"], f))
         if wf.get("pooled"):
             p = wf["pooled"]
-            rows.append(_wf_row(k, f"pooled ({p['n_folds']} folds)", None, None, None, p))
+            label = f"pooled ({plural(p['n_folds'], 'fold')})"
+            rows.append(_wf_row(k, label, None, None, None, p))
         elif wf.get("status") == "failed":
             rows.append([k, "failed: " + wf.get("reason", "")] + ["-"] * 7)
     if not rows:
