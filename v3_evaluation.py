@@ -24,6 +24,11 @@ Metrics (`forecast_metrics`), units in names or below:
   move" counts as a miss); None for a forecast that never predicts a move (persistence).
   `direction_hits` of `n_direction`, a 95 % Wilson interval (`direction_ci95_low/high`, %) and
   an exact two-sided binomial p-value against 50 % (`direction_p_value`).
+- `up_share` (%): share of samples forecast "up" (predicted > last); `sign_changes`: how often
+  the forecast direction flips from one sample to the next (samples forecast "no move"
+  skipped); `constant_direction`: True when every forecast move has the same sign (then the
+  directional accuracy only measures how often the market went that way), None when the
+  forecast never predicts a move.
 - Diebold-Mariano test against persistence, loss = absolute error (so it tests exactly what
   `skill` measures), horizon h = 1, so the HAC (Newey-West) variance has no lag terms and is
   the sample variance of the loss difference / n; the statistic is compared with the normal
@@ -31,8 +36,9 @@ Metrics (`forecast_metrics`), units in names or below:
   forecast's loss is lower; `dm_p_value` is two-sided; `dm_p_better` is one-sided (H1: the
   forecast has the lower loss) and is what "beats persistence significantly" uses.
 
-The statistics use only the standard library (`math.erf`, `math.lgamma`); the tests check
-them against scipy.
+The normal distribution, the exact binomial test and the Wilson interval are scipy.stats';
+the Diebold-Mariano statistic (a mean and a standard error) and Holm's step-down adjustment
+(scipy has none; statsmodels is not a dependency) are a few lines each here.
 """
 from __future__ import annotations
 
@@ -40,53 +46,47 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from v3_common import INTERVAL_MS, ConfigError
 
-Z95 = 1.959963984540054  # the 97.5 % quantile of the standard normal
+Z95 = float(stats.norm.ppf(0.975))  # 1.95996..., the 97.5 % quantile of the standard normal
 METRIC_FIELDS = ("mape", "mae", "rmse", "mse", "mase", "skill", "skill_ci95_low",
                  "skill_ci95_high", "directional_accuracy", "direction_hits", "n_direction",
                  "direction_ci95_low", "direction_ci95_high", "direction_p_value", "dm_stat",
-                 "dm_p_value", "dm_p_better", "n")
+                 "dm_p_value", "dm_p_better", "n", "up_share", "sign_changes",
+                 "constant_direction")
 BASELINES = ("persistence", "drift", "linear")
 
 
 # ---------------------------------------------------------------------------------------
-# Statistics (standard library only)
+# Statistics (the distributions and tests from scipy.stats)
 
 
 def normal_cdf(x: float) -> float:
-    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+    """P(Z <= x) for a standard normal Z (scipy.stats.norm)."""
+    return float(stats.norm.cdf(x))
+
+
+def _check_trials(name: str, hits: int, n: int) -> None:
+    if n <= 0 or not 0 <= hits <= n:
+        raise ValueError(f"{name} needs n >= 1 trials and 0 <= hits <= n, got "
+                         f"hits={hits}, n={n}.")
 
 
 def wilson_interval(hits: int, n: int, *, z: float = Z95) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion hits/n, as fractions in [0, 1]."""
-    if n <= 0 or not 0 <= hits <= n:
-        raise ValueError(f"wilson_interval needs n >= 1 trials and 0 <= hits <= n, got "
-                         f"hits={hits}, n={n}.")
-    p = hits / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    """Wilson score interval of a proportion hits/n (95 % for the default z), as fractions in
+    [0, 1] (scipy.stats.binomtest(...).proportion_ci(method='wilson'))."""
+    _check_trials("wilson_interval", hits, n)
+    ci = stats.binomtest(int(hits), int(n)).proportion_ci(
+        confidence_level=1.0 - 2.0 * float(stats.norm.sf(z)), method="wilson")
+    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 def binomial_p_value(hits: int, n: int) -> float:
-    """Exact two-sided binomial test of hits/n against 1/2 (sums of pmfs in log space).
-
-    With p = 1/2 the distribution is symmetric, so the two-sided p-value is twice the smaller
-    tail, capped at 1 (the same value as scipy.stats.binomtest(hits, n).pvalue).
-    """
-    if n <= 0 or not 0 <= hits <= n:
-        raise ValueError(f"binomial_p_value needs n >= 1 trials and 0 <= hits <= n, got "
-                         f"hits={hits}, n={n}.")
-    k = min(hits, n - hits)
-    log_half_n = n * math.log(0.5)
-    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half_n
-            for i in range(k + 1)]
-    top = max(logs)
-    tail = math.exp(top) * sum(math.exp(v - top) for v in logs)  # P(X <= k)
-    return min(1.0, 2.0 * tail)
+    """Exact two-sided binomial test of hits/n against 1/2 (scipy.stats.binomtest)."""
+    _check_trials("binomial_p_value", hits, n)
+    return float(stats.binomtest(int(hits), int(n), 0.5).pvalue)
 
 
 def diebold_mariano(errors_a: np.ndarray, errors_b: np.ndarray, *, loss: str = "absolute") -> dict:
@@ -118,7 +118,7 @@ def diebold_mariano(errors_a: np.ndarray, errors_b: np.ndarray, *, loss: str = "
         return {"stat": None, "p_value": 0.0, "p_better": 0.0 if mean < 0 else 1.0,
                 "mean_diff": mean, "se": 0.0}
     stat = mean / se
-    return {"stat": stat, "p_value": min(1.0, 2.0 * (1.0 - normal_cdf(abs(stat)))),
+    return {"stat": stat, "p_value": min(1.0, float(2.0 * stats.norm.sf(abs(stat)))),
             "p_better": normal_cdf(stat), "mean_diff": mean, "se": se}
 
 
@@ -144,6 +144,19 @@ def naive_mae(last: np.ndarray, actual: np.ndarray) -> float:
     if len(last) == 0:
         raise ValueError("naive_mae needs at least one training sample.")
     return float(np.mean(np.abs(actual - last)))
+
+
+def mean_forecast_val_loss(data) -> float:
+    """The validation loss of predicting the training mean: the reference for `best_val_loss`
+    and the learning curves' val_loss (same units: MSE of the standardised log return).
+
+    The target is standardised with the training split's mean and std, so predicting the
+    training mean is predicting 0, and its loss is mean(target_val^2). It is 1.0 only when the
+    validation split is as volatile as the training split (below 1 when it is calmer)."""
+    y = np.asarray(data.target[data.split("val")], np.float64)
+    if len(y) == 0:
+        raise ValueError("mean_forecast_val_loss needs at least one validation sample.")
+    return float(np.mean(y * y))
 
 
 def regression_metrics(actual: np.ndarray, predicted: np.ndarray, last: np.ndarray) -> dict:
@@ -213,7 +226,21 @@ def forecast_metrics(actual: np.ndarray, predicted: np.ndarray, last: np.ndarray
         out.update(direction_hits=hits, direction_ci95_low=100.0 * lo,
                    direction_ci95_high=100.0 * hi,
                    direction_p_value=binomial_p_value(hits, out["n_direction"]))
+    out.update(direction_profile(predicted, last))
     return out
+
+
+def direction_profile(predicted: np.ndarray, last: np.ndarray) -> dict:
+    """How varied a forecast's direction is: `up_share` (% of samples forecast up),
+    `sign_changes` (flips between consecutive forecast moves, "no move" skipped) and
+    `constant_direction` (every forecast move has one sign; None when no move is forecast)."""
+    sign = np.sign(np.asarray(predicted, np.float64) - np.asarray(last, np.float64))
+    if len(sign) == 0:
+        return {"up_share": None, "sign_changes": 0, "constant_direction": None}
+    moves = sign[sign != 0]
+    changes = int(np.count_nonzero(np.diff(moves))) if len(moves) else 0
+    return {"up_share": float(100.0 * np.mean(sign > 0)), "sign_changes": changes,
+            "constant_direction": bool(changes == 0) if len(moves) else None}
 
 
 def persistence_forecast(last: np.ndarray) -> np.ndarray:
@@ -318,7 +345,9 @@ def evaluate_pair(data, predicted_test: np.ndarray, *, baselines: list | None = 
 
     Baselines are fitted on the training split (and tuned on validation) here. Returns
     {"test": metrics, "baseline": {name: metrics}, "predictions": {name: closes},
-    "mase_scale": float, "tuning": {...}}.
+    "mase_scale": float, "tuning": {...}}. tuning["linear"] records the chosen `alpha`,
+    `at_largest_alpha` (the ridge is then in effect drift) and `at_grid_edge` (the chosen
+    alpha is the smallest or the largest of the grid, so the grid did not bracket the best).
     """
     idx = data.split("test")
     tr = data.split("train")
@@ -336,6 +365,8 @@ def evaluate_pair(data, predicted_test: np.ndarray, *, baselines: list | None = 
                 "alpha": model.alpha, "chosen_on": "validation MSE of the standardised return",
                 # the largest penalty shrinks the ridge to the training mean, i.e. to drift
                 "at_largest_alpha": model.alpha == max(model.alphas),
+                # at either end of the grid the grid did not bracket the best penalty
+                "at_grid_edge": model.alpha in (min(model.alphas), max(model.alphas)),
                 "val_mse_by_alpha": {f"{a:g}": v for a, v in model.val_mse.items()},
                 "input": model.describe(data)}
     return out
@@ -407,7 +438,8 @@ def direction_positions(predicted: np.ndarray, last: np.ndarray, *, mode: str) -
 def backtest_direction(predicted: np.ndarray, last: np.ndarray, actual: np.ndarray, *,
                        interval: str, fee_per_side: float = 0.001, keep_equity: bool = False) -> dict:
     """The forecast's direction traded long/flat and long/short, next to buy-and-hold.
-    Equity curves are dropped unless `keep_equity` (the plots recompute them)."""
+    Equity curves are dropped unless `keep_equity` (the plots recompute them). `test_market`
+    says what the market itself did over the samples (`market_move`)."""
     out = {"fee_per_side": fee_per_side,
            "execution": "position set at the close of candle t (the forecast's last close), "
                         "held through candle t+1; fees per side on every position change; "
@@ -417,10 +449,23 @@ def backtest_direction(predicted: np.ndarray, last: np.ndarray, actual: np.ndarr
                                        actual, fee_per_side=fee_per_side, interval=interval)
     out["buy_and_hold"] = backtest_positions(np.ones(len(np.asarray(last))), last, actual,
                                              fee_per_side=fee_per_side, interval=interval)
+    out["test_market"] = market_move(last, actual)
     if not keep_equity:
         for mode in ("long_flat", "long_short", "buy_and_hold"):
             del out[mode]["equity"]
     return out
+
+
+def market_move(last: np.ndarray, actual: np.ndarray) -> dict:
+    """What the market did over the samples: `change` (fraction, from the first sample's last
+    close to the last sample's actual close, no fees), `up_share` (% of samples whose close
+    rose) and `down_share` (% that fell)."""
+    last, actual = np.asarray(last, np.float64), np.asarray(actual, np.float64)
+    if len(last) == 0:
+        return {"change": None, "up_share": None, "down_share": None, "n": 0}
+    return {"change": float(actual[-1] / last[0] - 1.0),
+            "up_share": float(100.0 * np.mean(actual > last)),
+            "down_share": float(100.0 * np.mean(actual < last)), "n": int(len(last))}
 
 
 # ---------------------------------------------------------------------------------------
@@ -439,62 +484,91 @@ def summarize_pairs(entries: dict[str, dict], *, cfg: SummaryConfig = SummaryCon
     Median skill of the model and of each baseline; how many pairs beat (or lose to)
     persistence significantly by the one-sided DM test with Holm-adjusted p < alpha; the
     distribution of directional accuracy (min / median / max, a histogram) and how many pairs
-    are significantly above 50 % (two-sided binomial, Holm); backtest medians.
+    are significantly above 50 % (two-sided binomial, Holm), constant-direction forecasts
+    counted apart and kept out of that test; backtest medians and the test markets' moves.
     """
     keys = [k for k, e in entries.items() if (e.get("test") or {}).get("n")]
     tests = [entries[k]["test"] for k in keys]
-
-    def med(vals):
-        vals = [v for v in vals if v is not None]
-        return float(np.median(vals)) if vals else None
-
     p_better = holm_adjust([t.get("dm_p_better") for t in tests])
     p_worse = holm_adjust([None if t.get("dm_p_better") is None else 1.0 - t["dm_p_better"]
                            for t in tests])
-    p_dir = holm_adjust([t.get("direction_p_value") for t in tests])
-    dir_acc = [t.get("directional_accuracy") for t in tests]
     beat = [k for k, p in zip(keys, p_better) if p is not None and p < cfg.alpha]
     worse = [k for k, p in zip(keys, p_worse) if p is not None and p < cfg.alpha]
-    dir_sig = [k for k, p, a in zip(keys, p_dir, dir_acc)
-               if p is not None and p < cfg.alpha and a is not None and a > 50]
-    valid_dir = [a for a in dir_acc if a is not None]
-    counts, edges = np.histogram(valid_dir, bins=np.arange(30, 72.5, 2.5)) if valid_dir else ([], [])
+    direction, p_dir = _direction_summary(keys, tests, cfg)
     out = {
         "n_pairs": len(keys), "pairs": keys,
         "synthetic": any(bool(entries[k].get("synthetic")) for k in keys),
-        "median_skill": {"model": med(t.get("skill") for t in tests),
-                         **{b: med((entries[k].get("baseline") or {}).get(b, {}).get("skill")
-                                   for k in keys) for b in BASELINES}},
+        "median_skill": {"model": _median(t.get("skill") for t in tests),
+                         **{b: _median((entries[k].get("baseline") or {}).get(b, {}).get("skill")
+                                       for k in keys) for b in BASELINES}},
         "significance": {"alpha": cfg.alpha, "correction": cfg.correction,
                          "test": "Diebold-Mariano, absolute error, one-sided, vs persistence"},
         "beat_persistence": {"count": len(beat), "pairs": beat},
         "worse_than_persistence": {"count": len(worse), "pairs": worse},
-        "directional_accuracy": {
-            "min": min(valid_dir) if valid_dir else None, "median": med(valid_dir),
-            "max": max(valid_dir) if valid_dir else None,
-            "above_50_significant": {"count": len(dir_sig), "pairs": dir_sig},
-            "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}},
+        "directional_accuracy": direction,
         "guide_targets": {  # the guide's promise: MAPE < 0.02 %, direction > 90 %
             "mape_below_0.02_pct": sum(t.get("mape") is not None and t["mape"] < 0.02 for t in tests),
-            "direction_above_90_pct": sum(a is not None and a > 90 for a in dir_acc)},
+            "direction_above_90_pct": sum((t.get("directional_accuracy") or 0) > 90 for t in tests)},
         "per_pair": {k: {"skill": t.get("skill"), "dm_p_better": t.get("dm_p_better"),
                          "dm_p_better_holm": pb, "dm_p_worse_holm": pw,
                          "directional_accuracy": t.get("directional_accuracy"),
-                         "direction_p_value": t.get("direction_p_value"), "direction_p_holm": pd_}
+                         "direction_p_value": t.get("direction_p_value"), "direction_p_holm": pd_,
+                         "constant_direction": t.get("constant_direction")}
                      for k, t, pb, pw, pd_ in zip(keys, tests, p_better, p_worse, p_dir)},
     }
     bt = [entries[k].get("backtest") for k in keys if entries[k].get("backtest")]
     if bt:
-        out["backtest"] = {
-            "median_total_return": {m: med(b[m]["total_return"] for b in bt)
-                                    for m in ("long_flat", "long_short", "buy_and_hold")},
-            "long_flat_beats_buy_and_hold": sum(
-                b["long_flat"]["total_return"] > b["buy_and_hold"]["total_return"] for b in bt),
-            "long_short_beats_buy_and_hold": sum(
-                b["long_short"]["total_return"] > b["buy_and_hold"]["total_return"] for b in bt),
-            "median_trades": {m: med(b[m]["trades"] for b in bt) for m in ("long_flat", "long_short")},
-            "median_long_flat_exposure": med(b["long_flat"]["exposure"] for b in bt),
-            "n_pairs": len(bt)}
+        out["backtest"] = _backtest_summary(bt)
+    return out
+
+
+def _median(vals) -> float | None:
+    vals = [v for v in vals if v is not None]
+    return float(np.median(vals)) if vals else None
+
+
+def _direction_summary(keys: list[str], tests: list[dict], cfg: SummaryConfig
+                       ) -> tuple[dict, list[float | None]]:
+    """The directional-accuracy part of the summary and the Holm-adjusted p-values per pair.
+
+    A constant-direction forecast's accuracy is the base rate of its one direction, not a test
+    of forecasting: it is counted apart and left out of the binomial tests (and their Holm
+    family), so it is never "significantly above 50 %"."""
+    const = [k for k, t in zip(keys, tests) if t.get("constant_direction")]
+    p_dir = holm_adjust([None if t.get("constant_direction") else t.get("direction_p_value")
+                         for t in tests])
+    dir_acc = [t.get("directional_accuracy") for t in tests]
+    dir_sig = [k for k, p, a in zip(keys, p_dir, dir_acc)
+               if p is not None and p < cfg.alpha and a is not None and a > 50]
+    valid = [a for a in dir_acc if a is not None]
+    counts, edges = np.histogram(valid, bins=np.arange(30, 72.5, 2.5)) if valid else ([], [])
+    return {"min": min(valid) if valid else None, "median": _median(valid),
+            "max": max(valid) if valid else None,
+            "above_50_significant": {"count": len(dir_sig), "pairs": dir_sig},
+            "constant_direction": {"count": len(const), "pairs": const},
+            "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
+            }, p_dir
+
+
+def _backtest_summary(bt: list[dict]) -> dict:
+    """Medians of the backtests over pairs, and how the test markets moved."""
+    markets = [b["test_market"] for b in bt if b.get("test_market")]
+    out = {
+        "median_total_return": {m: _median(b[m]["total_return"] for b in bt)
+                                for m in ("long_flat", "long_short", "buy_and_hold")},
+        "long_flat_beats_buy_and_hold": sum(
+            b["long_flat"]["total_return"] > b["buy_and_hold"]["total_return"] for b in bt),
+        "long_short_beats_buy_and_hold": sum(
+            b["long_short"]["total_return"] > b["buy_and_hold"]["total_return"] for b in bt),
+        "median_trades": {m: _median(b[m]["trades"] for b in bt) for m in ("long_flat", "long_short")},
+        "median_long_flat_exposure": _median(b["long_flat"]["exposure"] for b in bt),
+        "n_pairs": len(bt)}
+    if markets:
+        out["test_market"] = {"median_change": _median(m["change"] for m in markets),
+                              "median_up_share": _median(m["up_share"] for m in markets),
+                              "rose": sum((m["change"] or 0) > 0 for m in markets),
+                              "fell": sum((m["change"] or 0) < 0 for m in markets),
+                              "n_pairs": len(markets)}
     return out
 
 

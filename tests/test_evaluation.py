@@ -15,8 +15,9 @@ from v3_common import ConfigError
 from v3_data_processor import prepare_dataset
 from v3_evaluation import (BASELINES, METRIC_FIELDS, DriftBaseline, LinearBaseline,
                            PersistenceBaseline, backtest_direction, backtest_positions,
-                           binomial_p_value, diebold_mariano, evaluate_pair, fold_fractions,
-                           forecast_metrics, holm_adjust, naive_mae, periods_per_year,
+                           binomial_p_value, diebold_mariano, direction_profile, evaluate_pair,
+                           fold_fractions, forecast_metrics, holm_adjust, market_move,
+                           mean_forecast_val_loss, naive_mae, periods_per_year,
                            regression_metrics, summarize_pairs, walk_forward_folds,
                            wilson_interval)
 from v3_market_data import synthetic_klines
@@ -73,6 +74,27 @@ def test_persistence_scores_itself_as_no_skill_and_no_direction():
     assert m["directional_accuracy"] is None and m["direction_p_value"] is None
 
 
+def test_direction_profile_of_a_varied_forecast():
+    # PRED moves: up, up, down, up -> 75 % up, 2 flips
+    m = forecast_metrics(ACTUAL, PRED, LAST, mase_scale=1.0)
+    assert (m["up_share"], m["sign_changes"], m["constant_direction"]) == (75.0, 2, False)
+    # "no move" forecasts are skipped when counting flips: up, none, up, down -> 1 flip
+    p = direction_profile(np.array([101.0, 100.0, 102.0, 99.0]), LAST)
+    assert p == {"up_share": 50.0, "sign_changes": 1, "constant_direction": False}
+
+
+def test_a_forecast_that_never_changes_sign_is_flagged():
+    """Always 'down' on a mostly falling market: a high accuracy that only measures the base
+    rate; the metrics say so."""
+    last = np.full(40, 100.0)
+    actual = np.r_[np.full(30, 99.0), np.full(10, 101.0)]  # 75 % down
+    m = forecast_metrics(actual, last - 0.5, last, mase_scale=1.0)
+    assert m["directional_accuracy"] == pytest.approx(75.0)
+    assert m["constant_direction"] is True and m["sign_changes"] == 0 and m["up_share"] == 0.0
+    # persistence predicts no move at all: no direction, so no flag either way
+    assert forecast_metrics(actual, last, last, mase_scale=1.0)["constant_direction"] is None
+
+
 def test_forecast_metrics_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="same length"):
         forecast_metrics(ACTUAL, PRED[:3], LAST, mase_scale=1.0)
@@ -99,6 +121,17 @@ def test_wilson_interval_matches_scipy(hits, n):
 def test_binomial_p_value_matches_scipy(hits, n):
     assert binomial_p_value(hits, n) == pytest.approx(stats.binomtest(hits, n, 0.5).pvalue,
                                                       rel=1e-9, abs=1e-15)
+
+
+def test_statistics_pinned_by_hand():
+    # P(X <= 3 | n=10, p=1/2) = (1 + 10 + 45 + 120) / 1024; two-sided = twice that
+    assert binomial_p_value(7, 10) == pytest.approx(2 * 176 / 1024, rel=1e-12)
+    assert binomial_p_value(5, 10) == 1.0
+    # Wilson: (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), p = 0.5, n = 10
+    z = 1.959963984540054
+    centre, half = 0.5, z * math.sqrt(0.025 + z * z / 400) / (1 + z * z / 10)
+    assert wilson_interval(5, 10) == pytest.approx((centre - half, centre + half), abs=1e-12)
+    assert wilson_interval(0, 20)[0] == 0.0
 
 
 def test_statistics_refuse_zero_trials():
@@ -270,13 +303,22 @@ def test_backtest_rejects_a_percentage_fee():
         backtest_positions(np.ones(3), BT_LAST, BT_ACTUAL, fee_per_side=1.0, interval="1h")
 
 
+def test_market_move_of_the_test_samples():
+    mm = market_move(BT_LAST, BT_ACTUAL)  # 100 -> 108.9; up, down, up
+    assert mm["change"] == pytest.approx(0.089)
+    assert mm["up_share"] == pytest.approx(200 / 3) and mm["down_share"] == pytest.approx(100 / 3)
+    bt = backtest_direction(BT_PRED, BT_LAST, BT_ACTUAL, interval="1h")
+    assert bt["test_market"] == mm
+
+
 # ---------------------------------------------------------------------------------------
 # Across pairs
 
 
-def _entry(skill_p, dir_acc, dir_p, skill=0.0):
+def _entry(skill_p, dir_acc, dir_p, skill=0.0, constant=False):
     return {"test": {"n": 100, "mape": 0.3, "skill": skill, "dm_p_better": skill_p,
-                     "directional_accuracy": dir_acc, "direction_p_value": dir_p},
+                     "directional_accuracy": dir_acc, "direction_p_value": dir_p,
+                     "constant_direction": constant},
             "baseline": {b: {"skill": 0.0} for b in BASELINES}}
 
 
@@ -372,3 +414,52 @@ def test_walk_forward_refuses_too_many_folds(wf_klines):
     with pytest.raises(ConfigError, match="folds >= 1"):
         walk_forward_folds(full.ends, 0, test_size=full.n_test, train_frac=0.7, val_frac=0.15,
                            min_samples=20)
+
+
+def test_constant_direction_pairs_are_not_significantly_above_50():
+    """A pair forecast 'down' on every candle of a falling market has a tiny binomial p-value;
+    it is counted apart, not as skill, and stays out of the Holm family."""
+    entries = {"A_1h": _entry(0.5, 56.0, 0.004), "D_1h": _entry(0.5, 70.0, 1e-9, constant=True)}
+    d = summarize_pairs(entries)["directional_accuracy"]
+    assert d["above_50_significant"] == {"count": 1, "pairs": ["A_1h"]}
+    assert d["constant_direction"] == {"count": 1, "pairs": ["D_1h"]}
+    per = summarize_pairs(entries)["per_pair"]
+    assert per["D_1h"]["direction_p_holm"] is None and per["D_1h"]["constant_direction"] is True
+    assert per["A_1h"]["direction_p_holm"] == pytest.approx(0.004)  # a family of one
+
+
+def test_summary_says_how_the_test_markets_moved():
+    def bt(change):
+        r = {"total_return": 0.0, "trades": 2, "exposure": 0.5}
+        return {"long_flat": r, "long_short": r, "buy_and_hold": r,
+                "test_market": {"change": change, "up_share": 52.0, "down_share": 48.0, "n": 9}}
+    entries = {k: dict(_entry(0.5, 50.0, 1.0), backtest=bt(c))
+               for k, c in (("A_1h", 0.032), ("B_1h", -0.01), ("C_1h", 0.05))}
+    tm = summarize_pairs(entries)["backtest"]["test_market"]
+    assert tm == {"median_change": pytest.approx(0.032), "median_up_share": 52.0, "rose": 2,
+                  "fell": 1, "n_pairs": 3}
+
+
+def test_mean_forecast_val_loss_is_the_validation_mse_of_predicting_the_training_mean(data):
+    va = data.split("val")
+    loss = mean_forecast_val_loss(data)
+    r = np.log(data.actual_close[va] / data.last_close[va])
+    assert loss == pytest.approx(np.mean(((r - data.target_mean) / data.target_std) ** 2), rel=1e-4)
+    calm = dataclasses.replace(data, target=data.target * np.float32(0.5))
+    assert mean_forecast_val_loss(calm) == pytest.approx(loss / 4, rel=1e-5)  # not pinned at 1.0
+
+
+def test_linear_penalty_at_the_largest_value_tried_is_marked_as_drift(data):
+    """A signal that flips sign on validation: every fitted slope loses there, the largest
+    penalty wins and the ridge is in effect drift; a real signal picks the small penalty."""
+    lin = LinearBaseline()
+    x = lin.inputs(data, np.arange(len(data.ends)))
+    y = x @ np.random.default_rng(3).normal(size=x.shape[1])
+    flipped = y.copy()
+    flipped[data.split("val")] *= -1
+    grid = (1e-2, 1e8)
+    for target, alpha, largest in ((flipped, 1e8, True), (y, 1e-2, False)):
+        fake = dataclasses.replace(data, target=target.astype(np.float32))
+        t = evaluate_pair(fake, fake.last_close[fake.split("test")],
+                          baselines=[LinearBaseline(alphas=grid)])["tuning"]["linear"]
+        assert (t["alpha"], t["at_largest_alpha"], t["at_grid_edge"]) == (alpha, largest, True)

@@ -3,8 +3,10 @@ report.md / report.html with every section and image, --report-only, bad input."
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -267,3 +269,150 @@ def test_summary_sentences_say_no_plainly():
     assert "long/flat beat buy-and-hold on 6 of 8 pairs" in text
     assert "median 2 trades long/flat, 3 long/short" in text
     assert "mostly one bet on the trend of the test period" in text
+
+
+# ---------------------------------------------------------------------------------------
+# What the report must say truthfully (issue 12), on the demo run's results
+
+
+def _report_md(results: dict) -> str:
+    from v3_report import build_blocks, to_markdown
+    return to_markdown(build_blocks(results, {}), rel_to=Path("."))
+
+
+def _results(run) -> dict:
+    p, _ = run
+    return copy.deepcopy(p.load_results())
+
+
+def test_learning_curves_reference_is_the_mean_forecast_loss_with_integer_epochs():
+    from v3_report import learning_curves_figure
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 0.6 + 0.01 * e} for e in (1, 2, 3)]
+    fig = learning_curves_figure(history, title="t", mean_forecast_loss=0.58)
+    ax = fig.axes[0]
+    ref = [ln for ln in ax.get_lines() if ln.get_label().startswith("predicting the training mean")]
+    assert len(ref) == 1 and list(ref[0].get_ydata()) == [0.58, 0.58]
+    assert not any("1.0 = training mean" in ln.get_label() for ln in ax.get_lines())
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    # older results have no val_loss_mean_forecast: no reference line rather than a wrong one
+    old = learning_curves_figure(history, title="t").axes[0]
+    assert [ln.get_label() for ln in old.get_lines()] == ["train", "validation", "best epoch 1"]
+
+
+def test_draw_plots_passes_the_stored_mean_forecast_loss(run, monkeypatch, tmp_path):
+    import v3_report
+    p, _ = run
+    results = _results(run)
+    results["BTCUSDT_1h"]["val_loss_mean_forecast"] = 0.58
+    seen = {}
+
+    def fake_curves(history, path, *, title, mean_forecast_loss=None):
+        seen[title.split(":")[0]] = mean_forecast_loss
+        return path
+    monkeypatch.setattr(v3_report, "plot_learning_curves", fake_curves)
+    monkeypatch.setattr(v3_report, "plot_predictions", lambda *a, **k: None)
+    monkeypatch.setattr(v3_report, "plot_equity", lambda *a, **k: None)
+    v3_report.draw_plots(p.base_dir, results)
+    assert seen == {"BTCUSDT_15m": None, "BTCUSDT_1h": 0.58}
+
+
+def test_direction_histogram_is_marked_synthetic_with_integer_counts(run):
+    from v3_evaluation import summarize_pairs
+    from v3_report import direction_figure
+    results = _results(run)
+    entries = {k: results[k] for k in PAIRS}
+    entries["BTCUSDT_1h"]["test"].update(constant_direction=True, up_share=0.0, sign_changes=0)
+    summary = summarize_pairs(entries)
+    fig = direction_figure(entries, summary, title="directional accuracy [SYNTHETIC DATA]")
+    ax, hx = fig.axes
+    assert hx.get_title() == "distribution over pairs [SYNTHETIC DATA]"
+    fig.canvas.draw()
+    assert all(float(t).is_integer() for t in hx.get_yticks())
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["BTCUSDT_15m", "BTCUSDT_1h (one direction)"]
+
+
+def test_constant_direction_pair_is_flagged_and_not_counted_as_significant(run):
+    from v3_evaluation import summarize_pairs
+    results = _results(run)
+    t = results["BTCUSDT_1h"]["test"]
+    # one direction on every test candle, and a tiny p-value that only reflects the base rate
+    t.update(constant_direction=True, up_share=0.0, sign_changes=0, directional_accuracy=70.0,
+             direction_p_value=1e-6)
+    results["_summary"] = summarize_pairs({k: results[k] for k in PAIRS})
+    d = results["_summary"]["directional_accuracy"]
+    assert d["above_50_significant"]["count"] == 0 and d["constant_direction"]["pairs"] == ["BTCUSDT_1h"]
+    md = _report_md(results)
+    row = next(line for line in md.splitlines() if line.startswith("| BTCUSDT_1h | synthetic"))
+    assert "always 'down': direction % = base rate" in row and "< 0.0001" not in row
+    assert "1 pair (BTCUSDT_1h) forecast one direction on every test candle" in md
+    lstm = next(line for line in md.splitlines() if line.startswith("| BTCUSDT_1h | LSTM"))
+    assert "| 0.0 | 0 |" in lstm  # up % and sign changes
+
+
+def test_failed_pairs_are_listed_with_their_reason(run):
+    results = _results(run)
+    results["ETHUSDT_1h"] = {"symbol": "ETHUSDT", "interval": "1h", "status": "failed",
+                             "failed_step": "download", "reason": "ETHUSDT is delisted or halted"}
+    md = _report_md(results)
+    assert "## Pairs that failed" in md
+    assert "| ETHUSDT_1h | download | ETHUSDT is delisted or halted |" in md
+    assert "1 pair failed and is not in these numbers" in md
+    only_failed = {"ETHUSDT_1h": results["ETHUSDT_1h"], "_summary": {"n_pairs": 0}}
+    md = _report_md(only_failed)
+    assert "the 1 pair failed; the reasons are under \"Pairs that failed\"" in md
+    assert "train first" not in md
+
+
+def test_linear_penalty_at_the_edge_reads_as_drift(run):
+    results = _results(run)
+    for k in PAIRS:
+        results[k]["tuning"]["linear"].update(alpha=1e8, at_largest_alpha=True, at_grid_edge=True)
+    results["BTCUSDT_15m"]["tuning"]["linear"].update(alpha=10.0, at_largest_alpha=False,
+                                                      at_grid_edge=False)
+    md = _report_md(results)
+    assert "BTCUSDT_1h 1e+08 (= drift: largest penalty tried)" in md
+    assert "BTCUSDT_15m 10," in md or "BTCUSDT_15m 10)" in md
+    lin = {k: next(l for l in md.splitlines() if l.startswith(f"| {k} | linear")) for k in PAIRS}
+    assert "= drift: largest penalty tried" in lin["BTCUSDT_1h"]
+    assert "drift: largest" not in lin["BTCUSDT_15m"]
+
+
+def _backtest_summary(change: float, n_pairs: int = 1) -> dict:
+    return {"n_pairs": n_pairs, "beat_persistence": {"count": 0},
+            "worse_than_persistence": {"count": 0},
+            "median_skill": {"model": -1e-6, "linear": 0.0, "drift": 0.0},
+            "significance": {"alpha": 0.05, "correction": "holm"},
+            "directional_accuracy": {"min": 50.0, "median": 50.0, "max": 50.0,
+                                     "above_50_significant": {"count": 0}},
+            "backtest": {"median_total_return": {"long_flat": 0.0, "long_short": 0.0,
+                                                 "buy_and_hold": change},
+                         "long_flat_beats_buy_and_hold": 0, "long_short_beats_buy_and_hold": 0,
+                         "median_trades": {"long_flat": 1, "long_short": 1},
+                         "median_long_flat_exposure": 0.5, "n_pairs": n_pairs,
+                         "test_market": {"median_change": change, "median_up_share": 52.0,
+                                         "rose": int(change > 0), "fell": int(change < 0),
+                                         "n_pairs": n_pairs}}}
+
+
+def test_a_rising_market_is_not_called_falling():
+    text = " ".join(summary_sentences(_backtest_summary(0.032)))
+    assert "the test market rose 3.2 % (up on 52 % of candles)" in text
+    assert "falling market" not in text
+    text = " ".join(summary_sentences(_backtest_summary(-0.05)))
+    assert "the test market fell 5.0 %" in text
+    assert "a falling market rewards a forecast that is always 'down'" in text
+    old = _backtest_summary(0.032)
+    del old["backtest"]["test_market"]  # results from before test_market: no claim at all
+    text = " ".join(summary_sentences(old))
+    assert "falling" not in text and "rising" not in text
+
+
+def test_sentences_use_plurals_and_never_print_minus_zero():
+    text = " ".join(summary_sentences(_backtest_summary(0.032)))
+    assert "1 pairs" not in text and "1 trades" not in text
+    assert "The pair does not beat it significantly" in text
+    assert "median 1 trade long/flat" in text
+    assert "LSTM +0.0000" in text and "-0.0000" not in text
