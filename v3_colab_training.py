@@ -42,8 +42,8 @@ from v3_config import (DEMO_COINS, SOURCES, PipelineConfig, check_config,  # noq
                        check_pairs, demo_config)
 from v3_data_processor import WARMUP_CANDLES, prepare_dataset  # noqa: E402
 from v3_engine import train_jobs  # noqa: E402
-from v3_evaluation import summarize_pairs  # noqa: E402
-from v3_scoring_tmp import rescore_pair, walk_forward_pair  # noqa: E402  MERGE-TEMP
+from v3_metrics import summarize_pairs  # noqa: E402
+from v3_evaluation import rescore_pair, walk_forward_pair  # noqa: E402
 from v3_hub import upload_to_hub  # noqa: E402
 from v3_layout import RunLayout  # noqa: E402
 from v3_market_data import latest_candles, read_klines  # noqa: E402

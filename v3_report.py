@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from v3_common import ConfigError, atomic_write_bytes, fmt_num, log, plural
-from v3_evaluation import BASELINES, backtest_direction
+from v3_metrics import BASELINES, backtest_direction
 
 LAST_N_CANDLES = 200  # shown in the predicted vs. actual plot
 MODELS = ("model",) + BASELINES

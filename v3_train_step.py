@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from v3_common import CheckpointError, V3Error, atomic_write_bytes, log, utc_minute
 from v3_data_processor import WARMUP_CANDLES, PreparedData, prepare_dataset
-from v3_evaluation import regression_metrics
+from v3_metrics import regression_metrics
 from v3_layout import RunLayout
 from v3_market_data import read_klines
-from v3_scoring_tmp import (best_model, evaluation_fields, fingerprint, model_test_forecast,
+from v3_evaluation import (best_model, evaluation_fields, fingerprint, model_test_forecast,
                             score_pair, write_predictions)
 from v3_trainer import (TrainJob, TrainOutcome, load_model_file, load_resume_state,
                         mean_forecast_val_loss, resolve_device, save_checkpoint,

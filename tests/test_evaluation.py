@@ -1,4 +1,4 @@
-"""v3_evaluation: metrics on hand-computed cases, statistics against scipy, baselines as models,
+"""v3_metrics, v3_baselines, v3_evaluation: metrics on hand-computed cases, statistics against scipy, baselines as models,
 the fee-aware backtest on a constructed price path, and the walk-forward no-leak property."""
 from __future__ import annotations
 
@@ -13,13 +13,12 @@ from scipy import stats
 from tests.conftest import TINY_FEATURES
 from v3_common import ConfigError
 from v3_data_processor import prepare_dataset
-from v3_evaluation import (BASELINES, METRIC_FIELDS, DriftBaseline, LinearBaseline,
-                           PersistenceBaseline, backtest_direction, backtest_positions,
-                           binomial_p_value, diebold_mariano, direction_profile, evaluate_pair,
-                           fold_fractions, forecast_metrics, holm_adjust, market_move,
-                           mean_forecast_val_loss, naive_mae, periods_per_year,
-                           regression_metrics, summarize_pairs, walk_forward_folds,
-                           wilson_interval)
+from v3_baselines import DriftBaseline, LinearBaseline, PersistenceBaseline
+from v3_evaluation import evaluate_pair, fold_fractions, walk_forward_folds
+from v3_metrics import (BASELINES, METRIC_FIELDS, backtest_direction, backtest_positions,
+                        binomial_p_value, diebold_mariano, direction_profile, forecast_metrics,
+                        holm_adjust, market_move, mean_forecast_val_loss, naive_mae,
+                        periods_per_year, regression_metrics, summarize_pairs, wilson_interval)
 from v3_market_data import synthetic_klines
 
 
