@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from v3_common import ConfigError, V3Error, log, progress
 from v3_lstm_model import ModelConfig, V3LSTMModel
+from v3_trainer import RESUME_FORMAT, TrainConfig, TrainJob, TrainOutcome
 
 ADAM_BETAS = (0.9, 0.999)     # torch.optim.AdamW's defaults, which the plain loop uses
 ADAM_EPS = 1e-8
@@ -338,7 +339,7 @@ def grouped_adamw_(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list,
 @dataclass
 class _Slot:
     """One job's place in a group, and its early-stopping bookkeeping (as train_model's)."""
-    job: object
+    job: TrainJob
     n_train: int
     n_batches: int
     n_val: int
@@ -351,6 +352,7 @@ class _Slot:
     stopped_early: bool = False
     history: list = field(default_factory=list)
     finished: bool = False
+    seconds_before: float = 0.0     # training time of the runs this one resumes
 
 
 def _initial_state(job, cfg, cache: dict) -> dict:
@@ -360,6 +362,41 @@ def _initial_state(job, cfg, cache: dict) -> dict:
         torch.manual_seed(cfg.seed)
         cache[key] = {k: v.detach().clone() for k, v in V3LSTMModel(job.model_config).state_dict().items()}
     return cache[key]
+
+
+def _recover_from_failed_capture(device: torch.device, side, graph, label: str) -> None:
+    """Put torch's CUDA state back after a failed capture, so eager steps (the fast engine's
+    and the plain loop's) work again.
+
+    When the capture is invalidated (a host sync, an op that cannot be captured), torch's
+    CUDAGraph.capture_end raises at cudaStreamEndCapture, before it (1) tells the caching
+    allocator to stop routing the capture's allocations to the graph's private pool and (2)
+    takes the random generators out of capture mode. (2) is what breaks: every capture
+    registers the device's default CUDA generator (whatever generator the captured ops
+    use), and until a capture ends it raises "Offset increment outside graph capture
+    encountered unexpectedly" at the next eager dropout. One trivial capture on the same
+    stream that succeeds runs the generator's capture prologue and epilogue again and leaves
+    it as it was before; (1) is undone directly, where this torch build offers it."""
+    torch.cuda.synchronize(device)   # a warm-up step may still run on the side stream
+    if graph is not None:
+        try:  # the allocator's entry for the failed capture (a private torch API: best effort)
+            torch._C._cuda_endAllocateToPool(device.index if device.index is not None
+                                             else torch.cuda.current_device(), graph.pool())
+        except Exception:  # noqa: BLE001  (already ended, or capture never began)
+            pass
+    try:
+        probe = torch.zeros(1, device=device)
+        stream = side if side is not None else torch.cuda.Stream(device)
+        with torch.cuda.stream(stream):
+            reset = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(reset, stream=stream):
+                probe.add_(1)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        del reset
+    except Exception as e:  # noqa: BLE001  (captures do not work here at all)
+        log.warning("%s: could not reset the CUDA generator after the failed capture (%s: %s); "
+                    "dropout on this device may fail", label, type(e).__name__, str(e)[:200])
+    torch.cuda.synchronize(device)
 
 
 class _Group:
@@ -392,6 +429,7 @@ class _Group:
                 slot.history = list(r.get("history", []))
                 slot.bad = 0 if r.get("stopped_early") else int(r.get("bad_epochs", 0))
                 slot.has_best = r.get("best_state") is not None
+                slot.seconds_before = float(r.get("train_seconds", 0.0))
                 best_states.append(r["best_state"] if slot.has_best else r["model_state"])
             else:
                 states.append(_initial_state(job, cfg, init_cache))
@@ -509,8 +547,10 @@ class _Group:
         Warm-up and capture run on one side stream made on this group's device, given to
         torch.cuda.graph explicitly: its default capture stream is made once, on whichever
         device was current then. The outer stream context puts the caller's stream back even
-        when capture_end raises (torch.cuda.graph then skips restoring it)."""
+        when capture_end raises (torch.cuda.graph then skips restoring it). A failed capture
+        also leaves torch's CUDA state half-way: see _recover_from_failed_capture."""
         self._pad_tables()
+        side, graph = None, None
         try:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
@@ -528,8 +568,8 @@ class _Group:
             self.graph, self.use_graph = None, False
             log.warning("%s: CUDA graph capture failed (%s: %s); running the fast engine "
                         "eagerly", self.label, type(e).__name__, str(e)[:200])
-            if self.device.type == "cuda":  # a warm-up step may still run on the side stream
-                torch.cuda.synchronize(self.device)
+            if self.device.type == "cuda":
+                _recover_from_failed_capture(self.device, side, graph, self.label)
         self.sse.zero_()
         self.step_i.zero_()
         for a in self.acc:
@@ -679,7 +719,6 @@ class _Group:
 
     def resume_state(self, m: int, cpu: dict) -> dict:
         """Slot m's training state in train_model's resume format (RESUME_FORMAT)."""
-        from v3_trainer import RESUME_FORMAT
         c, s, r = self.cfg, self.slots[m], cpu["row"][m]
         model_state = unpack_state(cpu["params"], self.layout, r)
         model = V3LSTMModel(self.model_cfg)
@@ -704,16 +743,16 @@ class _Group:
                 "scaler_state": {}, "epoch": s.epoch, "best_val_loss": s.best_val,
                 "best_epoch": s.best_epoch, "best_state": best, "bad_epochs": s.bad,
                 "stopped_early": s.stopped_early, "history": list(s.history),
-                "epochs_requested": c.epochs, "train_config": c.to_dict()}
+                "epochs_requested": c.epochs, "train_config": c.to_dict(),
+                "train_seconds": s.seconds_before + time.monotonic() - self.t_start}
 
-    def outcome(self, m: int, cpu: dict):
-        from v3_trainer import TrainOutcome
+    def outcome(self, m: int, cpu: dict) -> TrainOutcome:
         s = self.slots[m]
         state = self.resume_state(m, cpu)
         return TrainOutcome(best_state=state["best_state"], best_val_loss=s.best_val,
                             best_epoch=s.best_epoch, epochs_done=s.epoch,
                             stopped_early=s.stopped_early, history=list(s.history),
-                            resume_state=state, seconds=time.monotonic() - self.t_start,
+                            resume_state=state, seconds=state["train_seconds"],
                             engine="fast-graph" if self.graph is not None else "fast-eager")
 
 
@@ -737,17 +776,20 @@ def _group_jobs(jobs: list, cfg, device: torch.device) -> list[list]:
     return [g[i:i + size] for g in by_key.values() for i in range(0, len(g), size)]
 
 
-def train_jobs_fast(jobs: list, cfg, *, device: torch.device, show_progress: bool = True,
-                    on_done: Callable | None = None, on_error: Callable | None = None,
-                    fallback: Callable[[list], dict] | None = None) -> dict:
-    """Train `jobs` (v3_trainer.TrainJob) in groups; same contract as v3_trainer.train_jobs:
+def train_jobs_fast(jobs: list[TrainJob], cfg: TrainConfig, *, device: torch.device,
+                    show_progress: bool = True, on_done: Callable | None = None, on_error: Callable | None = None,
+                    fallback: Callable[[list], dict] | None = None,
+                    on_epoch: Callable[[int, int], object] | None = None) -> dict:
+    """Train `jobs` in groups; same contract as v3_engine.train_jobs (which calls this):
     `on_done(job, outcome)` as each model finishes, a V3Error from one job goes to
     `on_error` and the others go on. Returns {job.key: outcome} for the jobs that finished.
 
     If a group fails inside torch (a RuntimeError such as CUDA out of memory), its
     unfinished jobs go to `fallback(jobs)` (the plain loop), with a warning saying why. A
     RuntimeError from on_done, on_error or a checkpoint_fn is not such a failure: it reaches
-    the caller, as it does from the plain loop."""
+    the caller, as it does from the plain loop. `on_epoch(epoch, training)` after each epoch
+    of a group: the epoch its slowest model has finished, and how many are still training
+    (bench/bench_gpu_training.py prints its progress with it)."""
     out: dict = {}
     ok = []
     for job in jobs:  # a pair whose data does not fit its model fails alone, before any work
@@ -779,7 +821,8 @@ def train_jobs_fast(jobs: list, cfg, *, device: torch.device, show_progress: boo
         with on_device:
             left = _train_groups(groups, cfg, device, use_graph=use_graph,
                                  show_progress=show_progress, on_done=on_done,
-                                 on_error=on_error, out=out, can_fall_back=fallback is not None)
+                                 on_error=on_error, out=out, can_fall_back=fallback is not None,
+                                 on_epoch=on_epoch)
     finally:
         torch.set_float32_matmul_precision(precision)
     if left:
@@ -788,7 +831,7 @@ def train_jobs_fast(jobs: list, cfg, *, device: torch.device, show_progress: boo
 
 
 def _train_groups(groups, cfg, device, *, use_graph, show_progress, on_done, on_error, out,
-                  can_fall_back: bool) -> list:
+                  can_fall_back: bool, on_epoch=None) -> list:
     """Train each group; returns the jobs of failed groups that are left to train."""
     left_all = []
     for gi, group_jobs in enumerate(groups, 1):
@@ -797,7 +840,7 @@ def _train_groups(groups, cfg, device, *, use_graph, show_progress, on_done, on_
         try:
             group = _Group(group_jobs, cfg, device, use_graph=use_graph, label=label)
             _run_group(group, cfg, show_progress=show_progress, on_done=on_done,
-                       on_error=on_error, out=out)
+                       on_error=on_error, out=out, on_epoch=on_epoch)
         except V3Error as e:
             if group is not None or on_error is None:  # from on_done/on_error: not ours to catch
                 raise
@@ -828,7 +871,8 @@ def _callback(fn: Callable, *args):
         raise
 
 
-def _run_group(group: _Group, cfg, *, show_progress: bool, on_done, on_error, out: dict) -> None:
+def _run_group(group: _Group, cfg, *, show_progress: bool, on_done, on_error, out: dict,
+               on_epoch=None) -> None:
     last_save = time.monotonic()
     save_every_s = cfg.checkpoint_every_s
     first = min(s.epoch for s in group.slots)
@@ -868,6 +912,8 @@ def _run_group(group: _Group, cfg, *, show_progress: bool, on_done, on_error, ou
             bar.update(min((s.epoch for s in live), default=cfg.epochs) - before)
             vals = [s.history[-1]["val_loss"] for s in group.slots if s.history]
             bar.set_postfix(training=len(live), val=f"{np.mean(vals):.4f}" if vals else "-")
+            if on_epoch:
+                _callback(on_epoch, min((s.epoch for s in live), default=cfg.epochs), len(live))
             if live and time.monotonic() - last_save >= save_every_s:
                 t_save = time.monotonic()
                 ms = [m for m, s in enumerate(group.slots) if not s.finished and s.job.checkpoint_fn]

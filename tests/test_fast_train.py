@@ -27,7 +27,8 @@ from v3_common import CheckpointError, ConfigError
 from v3_data_processor import FeatureConfig, prepare_dataset
 from v3_lstm_model import ModelConfig, V3LSTMModel
 from v3_market_data import synthetic_klines
-from v3_trainer import TrainConfig, TrainJob, model_from_checkpoint, train_jobs
+from v3_engine import train_jobs
+from v3_trainer import TrainConfig, TrainJob, model_from_checkpoint
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (bench/run_gpu_check.sh)")
@@ -206,11 +207,16 @@ def test_either_engine_resumes_what_the_other_saved(pairs, first, then):
     whole = train_jobs(make_jobs(two), dataclasses.replace(cfg, engine="plain"), show_progress=False)
     half = train_jobs(make_jobs(two), dataclasses.replace(cfg, epochs=2, engine=first),
                       show_progress=False)
-    jobs = [dataclasses.replace(j, resume=half[j.key].resume_state) for j in make_jobs(two)]
+    # the first run's training time, as if it had taken 1000 s: the total counts it
+    jobs = [dataclasses.replace(j, resume={**half[j.key].resume_state, "train_seconds": 1000.0})
+            for j in make_jobs(two)]
     rest = train_jobs(jobs, dataclasses.replace(cfg, engine=then), show_progress=False)
     for key in whole:
         assert rest[key].epochs_done == 4
         assert_same_training(whole[key], rest[key])
+        assert 1000.0 < rest[key].seconds < 1000.0 + 60
+        assert rest[key].resume_state["train_seconds"] == rest[key].seconds
+        assert 0 < half[key].seconds == half[key].resume_state["train_seconds"] < 60
 
 
 def test_dropout_runs_and_a_seed_repeats_the_run(pairs):
@@ -306,6 +312,46 @@ def test_failed_graph_capture_falls_back_to_eager_and_says_so(pairs, caplog):
     plain = train_jobs(make_jobs(pairs), dataclasses.replace(cfg, engine="plain"), show_progress=False)
     for m, s in enumerate(group.slots):
         assert_same_training(plain[s.job.key], group.outcome(m, group.cpu_blocks([m])))
+
+
+def test_a_failed_capture_is_followed_by_one_that_succeeds_on_the_same_stream(monkeypatch):
+    """The recovery, on CPU, with stand-ins for torch.cuda that model the default CUDA
+    generator: a capture puts it in capture mode, only a capture that ends cleanly takes it
+    out (a failing capture_end skips that, as in torch). After the recovery it must be out,
+    and the reset capture must have run on the failed capture's stream."""
+    gen = {"capturing": True}                  # as a failed capture leaves it
+    captures, events = [], []
+
+    class Stream:
+        def __init__(self, device=None):
+            self.name = "new"
+
+        def wait_stream(self, other):
+            pass
+
+    class Capture:
+        def __init__(self, graph, stream=None):
+            self.stream = stream
+
+        def __enter__(self):
+            gen["capturing"] = True
+            captures.append(self.stream)
+
+        def __exit__(self, *exc):
+            gen["capturing"] = False           # capture_end succeeded: the epilogue ran
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "graph", Capture)
+    side = Stream()
+    side.name = "side"
+    fast._recover_from_failed_capture(torch.device("cpu"), side, None, "t")
+    assert gen["capturing"] is False
+    assert [s.name for s in captures] == ["side"]
+    assert events[0] == "sync"                 # the side stream's work is done first
 
 
 def test_graph_branch_replaying_bindings_frozen_at_capture(pairs, monkeypatch, caplog):
@@ -435,9 +481,8 @@ def test_benchmark_tiny_cpu_run_writes_its_json(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_gpu_training", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    out = tmp_path / "bench.json"
-    assert bench.main(["--tiny", "--device", "cpu", "--out", str(out)]) == 0
-    res = json.loads(out.read_text())
+    assert bench.main(["--tiny", "--device", "cpu", "--epochs", "10", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "bench_gpu_training.json").read_text())
     assert res["device"] == "cpu" and res["tiny"] is True
     for engine in ("plain", "fast"):
         assert res[engine]["ms_per_model_step"] > 0
@@ -446,6 +491,21 @@ def test_benchmark_tiny_cpu_run_writes_its_json(tmp_path, capsys):
     assert all(abs(p["rel_diff"]) < 1 for p in res["parity"]["pairs"])
     text = capsys.readouterr().out
     assert "ms/model-step" in text and "speedup" in text and "parity" in text
+    assert "fast: epoch 10/10, 0 models training" in text          # a progress line
+    assert res["fast_progress"]["epoch"] == 10 and res["fast_progress"]["ms_per_model_step_so_far"] > 0
+
+
+def test_benchmark_writes_to_OUT_or_an_ignored_folder_never_into_bench(tmp_path, monkeypatch):
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_gpu_training.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu_training", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert bench.default_out_dir() == tmp_path
+    monkeypatch.delenv("OUT")
+    root = path.parents[1]
+    assert bench.default_out_dir() == root / "v3_output" / "bench"
+    assert "v3_output/" in (root / ".gitignore").read_text().split()
 
 
 # ---------------------------------------------------------------------------------------
@@ -554,6 +614,40 @@ def test_cuda_failed_capture_restores_the_stream_and_trains_eagerly(pairs, monke
     assert {o.engine for o in out.values()} == {"fast-eager"}
     assert all(o.epochs_done == 2 and o.history[-1]["val_loss"] == o.history[-1]["val_loss"]
                for o in out.values())
+
+
+@needs_cuda
+def test_cuda_failed_capture_with_dropout_leaves_eager_and_plain_training_working(pairs, monkeypatch,
+                                                                                 caplog):
+    """The guide's dropout (0.3) after a failed capture: the capture left the default CUDA
+    generator in capture mode, so the next eager dropout raised "Offset increment outside
+    graph capture encountered unexpectedly" (the fast engine's eager epoch, then the plain
+    loop it fell back to). Both must train now."""
+    real = fast._Group._train_step
+
+    def syncs_while_capturing(self):
+        if torch.cuda.is_current_stream_capturing():
+            self.sse.sum().item()                  # not allowed during capture: it raises
+        return real(self)
+
+    monkeypatch.setattr(fast._Group, "_train_step", syncs_while_capturing)
+    model = dataclasses.replace(MODEL, dropout=0.3)
+    cfg = dataclasses.replace(TRAIN, epochs=2, early_stopping=False, device="cuda")
+    with caplog.at_level(logging.WARNING, logger="v3"):
+        out = train_jobs(make_jobs(pairs, model), dataclasses.replace(cfg, engine="fast"),
+                         show_progress=False)
+    assert "CUDA graph capture failed" in caplog.text
+    assert "could not reset the CUDA generator" not in caplog.text
+    assert "with the plain loop" not in caplog.text          # the eager epochs worked
+    assert {o.engine for o in out.values()} == {"fast-eager"}
+    assert all(o.epochs_done == 2 and o.history[-1]["val_loss"] == o.history[-1]["val_loss"]
+               for o in out.values())
+    x = torch.nn.functional.dropout(torch.ones(64, device="cuda"), 0.3, True)  # eager dropout
+    assert 0 < int((x == 0).sum()) < 64
+    plain = train_jobs(make_jobs(pairs, model), dataclasses.replace(cfg, epochs=1, engine="plain"),
+                       show_progress=False)
+    assert {o.engine for o in plain.values()} == {"plain"}
+    assert all(o.epochs_done == 1 for o in plain.values())
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
