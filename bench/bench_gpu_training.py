@@ -44,6 +44,7 @@ from v3_lstm_model import ModelConfig  # noqa: E402
 from v3_market_data import synthetic_klines  # noqa: E402
 from v3_engine import train_jobs  # noqa: E402
 from v3_trainer import TrainConfig, TrainJob  # noqa: E402
+import v3_fast_kernels as kernels  # noqa: E402
 import v3_fast_train as fast  # noqa: E402
 
 PARITY_TOLERANCE = 0.02   # the bar: fast best val loss within 2 % of plain, per pair
@@ -268,7 +269,7 @@ def _bench(args, argv, model: ModelConfig, features: FeatureConfig, base: TrainC
                    "ms_per_model_step": round(1000 * fast_s / full_steps, 4),
                    "models_per_s": round(len(pairs) / fast_s, 4),
                    "engine": engines[0] if len(engines) == 1 else ",".join(engines),
-                   "lstm_cell": fast.pick_cell(device),
+                   "lstm_cell": kernels.pick_cell(device),
                    "tf32_matmul": bool(fast.TF32_MATMUL and device.type == "cuda"),
                    "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
                    if device.type == "cuda" else None}

@@ -1,4 +1,4 @@
-"""The fast engine (v3_fast_train) against the plain loop it replaces on GPUs.
+"""The fast engine (v3_fast_train, its kernels in v3_fast_kernels) against the plain loop.
 
 On CPU every piece is checked for numerical equivalence with the real thing: the grouped
 model against separate V3LSTMModels (float64, forward and gradients), the batched AdamW
@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import v3_fast_kernels as kernels
 import v3_fast_train as fast
 from v3_common import CheckpointError, ConfigError
 from v3_data_processor import FeatureConfig, prepare_dataset
@@ -89,23 +90,23 @@ def test_grouped_model_matches_separate_models_forward_and_gradients(cfg):
     torch.manual_seed(0)
     M, B, T = 3, 4, 7
     models = [V3LSTMModel(cfg).double() for _ in range(M)]
-    layout = fast.block_layout(cfg)
-    p = fast.pack_states([m.state_dict() for m in models], layout, device="cpu", dtype=torch.float64)
+    layout = kernels.block_layout(cfg)
+    p = kernels.pack_states([m.state_dict() for m in models], layout, device="cpu", dtype=torch.float64)
     for t in p.values():
         t.requires_grad_(True)
     x = torch.randn(M, B, T, cfg.input_size, dtype=torch.float64)    # (M, B, T, K)
     y = torch.randn(M, B, dtype=torch.float64)
     ref = torch.stack([m(x[i]) for i, m in enumerate(models)])
-    out = fast.grouped_forward(p, x.transpose(1, 2).contiguous(), cfg, train=True)
+    out = kernels.grouped_forward(p, x.transpose(1, 2).contiguous(), cfg, train=True)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     ((ref - y) ** 2).sum().backward()
     ((out - y) ** 2).sum().backward()
     for i, m in enumerate(models):
-        grads = fast.unpack_state({b: t.grad for b, t in p.items()}, layout, i)
+        grads = kernels.unpack_state({b: t.grad for b, t in p.items()}, layout, i)
         for name, param in m.named_parameters():
             torch.testing.assert_close(grads[name], param.grad, rtol=0, atol=1e-12, msg=name)
     # state_dict round trip: model i of the blocks is exactly V3LSTMModel i
-    back = fast.unpack_state({b: t.detach() for b, t in p.items()}, layout, 1)
+    back = kernels.unpack_state({b: t.detach() for b, t in p.items()}, layout, 1)
     assert {k: v.shape for k, v in back.items()} == {k: v.shape for k, v in models[1].state_dict().items()}
     assert all(torch.equal(back[k], v) for k, v in models[1].state_dict().items())
 
@@ -114,10 +115,10 @@ def test_reference_cell_backward_is_the_gradient_of_its_forward():
     torch.manual_seed(1)
     gi, gh = (torch.randn(5, 12, dtype=torch.float64, requires_grad=True) for _ in range(2))
     c = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
-    h2, c2, ws = fast._cell_reference(gi, gh, c)
+    h2, c2, ws = kernels._cell_reference(gi, gh, c)
     dh, dc = torch.randn_like(h2), torch.randn_like(c2)
     d_gi, d_c = torch.autograd.grad((h2 * dh).sum() + (c2 * dc).sum(), (gi, c))
-    dgates, dc_prev = fast._cell_reference_backward(dh, dc, c.detach(), c2.detach(), ws.detach())
+    dgates, dc_prev = kernels._cell_reference_backward(dh, dc, c.detach(), c2.detach(), ws.detach())
     torch.testing.assert_close(dgates, d_gi, rtol=0, atol=1e-12)
     torch.testing.assert_close(dc_prev, d_c, rtol=0, atol=1e-12)
 
@@ -128,12 +129,12 @@ def test_learning_rate_is_the_schedulers_at_every_fractional_epoch(t_mult):
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=3, T_mult=t_mult,
                                                                  eta_min=1e-6)
     n = 7  # batches per epoch
-    assert fast.cosine_warm_restarts_lr(0.0, base_lr=1e-3, t0=3, t_mult=t_mult, eta_min=1e-6) \
+    assert kernels.cosine_warm_restarts_lr(0.0, base_lr=1e-3, t0=3, t_mult=t_mult, eta_min=1e-6) \
         == opt.param_groups[0]["lr"]
     for ep in range(12):
         for i in range(n):
             sched.step(ep + (i + 1) / n)
-            assert fast.cosine_warm_restarts_lr(ep + (i + 1) / n, base_lr=1e-3, t0=3, t_mult=t_mult,
+            assert kernels.cosine_warm_restarts_lr(ep + (i + 1) / n, base_lr=1e-3, t0=3, t_mult=t_mult,
                                                 eta_min=1e-6) == opt.param_groups[0]["lr"]
 
 
@@ -152,7 +153,7 @@ def test_grouped_adamw_is_torch_adamw_with_clipping_per_model():
         grads = [torch.randn_like(p) * (5.0 if it % 2 else 0.1) for p in params]  # some get clipped
         do = torch.tensor([1.0, float(it == 3), 1.0], dtype=torch.float64)   # model 1 waits
         before = [p[1].clone() for p in params], [a[1].clone() for a in m1]
-        fast.grouped_adamw_(params, grads, m1, m2, steps, lr, do, weight_decay=0.1, max_norm=1.0)
+        kernels.grouped_adamw_(params, grads, m1, m2, steps, lr, do, weight_decay=0.1, max_norm=1.0)
         for m in range(M):
             if do[m] == 0:
                 assert all(torch.equal(p[1], b) for p, b in zip(params, before[0]))
@@ -515,16 +516,16 @@ def test_benchmark_writes_to_OUT_or_an_ignored_folder_never_into_bench(tmp_path,
 @needs_cuda
 def test_cuda_fused_cell_matches_the_reference():
     dev = torch.device("cuda")
-    assert fast.pick_cell(dev) == "fused"
+    assert kernels.pick_cell(dev) == "fused"
     torch.manual_seed(3)
     gi, gh = (torch.randn(64, 32, device=dev) for _ in range(2))
     c, dh, dc = (torch.randn(64, 8, device=dev) for _ in range(3))
-    ref, fus = fast._cell_reference(gi, gh, c), fast._cell_fused(gi, gh, c)
+    ref, fus = kernels._cell_reference(gi, gh, c), kernels._cell_fused(gi, gh, c)
     for a, b in zip(ref, fus):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     for d in (dc, None):
-        for a, b in zip(fast._cell_reference_backward(dh, d, c, ref[1], ref[2]),
-                        fast._cell_fused_backward(dh, d, c, fus[1], fus[2])):
+        for a, b in zip(kernels._cell_reference_backward(dh, d, c, ref[1], ref[2]),
+                        kernels._cell_fused_backward(dh, d, c, fus[1], fus[2])):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
