@@ -1,1 +1,89 @@
-from v3_trainer import train_jobs  # noqa: F401  MERGE-TEMP: helper A writes this module
+"""Step 4's entry point: train a list of pairs with the engine that fits the device.
+
+The one place that knows the engines: `resolve_engine` picks the plain per-model loop
+(v3_trainer.train_model, one model after another) or the fast engine (v3_fast_train: the
+models of a group trained together, CUDA graphs on a GPU), and `train_jobs` runs it, with
+the fast engine's failed groups handed to the plain loop. It also sets torch's CPU thread
+count once per training (v3_trainer.resolve_threads). The pipeline (v3_colab_training) and
+bench/bench_gpu_training.py call `train_jobs`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from v3_common import V3Error, log
+from v3_fast_train import train_jobs_fast
+from v3_trainer import (TrainConfig, TrainJob, TrainOutcome, apply_threads, check_train_config,
+                        resolve_device, train_model)
+
+
+def resolve_engine(cfg: TrainConfig, device: torch.device) -> str:
+    """'fast' or 'plain'. 'auto' is the fast engine (v3_fast_train: models trained together,
+    CUDA graphs) on a GPU, where a step is launch-bound, and the plain per-model loop on the
+    CPU, so CPU results stay exactly as they were. Mixed precision (amp fp16/bf16) needs the
+    plain loop."""
+    if cfg.engine != "auto":
+        return cfg.engine
+    if device.type != "cuda":
+        return "plain"
+    if cfg.amp in ("fp16", "bf16"):
+        log.info("engine auto: amp=%r asked for, so the plain loop (the fast engine is fp32)",
+                 cfg.amp)
+        return "plain"
+    return "fast"
+
+
+def train_jobs(jobs: list[TrainJob], cfg: TrainConfig, *, show_progress: bool = True,
+               on_done: Callable[[TrainJob, TrainOutcome], object] | None = None,
+               on_error: Callable[[TrainJob, Exception], object] | None = None) -> dict:
+    """Train every job; `on_done(job, outcome)` as each finishes. One failing job (a V3Error
+    from training or from `on_done`) goes to `on_error` and the others go on.
+    Returns {job.key: outcome} for the jobs that finished.
+
+    `cfg.engine` picks how (see resolve_engine): 'plain' trains one model after another with
+    train_model; 'fast' trains them together (v3_fast_train), and is the default on a GPU.
+    On the CPU, torch's thread count is set once, to resolve_threads(cfg.threads)."""
+    if not jobs:
+        return {}
+    try:
+        check_train_config(cfg)
+        device = resolve_device(cfg.device)
+        apply_threads(cfg.threads, device)
+    except V3Error as e:  # the same error for every job, as train_model would raise it
+        if on_error is None:
+            raise
+        for job in jobs:
+            on_error(job, e)
+        return {}
+    engine = resolve_engine(cfg, device)
+    log.info("training engine: %s (%s)", engine, "engine=auto" if cfg.engine == "auto"
+             else f"engine={cfg.engine!r}")
+
+    def plain(js: list[TrainJob]) -> dict:
+        return _train_jobs_plain(js, cfg, show_progress=show_progress, on_done=on_done,
+                                 on_error=on_error)
+
+    if engine == "fast":
+        return train_jobs_fast(jobs, cfg, device=device, show_progress=show_progress,
+                               on_done=on_done, on_error=on_error, fallback=plain)
+    return plain(jobs)
+
+
+def _train_jobs_plain(jobs: list[TrainJob], cfg: TrainConfig, *, show_progress: bool,
+                      on_done, on_error) -> dict:
+    out = {}
+    for job in jobs:
+        try:
+            outcome = train_model(job.data, job.model_config, cfg, resume=job.resume,
+                                  desc=job.desc, show_progress=show_progress,
+                                  checkpoint_fn=job.checkpoint_fn)
+            if on_done:
+                on_done(job, outcome)
+            out[job.key] = outcome
+        except V3Error as e:
+            if on_error is None:
+                raise
+            on_error(job, e)
+    return out

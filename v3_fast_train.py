@@ -3,11 +3,10 @@
 Why. The guide's model is tiny (batch 32 x window 60, hidden 128), so on a GPU one training
 step is a few thousand small kernels and the time goes to launching them, not to arithmetic
 (REFERENCE.md section 4: 8.0 ms per step eager, 2.7 ms replayed from a CUDA graph).
-`torch.vmap` cannot batch `nn.LSTM`, and one cuDNN call cannot serve models with different
-weights. So this module writes the same model once more with every weight stacked along a
-leading model axis (M, ...), and the LSTM recurrence as batched matrix products over all M
-models and both directions at once: each kernel then serves every model of the group, and
-on CUDA the whole training step (forward, backward, clipping, AdamW) is captured once in a
+So v3_fast_kernels writes the model once more with every weight stacked along a leading
+model axis (M, ...), the LSTM recurrence as batched matrix products over all M models and
+both directions at once, and this module runs the jobs on it: each kernel serves every model
+of a group, and on CUDA the whole training step (forward, backward, clipping, AdamW) is captured once in a
 CUDA graph and replayed for every batch. Nothing in the hot loop reads a value back to the
 host; the losses of an epoch are read once, after its validation pass.
 
@@ -35,7 +34,6 @@ by epoch, on CPU; on a GPU with TF32 off).
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -43,13 +41,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from v3_common import ConfigError, V3Error, log, progress
+from v3_fast_kernels import (block_layout, cosine_warm_restarts_lr, grouped_adamw_,
+                             grouped_forward, pack_states, pick_cell, unpack_state)
 from v3_lstm_model import ModelConfig, V3LSTMModel
+from v3_trainer import RESUME_FORMAT, TrainConfig, TrainJob, TrainOutcome
 
-ADAM_BETAS = (0.9, 0.999)     # torch.optim.AdamW's defaults, which the plain loop uses
-ADAM_EPS = 1e-8
 REPACK_IDLE_FRACTION = 0.25   # re-pack a group once this share of its slots has finished
 MAX_GROUP_MODELS = 64         # models per group at most (more are split into several groups)
 EVAL_ROWS = 4096              # validation windows per chunk, over all models of a group
@@ -62,283 +60,13 @@ TF32_MATMUL = True
 
 
 # ---------------------------------------------------------------------------------------
-# The LSTM cell: one time step for N rows at once (N = models x directions x batch).
-# Gates are in PyTorch's order i, f, g, o. The workspace (the activated gates) is what the
-# backward needs. On CUDA, ATen's fused cell (one kernel each way, the one nn.LSTMCell uses)
-# replaces the reference after a self-check; on CPU the reference runs.
-
-
-def _cell_reference(gi: torch.Tensor, gh: torch.Tensor, c: torch.Tensor):
-    i, f, g, o = (gi + gh).chunk(4, 1)                      # each (N, H)
-    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-    c_new = f * c + i * g
-    return o * torch.tanh(c_new), c_new, torch.cat([i, f, g, o], 1)
-
-
-def _cell_reference_backward(dh: torch.Tensor, dc: torch.Tensor | None, c_prev: torch.Tensor,
-                             c: torch.Tensor, ws: torch.Tensor):
-    """Gradients w.r.t. the gate pre-activations (N, 4H) and the previous cell state (N, H)."""
-    i, f, g, o = ws.chunk(4, 1)
-    tc = torch.tanh(c)
-    dcc = dh * o * (1 - tc * tc)
-    if dc is not None:
-        dcc = dcc + dc
-    dgates = torch.cat([dcc * g * i * (1 - i), dcc * c_prev * f * (1 - f),
-                        dcc * i * (1 - g * g), dh * tc * o * (1 - o)], 1)
-    return dgates, dcc * f
-
-
-def _cell_fused(gi, gh, c):
-    return torch.ops.aten._thnn_fused_lstm_cell(gi, gh, c)
-
-
-def _cell_fused_backward(dh, dc, c_prev, c, ws):
-    dgates, dc_prev, _ = torch.ops.aten._thnn_fused_lstm_cell_backward_impl(dh, dc, c_prev, c, ws,
-                                                                            False)
-    return dgates, dc_prev
-
-
-CELLS = {"reference": (_cell_reference, _cell_reference_backward),
-         "fused": (_cell_fused, _cell_fused_backward)}
-_cell_choice: dict[str, str] = {}
-
-
-def pick_cell(device: torch.device) -> str:
-    """'fused' on CUDA when ATen's fused cell matches the reference on a small random case
-    (forward and backward), else 'reference'. Checked once per device."""
-    key = str(device)
-    if key in _cell_choice:
-        return _cell_choice[key]
-    choice = "reference"
-    if device.type == "cuda":
-        try:
-            gen = torch.Generator(device="cpu").manual_seed(0)
-            gi, gh, dg = (torch.randn(6, 16, generator=gen).to(device) for _ in range(3))
-            c, dh, dc = (torch.randn(6, 4, generator=gen).to(device) for _ in range(3))
-            ref = _cell_reference(gi, gh, c)
-            fus = _cell_fused(gi, gh, c)
-            ok = all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ref, fus))
-            for d in (dc, None):
-                rb = _cell_reference_backward(dh, d, c, ref[1], ref[2])
-                fb = _cell_fused_backward(dh, d, c, fus[1], fus[2])
-                ok = ok and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(rb, fb))
-            choice = "fused" if ok else "reference"
-            if not ok:
-                log.warning("fast engine: ATen's fused LSTM cell disagrees with the reference "
-                            "on %s; using the reference cell (slower, same results)", device)
-        except Exception as e:  # an op missing from this build: the reference always works
-            log.warning("fast engine: fused LSTM cell unavailable on %s (%s); using the "
-                        "reference cell", device, type(e).__name__)
-    _cell_choice[key] = choice
-    return choice
-
-
-# ---------------------------------------------------------------------------------------
-# One LSTM layer for D independent LSTMs (D = models x directions), each running forward in
-# time over its own input. The reverse direction is given its input already reversed in time.
-
-
-def _lstm_layer(x, w_ih, w_hh, b_ih, b_hh, cell: str, keep: bool):
-    """x (D, T, B, I) -> h (D, T, B, H); with keep, also what the backward needs."""
-    D, T, B, I = x.shape
-    H = w_hh.shape[-1]
-    step = CELLS[cell][0]
-    gx = torch.baddbmm((b_ih + b_hh).unsqueeze(1), x.reshape(D, T * B, I),
-                       w_ih.transpose(1, 2))                               # (D, T*B, 4H)
-    gx = gx.view(D, T, B, 4 * H).transpose(0, 1).contiguous()              # (T, D, B, 4H)
-    w_hh_t = w_hh.transpose(1, 2)                                          # (D, H, 4H)
-    h = x.new_zeros(D, B, H)
-    c = x.new_zeros(D * B, H)
-    hs, cs, wss = [], [c], []
-    for t in range(T):
-        hy, c, ws = step(gx[t].view(D * B, 4 * H), torch.bmm(h, w_hh_t).view(D * B, 4 * H), c)
-        h = hy.view(D, B, H)
-        hs.append(h)
-        if keep:
-            cs.append(c)
-            wss.append(ws)
-    return torch.stack(hs, 1), cs, wss                                     # (D, T, B, H)
-
-
-class _GroupedLSTMLayer(torch.autograd.Function):
-    """The layer above with a hand-written backward: two kernels per time step each way
-    (a batched matmul and the cell), and the weight gradients as one matmul per layer."""
-
-    @staticmethod
-    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, cell):
-        out, cs, wss = _lstm_layer(x, w_ih, w_hh, b_ih, b_hh, cell, keep=True)
-        ctx.cell, ctx.cs, ctx.wss = cell, cs, wss
-        ctx.save_for_backward(x, w_ih, w_hh, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        x, w_ih, w_hh, out = ctx.saved_tensors
-        cs, wss, cell_backward = ctx.cs, ctx.wss, CELLS[ctx.cell][1]
-        D, T, B, H = out.shape
-        I = x.shape[-1]
-        dgs = [None] * T
-        dh_rec, dc = None, None
-        for t in range(T - 1, -1, -1):
-            dh = dout[:, t] if dh_rec is None else dout[:, t] + dh_rec     # (D, B, H)
-            dg, dc = cell_backward(dh.reshape(D * B, H), dc, cs[t], cs[t + 1], wss[t])
-            dgs[t] = dg.view(D, B, 4 * H)
-            if t > 0:
-                dh_rec = torch.bmm(dgs[t], w_hh)                           # (D, B, H)
-        dG = torch.stack(dgs, 1)                                           # (D, T, B, 4H)
-        dG2 = dG.view(D, T * B, 4 * H)
-        dx = torch.bmm(dG2, w_ih).view(D, T, B, I)
-        dw_ih = torch.bmm(dG2.transpose(1, 2), x.reshape(D, T * B, I))
-        if T > 1:
-            dw_hh = torch.bmm(dG[:, 1:].reshape(D, (T - 1) * B, 4 * H).transpose(1, 2),
-                              out[:, :-1].reshape(D, (T - 1) * B, H))
-        else:
-            dw_hh = torch.zeros_like(w_hh)
-        db = dG2.sum(1)
-        ctx.cs = ctx.wss = None
-        return dx, dw_ih, dw_hh, db, db, None
-
-
-# ---------------------------------------------------------------------------------------
-# The grouped model: V3LSTMModel's forward for M models at once. Weights live in "blocks",
-# one per V3LSTMModel parameter, stacked along a leading model axis; an LSTM block holds both
-# directions, (M, directions, ...), so that (M * directions) LSTMs are one batch.
-
-
-def block_layout(cfg: ModelConfig) -> dict[str, list[str]]:
-    """Block name -> the V3LSTMModel parameter names it stacks (in named_parameters order)."""
-    out: dict[str, list[str]] = {}
-    for name, _ in V3LSTMModel(cfg).named_parameters():
-        base = name[:-len("_reverse")] if name.endswith("_reverse") else name
-        out.setdefault(base, []).append(name)
-    return out
-
-
-def pack_states(states: list[dict], layout: dict[str, list[str]], *, device, dtype) -> dict:
-    """M state_dicts -> {block: (M, ...) tensor}."""
-    blocks = {}
-    for block, names in layout.items():
-        if block.startswith("lstm."):
-            rows = [torch.stack([sd[n] for n in names], 0) for sd in states]
-        else:
-            rows = [sd[names[0]] for sd in states]
-        blocks[block] = torch.stack(rows, 0).to(device=device, dtype=dtype).contiguous()
-    return blocks
-
-
-def unpack_state(blocks: dict, layout: dict[str, list[str]], m: int) -> dict:
-    """Model m of the blocks -> a V3LSTMModel state_dict (tensors on the blocks' device)."""
-    sd = {}
-    for block, names in layout.items():
-        t = blocks[block][m]
-        if block.startswith("lstm."):
-            for d, n in enumerate(names):
-                sd[n] = t[d].clone()
-        else:
-            sd[names[0]] = t.clone()
-    return sd
-
-
-def grouped_forward(p: dict, x: torch.Tensor, cfg: ModelConfig, *, train: bool,
-                    cell: str = "reference") -> torch.Tensor:
-    """x (M, T, B, K) -> predictions (M, B): model m of the group reads x[m].
-    Same computation as V3LSTMModel.forward, per model; dropout only when `train`."""
-    M, T, B, K = x.shape
-    nd, H = (2 if cfg.bidirectional else 1), cfg.hidden_size
-    y = F.layer_norm(x, (K,)) * p["input_norm.weight"].view(M, 1, 1, K) \
-        + p["input_norm.bias"].view(M, 1, 1, K)                            # (M, T, B, K)
-    for k in range(cfg.num_layers):
-        xs = torch.stack([y, y.flip(1)], 1) if nd == 2 else y.unsqueeze(1)  # (M, nd, T, B, I)
-        I = xs.shape[-1]
-        args = (xs.view(M * nd, T, B, I), p[f"lstm.weight_ih_l{k}"].view(M * nd, 4 * H, I),
-                p[f"lstm.weight_hh_l{k}"].view(M * nd, 4 * H, H),
-                p[f"lstm.bias_ih_l{k}"].view(M * nd, 4 * H),
-                p[f"lstm.bias_hh_l{k}"].view(M * nd, 4 * H), cell)
-        if torch.is_grad_enabled():
-            out = _GroupedLSTMLayer.apply(*args)
-        else:
-            out = _lstm_layer(*args, keep=False)[0]
-        out = out.view(M, nd, T, B, H)
-        y = out[:, 0] if nd == 1 else torch.cat([out[:, 0], out[:, 1].flip(1)], -1)  # (M,T,B,nd*H)
-        if train and cfg.dropout > 0 and k < cfg.num_layers - 1:
-            y = F.dropout(y, cfg.dropout, True)
-    D = nd * H
-    if cfg.use_attention:
-        u = torch.tanh(torch.baddbmm(p["attention.proj.bias"].unsqueeze(1), y.reshape(M, T * B, D),
-                                     p["attention.proj.weight"].transpose(1, 2)))  # (M, T*B, D)
-        scores = torch.bmm(u, p["attention.score.weight"].transpose(1, 2)).view(M, T, B)
-        weights = torch.softmax(scores, dim=1)                              # over time
-        context = (weights.unsqueeze(-1) * y).sum(1)                        # (M, B, D)
-    else:
-        context = y[:, -1]
-    z = torch.baddbmm(p["head.0.bias"].unsqueeze(1), context, p["head.0.weight"].transpose(1, 2))
-    Hh = z.shape[-1]
-    z = F.layer_norm(z, (Hh,)) * p["head.1.weight"].view(M, 1, Hh) + p["head.1.bias"].view(M, 1, Hh)
-    z = F.gelu(z)
-    if train and cfg.dropout > 0:
-        z = F.dropout(z, cfg.dropout, True)
-    out = torch.baddbmm(p["head.4.bias"].unsqueeze(1), z, p["head.4.weight"].transpose(1, 2))
-    return out.squeeze(-1)                                                  # (M, B)
-
-
-# ---------------------------------------------------------------------------------------
-# Per-model learning rate and optimizer.
-
-
-def cosine_warm_restarts_lr(epoch: float, *, base_lr: float, t0: int, t_mult: int,
-                            eta_min: float) -> float:
-    """The learning rate CosineAnnealingWarmRestarts sets after `step(epoch)` (same formula,
-    same floating-point steps), as a pure function of the fractional epoch."""
-    if epoch >= t0:
-        if t_mult == 1:
-            t_cur, t_i = epoch % t0, t0
-        else:
-            n = int(math.log((epoch / t0 * (t_mult - 1) + 1), t_mult))
-            t_cur = epoch - t0 * (t_mult ** n - 1) / (t_mult - 1)
-            t_i = t0 * t_mult ** n
-    else:
-        t_cur, t_i = epoch, t0
-    return eta_min + (base_lr - eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
-
-
-@torch.no_grad()
-def grouped_adamw_(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list,
-                   steps: torch.Tensor, lr: torch.Tensor, do_step: torch.Tensor, *,
-                   weight_decay: float, max_norm: float) -> None:
-    """One AdamW step for M models at once, after clipping each model's gradient to
-    `max_norm` (as nn.utils.clip_grad_norm_). Each model has its own learning rate `lr` (M,)
-    and step count `steps` (M,); a model with do_step == 0 is left exactly as it is."""
-    M = lr.shape[0]
-    b1, b2 = ADAM_BETAS
-    g2d = [g.reshape(M, -1) for g in grads]
-    norm = torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(g, dim=1) for g in g2d], 1), dim=1)  # (M,)
-    dt = params[0].dtype
-    clip = (max_norm / (norm + 1e-6)).clamp(max=1.0).to(dt).unsqueeze(1)
-    steps.add_(do_step)
-    t = steps.clamp(min=1)
-    col = lambda v: v.to(dt).unsqueeze(1)  # noqa: E731  (M,) float64 -> (M, 1) in the weights' dtype
-    decay = col(1 - lr * weight_decay * do_step)
-    w1, w2 = col((1 - b1) * do_step), col((1 - b2) * do_step)
-    bc2_sqrt = col((1 - b2 ** t).sqrt())
-    neg_step = col(-(lr / (1 - b1 ** t)) * do_step)
-    for p, g, m, v in zip(params, g2d, exp_avgs, exp_avg_sqs):
-        p, m, v = p.view(M, -1), m.view(M, -1), v.view(M, -1)
-        g = g * clip
-        p.mul_(decay)
-        m.lerp_(g, w1)
-        v.lerp_(g * g, w2)
-        p.addcmul_(m / (v.sqrt() / bc2_sqrt + ADAM_EPS), neg_step)
-
-
-# ---------------------------------------------------------------------------------------
 # The engine.
 
 
 @dataclass
 class _Slot:
     """One job's place in a group, and its early-stopping bookkeeping (as train_model's)."""
-    job: object
+    job: TrainJob
     n_train: int
     n_batches: int
     n_val: int
@@ -351,6 +79,7 @@ class _Slot:
     stopped_early: bool = False
     history: list = field(default_factory=list)
     finished: bool = False
+    seconds_before: float = 0.0     # training time of the runs this one resumes
 
 
 def _initial_state(job, cfg, cache: dict) -> dict:
@@ -360,6 +89,41 @@ def _initial_state(job, cfg, cache: dict) -> dict:
         torch.manual_seed(cfg.seed)
         cache[key] = {k: v.detach().clone() for k, v in V3LSTMModel(job.model_config).state_dict().items()}
     return cache[key]
+
+
+def _recover_from_failed_capture(device: torch.device, side, graph, label: str) -> None:
+    """Put torch's CUDA state back after a failed capture, so eager steps (the fast engine's
+    and the plain loop's) work again.
+
+    When the capture is invalidated (a host sync, an op that cannot be captured), torch's
+    CUDAGraph.capture_end raises at cudaStreamEndCapture, before it (1) tells the caching
+    allocator to stop routing the capture's allocations to the graph's private pool and (2)
+    takes the random generators out of capture mode. (2) is what breaks: every capture
+    registers the device's default CUDA generator (whatever generator the captured ops
+    use), and until a capture ends it raises "Offset increment outside graph capture
+    encountered unexpectedly" at the next eager dropout. One trivial capture on the same
+    stream that succeeds runs the generator's capture prologue and epilogue again and leaves
+    it as it was before; (1) is undone directly, where this torch build offers it."""
+    torch.cuda.synchronize(device)   # a warm-up step may still run on the side stream
+    if graph is not None:
+        try:  # the allocator's entry for the failed capture (a private torch API: best effort)
+            torch._C._cuda_endAllocateToPool(device.index if device.index is not None
+                                             else torch.cuda.current_device(), graph.pool())
+        except Exception:  # noqa: BLE001  (already ended, or capture never began)
+            pass
+    try:
+        probe = torch.zeros(1, device=device)
+        stream = side if side is not None else torch.cuda.Stream(device)
+        with torch.cuda.stream(stream):
+            reset = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(reset, stream=stream):
+                probe.add_(1)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        del reset
+    except Exception as e:  # noqa: BLE001  (captures do not work here at all)
+        log.warning("%s: could not reset the CUDA generator after the failed capture (%s: %s); "
+                    "dropout on this device may fail", label, type(e).__name__, str(e)[:200])
+    torch.cuda.synchronize(device)
 
 
 class _Group:
@@ -392,6 +156,7 @@ class _Group:
                 slot.history = list(r.get("history", []))
                 slot.bad = 0 if r.get("stopped_early") else int(r.get("bad_epochs", 0))
                 slot.has_best = r.get("best_state") is not None
+                slot.seconds_before = float(r.get("train_seconds", 0.0))
                 best_states.append(r["best_state"] if slot.has_best else r["model_state"])
             else:
                 states.append(_initial_state(job, cfg, init_cache))
@@ -509,8 +274,10 @@ class _Group:
         Warm-up and capture run on one side stream made on this group's device, given to
         torch.cuda.graph explicitly: its default capture stream is made once, on whichever
         device was current then. The outer stream context puts the caller's stream back even
-        when capture_end raises (torch.cuda.graph then skips restoring it)."""
+        when capture_end raises (torch.cuda.graph then skips restoring it). A failed capture
+        also leaves torch's CUDA state half-way: see _recover_from_failed_capture."""
         self._pad_tables()
+        side, graph = None, None
         try:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
@@ -528,8 +295,8 @@ class _Group:
             self.graph, self.use_graph = None, False
             log.warning("%s: CUDA graph capture failed (%s: %s); running the fast engine "
                         "eagerly", self.label, type(e).__name__, str(e)[:200])
-            if self.device.type == "cuda":  # a warm-up step may still run on the side stream
-                torch.cuda.synchronize(self.device)
+            if self.device.type == "cuda":
+                _recover_from_failed_capture(self.device, side, graph, self.label)
         self.sse.zero_()
         self.step_i.zero_()
         for a in self.acc:
@@ -679,7 +446,6 @@ class _Group:
 
     def resume_state(self, m: int, cpu: dict) -> dict:
         """Slot m's training state in train_model's resume format (RESUME_FORMAT)."""
-        from v3_trainer import RESUME_FORMAT
         c, s, r = self.cfg, self.slots[m], cpu["row"][m]
         model_state = unpack_state(cpu["params"], self.layout, r)
         model = V3LSTMModel(self.model_cfg)
@@ -704,16 +470,16 @@ class _Group:
                 "scaler_state": {}, "epoch": s.epoch, "best_val_loss": s.best_val,
                 "best_epoch": s.best_epoch, "best_state": best, "bad_epochs": s.bad,
                 "stopped_early": s.stopped_early, "history": list(s.history),
-                "epochs_requested": c.epochs, "train_config": c.to_dict()}
+                "epochs_requested": c.epochs, "train_config": c.to_dict(),
+                "train_seconds": s.seconds_before + time.monotonic() - self.t_start}
 
-    def outcome(self, m: int, cpu: dict):
-        from v3_trainer import TrainOutcome
+    def outcome(self, m: int, cpu: dict) -> TrainOutcome:
         s = self.slots[m]
         state = self.resume_state(m, cpu)
         return TrainOutcome(best_state=state["best_state"], best_val_loss=s.best_val,
                             best_epoch=s.best_epoch, epochs_done=s.epoch,
                             stopped_early=s.stopped_early, history=list(s.history),
-                            resume_state=state, seconds=time.monotonic() - self.t_start,
+                            resume_state=state, seconds=state["train_seconds"],
                             engine="fast-graph" if self.graph is not None else "fast-eager")
 
 
@@ -737,17 +503,20 @@ def _group_jobs(jobs: list, cfg, device: torch.device) -> list[list]:
     return [g[i:i + size] for g in by_key.values() for i in range(0, len(g), size)]
 
 
-def train_jobs_fast(jobs: list, cfg, *, device: torch.device, show_progress: bool = True,
-                    on_done: Callable | None = None, on_error: Callable | None = None,
-                    fallback: Callable[[list], dict] | None = None) -> dict:
-    """Train `jobs` (v3_trainer.TrainJob) in groups; same contract as v3_trainer.train_jobs:
+def train_jobs_fast(jobs: list[TrainJob], cfg: TrainConfig, *, device: torch.device,
+                    show_progress: bool = True, on_done: Callable | None = None, on_error: Callable | None = None,
+                    fallback: Callable[[list], dict] | None = None,
+                    on_epoch: Callable[[int, int], object] | None = None) -> dict:
+    """Train `jobs` in groups; same contract as v3_engine.train_jobs (which calls this):
     `on_done(job, outcome)` as each model finishes, a V3Error from one job goes to
     `on_error` and the others go on. Returns {job.key: outcome} for the jobs that finished.
 
     If a group fails inside torch (a RuntimeError such as CUDA out of memory), its
     unfinished jobs go to `fallback(jobs)` (the plain loop), with a warning saying why. A
     RuntimeError from on_done, on_error or a checkpoint_fn is not such a failure: it reaches
-    the caller, as it does from the plain loop."""
+    the caller, as it does from the plain loop. `on_epoch(epoch, training)` after each epoch
+    of a group: the epoch its slowest model has finished, and how many are still training
+    (bench/bench_gpu_training.py prints its progress with it)."""
     out: dict = {}
     ok = []
     for job in jobs:  # a pair whose data does not fit its model fails alone, before any work
@@ -779,7 +548,8 @@ def train_jobs_fast(jobs: list, cfg, *, device: torch.device, show_progress: boo
         with on_device:
             left = _train_groups(groups, cfg, device, use_graph=use_graph,
                                  show_progress=show_progress, on_done=on_done,
-                                 on_error=on_error, out=out, can_fall_back=fallback is not None)
+                                 on_error=on_error, out=out, can_fall_back=fallback is not None,
+                                 on_epoch=on_epoch)
     finally:
         torch.set_float32_matmul_precision(precision)
     if left:
@@ -788,7 +558,7 @@ def train_jobs_fast(jobs: list, cfg, *, device: torch.device, show_progress: boo
 
 
 def _train_groups(groups, cfg, device, *, use_graph, show_progress, on_done, on_error, out,
-                  can_fall_back: bool) -> list:
+                  can_fall_back: bool, on_epoch=None) -> list:
     """Train each group; returns the jobs of failed groups that are left to train."""
     left_all = []
     for gi, group_jobs in enumerate(groups, 1):
@@ -797,7 +567,7 @@ def _train_groups(groups, cfg, device, *, use_graph, show_progress, on_done, on_
         try:
             group = _Group(group_jobs, cfg, device, use_graph=use_graph, label=label)
             _run_group(group, cfg, show_progress=show_progress, on_done=on_done,
-                       on_error=on_error, out=out)
+                       on_error=on_error, out=out, on_epoch=on_epoch)
         except V3Error as e:
             if group is not None or on_error is None:  # from on_done/on_error: not ours to catch
                 raise
@@ -828,7 +598,8 @@ def _callback(fn: Callable, *args):
         raise
 
 
-def _run_group(group: _Group, cfg, *, show_progress: bool, on_done, on_error, out: dict) -> None:
+def _run_group(group: _Group, cfg, *, show_progress: bool, on_done, on_error, out: dict,
+               on_epoch=None) -> None:
     last_save = time.monotonic()
     save_every_s = cfg.checkpoint_every_s
     first = min(s.epoch for s in group.slots)
@@ -868,6 +639,8 @@ def _run_group(group: _Group, cfg, *, show_progress: bool, on_done, on_error, ou
             bar.update(min((s.epoch for s in live), default=cfg.epochs) - before)
             vals = [s.history[-1]["val_loss"] for s in group.slots if s.history]
             bar.set_postfix(training=len(live), val=f"{np.mean(vals):.4f}" if vals else "-")
+            if on_epoch:
+                _callback(on_epoch, min((s.epoch for s in live), default=cfg.epochs), len(live))
             if live and time.monotonic() - last_save >= save_every_s:
                 t_save = time.monotonic()
                 ms = [m for m, s in enumerate(group.slots) if not s.finished and s.job.checkpoint_fn]

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 
+from v3_common import ConfigError
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -30,6 +32,16 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> "ModelConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """Raise ConfigError for a model that cannot be built, before any heavy work."""
+    if not (isinstance(cfg.hidden_size, int) and cfg.hidden_size >= 1
+            and isinstance(cfg.num_layers, int) and cfg.num_layers >= 1
+            and isinstance(cfg.dropout, (int, float)) and 0 <= cfg.dropout < 1):
+        raise ConfigError(f"model hidden_size={cfg.hidden_size!r}, num_layers={cfg.num_layers!r}, "
+                          f"dropout={cfg.dropout!r}: need integers >= 1 and a dropout in [0, 1) "
+                          f"(the guide uses 128, 3 and 0.3).")
 
 
 class AdditiveAttention(nn.Module):
@@ -81,13 +93,3 @@ class V3LSTMModel(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def check_model_config(m: ModelConfig) -> None:  # MERGE-TEMP: helper A replaces this
-    from v3_common import ConfigError
-    if not (isinstance(m.hidden_size, int) and m.hidden_size >= 1
-            and isinstance(m.num_layers, int) and m.num_layers >= 1
-            and isinstance(m.dropout, (int, float)) and 0 <= m.dropout < 1):
-        raise ConfigError(f"model hidden_size={m.hidden_size!r}, num_layers={m.num_layers!r}, "
-                          f"dropout={m.dropout!r}: need integers >= 1 and a dropout in [0, 1) "
-                          f"(the guide uses 128, 3 and 0.3).")

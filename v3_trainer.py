@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from v3_common import CheckpointError, ConfigError, atomic_write_bytes, log, progress
-from v3_data_processor import FittedTransform, PreparedData
+from v3_data_processor import FEATURE_SET_VERSION, WARMUP_CANDLES, FittedTransform, PreparedData
 from v3_lstm_model import ModelConfig, V3LSTMModel
 
 CHECKPOINT_FORMAT = "v3-checkpoint-1"
@@ -52,6 +53,7 @@ class TrainConfig:
     engine: str = "auto"            # 'auto' (fast on CUDA, plain on CPU), 'fast', 'plain'
     eval_batch_size: int = 1024
     checkpoint_every_s: float = 30.0  # how often the resume state is written during training
+    threads: int | None = None      # torch CPU threads; None: V3_THREADS, else resolve_threads'
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,6 +82,10 @@ def check_train_config(cfg: TrainConfig) -> None:
     if cfg.engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got "
                           f"{cfg.engine!r} ('auto' picks the fast engine on a GPU).")
+    if cfg.threads is not None and (isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int)
+                                    or cfg.threads < 1):
+        raise ConfigError(f"threads must be an integer >= 1 or None (automatic), got "
+                          f"{cfg.threads!r} (--threads or V3_THREADS).")
     if cfg.engine == "fast" and cfg.amp in ("fp16", "bf16"):
         raise ConfigError(f"engine 'fast' trains in fp32, but amp={cfg.amp!r} was asked for. "
                           f"Use amp='auto' (fp32), or engine='plain' (--engine plain) for "
@@ -121,22 +127,54 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
 
 
 ENGINES = ("auto", "fast", "plain")
+THREADS_ENV = "V3_THREADS"
 
 
-def resolve_engine(cfg: TrainConfig, device: torch.device) -> str:
-    """'fast' or 'plain'. 'auto' is the fast engine (v3_fast_train: models trained together,
-    CUDA graphs) on a GPU, where a step is launch-bound, and the plain per-model loop on the
-    CPU, so CPU results stay exactly as they were. Mixed precision (amp fp16/bf16) needs the
-    plain loop."""
-    if cfg.engine != "auto":
-        return cfg.engine
-    if device.type != "cuda":
-        return "plain"
-    if cfg.amp in ("fp16", "bf16"):
-        log.info("engine auto: amp=%r asked for, so the plain loop (the fast engine is fp32)",
-                 cfg.amp)
-        return "plain"
-    return "fast"
+def default_threads(cores: int | None = None) -> int:
+    """Torch CPU threads when neither TrainConfig.threads nor V3_THREADS says: half the
+    cores, at least 1 and at most 4. Measured with bench/bench_threads.py (bench/README.md):
+    on 2 cores, 2 threads are 1.4x faster than 1 while the machine is idle, but 3x (demo
+    model) to 11x (guide's model) slower while other processes keep the cores busy, so a
+    2-core machine (Colab's CPU runtime) trains with 1."""
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return max(1, min(4, cores // 2))
+
+
+def resolve_threads(threads: int | None) -> int:
+    """The torch CPU thread count for training: `threads` when given, else the environment
+    variable V3_THREADS, else default_threads(). ConfigError for a bad V3_THREADS."""
+    if threads is not None:
+        return int(threads)
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ConfigError(f"{THREADS_ENV}={env!r} is not a thread count: set it to an "
+                              f"integer >= 1, or unset it for the automatic choice.")
+        return n
+    return default_threads()
+
+
+def apply_threads(threads: int | None, device: torch.device) -> int | None:
+    """On the CPU, torch.set_num_threads(resolve_threads(threads)) and log it; returns the
+    count (None on a GPU, where the CPU only launches kernels). The setting stays for the
+    process, so the evaluation after training runs with it too."""
+    if device.type != "cpu":
+        return None
+    n = resolve_threads(threads)
+    if threads is not None:
+        how = "TrainConfig.threads"
+    elif os.environ.get(THREADS_ENV, "").strip():
+        how = THREADS_ENV
+    else:
+        how = f"automatic for {os.cpu_count()} cores; --threads or {THREADS_ENV} to change"
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    log.info("torch CPU threads: %d (%s)", n, how)
+    return n
 
 
 @dataclass
@@ -148,7 +186,7 @@ class TrainOutcome:
     stopped_early: bool
     history: list = field(default_factory=list)  # one dict per epoch
     resume_state: dict = field(default_factory=dict)  # everything needed to continue
-    seconds: float = 0.0            # wall time of this run
+    seconds: float = 0.0            # training wall time, over this run and the ones it resumes
     engine: str = "plain"           # 'plain', 'fast-graph' (CUDA graphs) or 'fast-eager'
 
 
@@ -163,58 +201,6 @@ class TrainJob:
     resume: dict | None = None
     checkpoint_fn: Callable[[dict], None] | None = None
     desc: str = "train"
-
-
-def train_jobs(jobs: list[TrainJob], cfg: TrainConfig, *, show_progress: bool = True,
-               on_done: Callable[[TrainJob, TrainOutcome], object] | None = None,
-               on_error: Callable[[TrainJob, Exception], object] | None = None) -> dict:
-    """Train every job; `on_done(job, outcome)` as each finishes. One failing job (a V3Error
-    from training or from `on_done`) goes to `on_error` and the others go on.
-    Returns {job.key: outcome} for the jobs that finished.
-
-    `cfg.engine` picks how (see resolve_engine): 'plain' trains one model after another with
-    train_model; 'fast' trains them together (v3_fast_train), and is the default on a GPU."""
-    from v3_common import V3Error
-    if not jobs:
-        return {}
-    try:
-        check_train_config(cfg)
-        device = resolve_device(cfg.device)
-    except V3Error as e:  # the same error for every job, as train_model would raise it
-        if on_error is None:
-            raise
-        for job in jobs:
-            on_error(job, e)
-        return {}
-    engine = resolve_engine(cfg, device)
-    log.info("training engine: %s (%s)", engine, "engine=auto" if cfg.engine == "auto"
-             else f"engine={cfg.engine!r}")
-    plain = lambda js: _train_jobs_plain(js, cfg, show_progress=show_progress,  # noqa: E731
-                                         on_done=on_done, on_error=on_error)
-    if engine == "fast":
-        from v3_fast_train import train_jobs_fast
-        return train_jobs_fast(jobs, cfg, device=device, show_progress=show_progress,
-                               on_done=on_done, on_error=on_error, fallback=plain)
-    return plain(jobs)
-
-
-def _train_jobs_plain(jobs: list[TrainJob], cfg: TrainConfig, *, show_progress: bool,
-                      on_done, on_error) -> dict:
-    from v3_common import V3Error
-    out = {}
-    for job in jobs:
-        try:
-            outcome = train_model(job.data, job.model_config, cfg, resume=job.resume,
-                                  desc=job.desc, show_progress=show_progress,
-                                  checkpoint_fn=job.checkpoint_fn)
-            if on_done:
-                on_done(job, outcome)
-            out[job.key] = outcome
-        except V3Error as e:
-            if on_error is None:
-                raise
-            on_error(job, e)
-    return out
 
 
 def _batch_windows(features: torch.Tensor, ends: torch.Tensor, offsets: torch.Tensor):
@@ -246,6 +232,7 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
     start_epoch, best_val, best_epoch, bad, history = 0, float("inf"), 0, 0, []
+    seconds_before = 0.0                   # training time of the runs this one resumes
     best_state = None
     if resume:
         model.load_state_dict(resume["model_state"])
@@ -258,6 +245,7 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
         best_state = resume["best_state"]
         history = list(resume.get("history", []))
         bad = 0 if resume.get("stopped_early") else int(resume.get("bad_epochs", 0))
+        seconds_before = float(resume.get("train_seconds", 0.0))
     model.lstm.flatten_parameters()
 
     feats = torch.as_tensor(data.features, device=device)                 # (R, K)
@@ -282,7 +270,8 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
                 "epoch": epoch, "best_val_loss": best_val, "best_epoch": best_epoch,
                 "best_state": best_state if best_state is not None else _cpu_state(model),
                 "bad_epochs": bad, "stopped_early": stopped_early, "history": history,
-                "epochs_requested": cfg.epochs, "train_config": cfg.to_dict()}
+                "epochs_requested": cfg.epochs, "train_config": cfg.to_dict(),
+                "train_seconds": seconds_before + time.monotonic() - t_start}
 
     bar = progress(range(start_epoch, cfg.epochs), enabled=show_progress, desc=desc, unit="epoch",
                    total=cfg.epochs, initial=start_epoch)
@@ -341,7 +330,7 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
         checkpoint_fn(final)
     return TrainOutcome(best_state=final["best_state"], best_val_loss=best_val,
                         best_epoch=best_epoch, epochs_done=epoch, stopped_early=stopped_early,
-                        history=history, resume_state=final, seconds=time.monotonic() - t_start)
+                        history=history, resume_state=final, seconds=final["train_seconds"])
 
 
 @torch.no_grad()
@@ -353,6 +342,34 @@ def _mse(model, feats, ends, y, offsets, batch, autocast) -> float:
             p = model(_batch_windows(feats, ends[i:i + batch], offsets)).float()
         total += ((p - y[i:i + batch]) ** 2).sum()
     return float(total) / max(1, len(ends))
+
+
+class _ConstantForecast(nn.Module):
+    """A "model" that predicts the same standardised return for every window."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = float(value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0],), self.value, dtype=torch.float32, device=x.device)
+
+
+def mean_forecast_val_loss(data: PreparedData, *, eval_batch_size: int = 1024) -> float:
+    """The validation loss of always predicting the training split's mean target: the same
+    loss, samples and summation as the val_loss / best_val_loss the trainer reports, so a
+    model is better than that reference exactly when its loss is lower. (Targets are
+    standardised with the training returns, so the mean is ~0 and the reference is the
+    validation targets' mean square, which is not 1.0 when validation is calmer or wilder
+    than training.)"""
+    tr, va = data.split("train"), data.split("val")
+    mean = float(np.float32(np.mean(np.asarray(data.target[tr], np.float64))))
+    feats = torch.as_tensor(data.features)
+    ends = torch.as_tensor(data.ends[va])
+    y = torch.as_tensor(data.target[va])
+    offsets = torch.arange(-(data.seq_len - 1), 1)
+    return _mse(_ConstantForecast(mean), feats, ends, y, offsets, eval_batch_size,
+                contextlib.nullcontext)
 
 
 @torch.no_grad()
@@ -381,7 +398,6 @@ def _save(obj: dict, path: str | Path) -> None:
 def save_checkpoint(path: str | Path, *, model_state: dict, model_config: ModelConfig,
                     data: PreparedData, feature_config: dict, meta: dict) -> None:
     """The model file a user keeps: best weights + everything needed to predict."""
-    from v3_data_processor import FEATURE_SET_VERSION, WARMUP_CANDLES
     obj = {
         "format": CHECKPOINT_FORMAT,
         "model_state": model_state,
@@ -488,8 +504,3 @@ def load_model_file(path: str | Path) -> LoadedModel:
     """A saved model file, checked (weights_only=True, weights fit the config) and rebuilt.
     Raises CheckpointError for a missing, truncated or foreign file."""
     return LoadedModel.from_checkpoint(load_checkpoint(path), path=Path(path))
-
-
-def mean_forecast_val_loss(data: PreparedData) -> float:  # MERGE-TEMP: helper A replaces this
-    va = data.split("val")
-    return float(np.mean(np.square(np.asarray(data.target[va], np.float64))))

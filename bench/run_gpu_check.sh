@@ -4,18 +4,19 @@
 # Installs nothing: needs torch (CUDA), numpy, pandas, scikit-learn, tqdm, pytest and
 # pytest-timeout, which GPU images and Colab already have.
 #
-#   bash bench/run_gpu_check.sh [RESULT_DIR]     # default: bench/
+#   bash bench/run_gpu_check.sh [RESULT_DIR]     # default: $OUT when set, else v3_output/bench/
 #
-# 1. tests/test_fast_train.py and tests/test_trainer.py, whole: the CPU equivalence tests
+# 1. tests/test_fast_train.py, test_engine.py and test_trainer.py, whole: the CPU equivalence tests
 #    run again under this machine's torch, and the CUDA-only ones (fused cell, CUDA-graph
 #    training against the plain loop, no host syncs in a step or a replay, dropout masks in a
-#    graph, a failed capture) run here and only here;
-# 2. bench/bench_gpu_training.py: the guide's 40-model job, plain loop vs fast engine;
+#    graph, a failed capture, with dropout too) run here and only here;
+# 2. bench/bench_gpu_training.py: the guide's 40-model job, plain loop vs fast engine (a
+#    progress line every 10 epochs of the full job);
 # 3. a short table from the benchmark's JSON.
-# Logs and the JSON go to RESULT_DIR.
+# Logs and the JSON go to RESULT_DIR (never into bench/: v3_output/ is ignored by git).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-DIR="${1:-bench}"
+DIR="${1:-${OUT:-v3_output/bench}}"
 mkdir -p "$DIR"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
@@ -29,12 +30,13 @@ print(f"GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, capability {p.major}.{p
 EOF
 
 echo "== tests (CPU equivalence + CUDA-only) =="
-timeout 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_fast_train.py tests/test_trainer.py \
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_fast_train.py tests/test_engine.py \
+    tests/test_trainer.py \
     2>&1 | tee "$DIR/gpu_check_tests.log"
 tests_rc=${PIPESTATUS[0]}
 
 echo "== benchmark =="
-timeout 300 "$PY" bench/bench_gpu_training.py --out "$DIR/bench_gpu_training.json" \
+timeout 300 "$PY" bench/bench_gpu_training.py --out "$DIR" \
     2>&1 | tee "$DIR/gpu_check_bench.log"
 bench_rc=${PIPESTATUS[0]}
 

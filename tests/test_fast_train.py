@@ -1,4 +1,4 @@
-"""The fast engine (v3_fast_train) against the plain loop it replaces on GPUs.
+"""The fast engine (v3_fast_train, its kernels in v3_fast_kernels) against the plain loop.
 
 On CPU every piece is checked for numerical equivalence with the real thing: the grouped
 model against separate V3LSTMModels (float64, forward and gradients), the batched AdamW
@@ -22,12 +22,14 @@ from pathlib import Path
 import pytest
 import torch
 
+import v3_fast_kernels as kernels
 import v3_fast_train as fast
 from v3_common import CheckpointError, ConfigError
 from v3_data_processor import FeatureConfig, prepare_dataset
 from v3_lstm_model import ModelConfig, V3LSTMModel
 from v3_market_data import synthetic_klines
-from v3_trainer import TrainConfig, TrainJob, model_from_checkpoint, train_jobs
+from v3_engine import train_jobs
+from v3_trainer import TrainConfig, TrainJob, model_from_checkpoint
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (bench/run_gpu_check.sh)")
@@ -88,23 +90,23 @@ def test_grouped_model_matches_separate_models_forward_and_gradients(cfg):
     torch.manual_seed(0)
     M, B, T = 3, 4, 7
     models = [V3LSTMModel(cfg).double() for _ in range(M)]
-    layout = fast.block_layout(cfg)
-    p = fast.pack_states([m.state_dict() for m in models], layout, device="cpu", dtype=torch.float64)
+    layout = kernels.block_layout(cfg)
+    p = kernels.pack_states([m.state_dict() for m in models], layout, device="cpu", dtype=torch.float64)
     for t in p.values():
         t.requires_grad_(True)
     x = torch.randn(M, B, T, cfg.input_size, dtype=torch.float64)    # (M, B, T, K)
     y = torch.randn(M, B, dtype=torch.float64)
     ref = torch.stack([m(x[i]) for i, m in enumerate(models)])
-    out = fast.grouped_forward(p, x.transpose(1, 2).contiguous(), cfg, train=True)
+    out = kernels.grouped_forward(p, x.transpose(1, 2).contiguous(), cfg, train=True)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     ((ref - y) ** 2).sum().backward()
     ((out - y) ** 2).sum().backward()
     for i, m in enumerate(models):
-        grads = fast.unpack_state({b: t.grad for b, t in p.items()}, layout, i)
+        grads = kernels.unpack_state({b: t.grad for b, t in p.items()}, layout, i)
         for name, param in m.named_parameters():
             torch.testing.assert_close(grads[name], param.grad, rtol=0, atol=1e-12, msg=name)
     # state_dict round trip: model i of the blocks is exactly V3LSTMModel i
-    back = fast.unpack_state({b: t.detach() for b, t in p.items()}, layout, 1)
+    back = kernels.unpack_state({b: t.detach() for b, t in p.items()}, layout, 1)
     assert {k: v.shape for k, v in back.items()} == {k: v.shape for k, v in models[1].state_dict().items()}
     assert all(torch.equal(back[k], v) for k, v in models[1].state_dict().items())
 
@@ -113,10 +115,10 @@ def test_reference_cell_backward_is_the_gradient_of_its_forward():
     torch.manual_seed(1)
     gi, gh = (torch.randn(5, 12, dtype=torch.float64, requires_grad=True) for _ in range(2))
     c = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
-    h2, c2, ws = fast._cell_reference(gi, gh, c)
+    h2, c2, ws = kernels._cell_reference(gi, gh, c)
     dh, dc = torch.randn_like(h2), torch.randn_like(c2)
     d_gi, d_c = torch.autograd.grad((h2 * dh).sum() + (c2 * dc).sum(), (gi, c))
-    dgates, dc_prev = fast._cell_reference_backward(dh, dc, c.detach(), c2.detach(), ws.detach())
+    dgates, dc_prev = kernels._cell_reference_backward(dh, dc, c.detach(), c2.detach(), ws.detach())
     torch.testing.assert_close(dgates, d_gi, rtol=0, atol=1e-12)
     torch.testing.assert_close(dc_prev, d_c, rtol=0, atol=1e-12)
 
@@ -127,12 +129,12 @@ def test_learning_rate_is_the_schedulers_at_every_fractional_epoch(t_mult):
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=3, T_mult=t_mult,
                                                                  eta_min=1e-6)
     n = 7  # batches per epoch
-    assert fast.cosine_warm_restarts_lr(0.0, base_lr=1e-3, t0=3, t_mult=t_mult, eta_min=1e-6) \
+    assert kernels.cosine_warm_restarts_lr(0.0, base_lr=1e-3, t0=3, t_mult=t_mult, eta_min=1e-6) \
         == opt.param_groups[0]["lr"]
     for ep in range(12):
         for i in range(n):
             sched.step(ep + (i + 1) / n)
-            assert fast.cosine_warm_restarts_lr(ep + (i + 1) / n, base_lr=1e-3, t0=3, t_mult=t_mult,
+            assert kernels.cosine_warm_restarts_lr(ep + (i + 1) / n, base_lr=1e-3, t0=3, t_mult=t_mult,
                                                 eta_min=1e-6) == opt.param_groups[0]["lr"]
 
 
@@ -151,7 +153,7 @@ def test_grouped_adamw_is_torch_adamw_with_clipping_per_model():
         grads = [torch.randn_like(p) * (5.0 if it % 2 else 0.1) for p in params]  # some get clipped
         do = torch.tensor([1.0, float(it == 3), 1.0], dtype=torch.float64)   # model 1 waits
         before = [p[1].clone() for p in params], [a[1].clone() for a in m1]
-        fast.grouped_adamw_(params, grads, m1, m2, steps, lr, do, weight_decay=0.1, max_norm=1.0)
+        kernels.grouped_adamw_(params, grads, m1, m2, steps, lr, do, weight_decay=0.1, max_norm=1.0)
         for m in range(M):
             if do[m] == 0:
                 assert all(torch.equal(p[1], b) for p, b in zip(params, before[0]))
@@ -206,11 +208,16 @@ def test_either_engine_resumes_what_the_other_saved(pairs, first, then):
     whole = train_jobs(make_jobs(two), dataclasses.replace(cfg, engine="plain"), show_progress=False)
     half = train_jobs(make_jobs(two), dataclasses.replace(cfg, epochs=2, engine=first),
                       show_progress=False)
-    jobs = [dataclasses.replace(j, resume=half[j.key].resume_state) for j in make_jobs(two)]
+    # the first run's training time, as if it had taken 1000 s: the total counts it
+    jobs = [dataclasses.replace(j, resume={**half[j.key].resume_state, "train_seconds": 1000.0})
+            for j in make_jobs(two)]
     rest = train_jobs(jobs, dataclasses.replace(cfg, engine=then), show_progress=False)
     for key in whole:
         assert rest[key].epochs_done == 4
         assert_same_training(whole[key], rest[key])
+        assert 1000.0 < rest[key].seconds < 1000.0 + 60
+        assert rest[key].resume_state["train_seconds"] == rest[key].seconds
+        assert 0 < half[key].seconds == half[key].resume_state["train_seconds"] < 60
 
 
 def test_dropout_runs_and_a_seed_repeats_the_run(pairs):
@@ -306,6 +313,46 @@ def test_failed_graph_capture_falls_back_to_eager_and_says_so(pairs, caplog):
     plain = train_jobs(make_jobs(pairs), dataclasses.replace(cfg, engine="plain"), show_progress=False)
     for m, s in enumerate(group.slots):
         assert_same_training(plain[s.job.key], group.outcome(m, group.cpu_blocks([m])))
+
+
+def test_a_failed_capture_is_followed_by_one_that_succeeds_on_the_same_stream(monkeypatch):
+    """The recovery, on CPU, with stand-ins for torch.cuda that model the default CUDA
+    generator: a capture puts it in capture mode, only a capture that ends cleanly takes it
+    out (a failing capture_end skips that, as in torch). After the recovery it must be out,
+    and the reset capture must have run on the failed capture's stream."""
+    gen = {"capturing": True}                  # as a failed capture leaves it
+    captures, events = [], []
+
+    class Stream:
+        def __init__(self, device=None):
+            self.name = "new"
+
+        def wait_stream(self, other):
+            pass
+
+    class Capture:
+        def __init__(self, graph, stream=None):
+            self.stream = stream
+
+        def __enter__(self):
+            gen["capturing"] = True
+            captures.append(self.stream)
+
+        def __exit__(self, *exc):
+            gen["capturing"] = False           # capture_end succeeded: the epilogue ran
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "graph", Capture)
+    side = Stream()
+    side.name = "side"
+    fast._recover_from_failed_capture(torch.device("cpu"), side, None, "t")
+    assert gen["capturing"] is False
+    assert [s.name for s in captures] == ["side"]
+    assert events[0] == "sync"                 # the side stream's work is done first
 
 
 def test_graph_branch_replaying_bindings_frozen_at_capture(pairs, monkeypatch, caplog):
@@ -435,9 +482,8 @@ def test_benchmark_tiny_cpu_run_writes_its_json(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_gpu_training", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    out = tmp_path / "bench.json"
-    assert bench.main(["--tiny", "--device", "cpu", "--out", str(out)]) == 0
-    res = json.loads(out.read_text())
+    assert bench.main(["--tiny", "--device", "cpu", "--epochs", "10", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "bench_gpu_training.json").read_text())
     assert res["device"] == "cpu" and res["tiny"] is True
     for engine in ("plain", "fast"):
         assert res[engine]["ms_per_model_step"] > 0
@@ -446,6 +492,21 @@ def test_benchmark_tiny_cpu_run_writes_its_json(tmp_path, capsys):
     assert all(abs(p["rel_diff"]) < 1 for p in res["parity"]["pairs"])
     text = capsys.readouterr().out
     assert "ms/model-step" in text and "speedup" in text and "parity" in text
+    assert "fast: epoch 10/10, 0 models training" in text          # a progress line
+    assert res["fast_progress"]["epoch"] == 10 and res["fast_progress"]["ms_per_model_step_so_far"] > 0
+
+
+def test_benchmark_writes_to_OUT_or_an_ignored_folder_never_into_bench(tmp_path, monkeypatch):
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_gpu_training.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu_training", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert bench.default_out_dir() == tmp_path
+    monkeypatch.delenv("OUT")
+    root = path.parents[1]
+    assert bench.default_out_dir() == root / "v3_output" / "bench"
+    assert "v3_output/" in (root / ".gitignore").read_text().split()
 
 
 # ---------------------------------------------------------------------------------------
@@ -455,16 +516,16 @@ def test_benchmark_tiny_cpu_run_writes_its_json(tmp_path, capsys):
 @needs_cuda
 def test_cuda_fused_cell_matches_the_reference():
     dev = torch.device("cuda")
-    assert fast.pick_cell(dev) == "fused"
+    assert kernels.pick_cell(dev) == "fused"
     torch.manual_seed(3)
     gi, gh = (torch.randn(64, 32, device=dev) for _ in range(2))
     c, dh, dc = (torch.randn(64, 8, device=dev) for _ in range(3))
-    ref, fus = fast._cell_reference(gi, gh, c), fast._cell_fused(gi, gh, c)
+    ref, fus = kernels._cell_reference(gi, gh, c), kernels._cell_fused(gi, gh, c)
     for a, b in zip(ref, fus):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     for d in (dc, None):
-        for a, b in zip(fast._cell_reference_backward(dh, d, c, ref[1], ref[2]),
-                        fast._cell_fused_backward(dh, d, c, fus[1], fus[2])):
+        for a, b in zip(kernels._cell_reference_backward(dh, d, c, ref[1], ref[2]),
+                        kernels._cell_fused_backward(dh, d, c, fus[1], fus[2])):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -554,6 +615,40 @@ def test_cuda_failed_capture_restores_the_stream_and_trains_eagerly(pairs, monke
     assert {o.engine for o in out.values()} == {"fast-eager"}
     assert all(o.epochs_done == 2 and o.history[-1]["val_loss"] == o.history[-1]["val_loss"]
                for o in out.values())
+
+
+@needs_cuda
+def test_cuda_failed_capture_with_dropout_leaves_eager_and_plain_training_working(pairs, monkeypatch,
+                                                                                 caplog):
+    """The guide's dropout (0.3) after a failed capture: the capture left the default CUDA
+    generator in capture mode, so the next eager dropout raised "Offset increment outside
+    graph capture encountered unexpectedly" (the fast engine's eager epoch, then the plain
+    loop it fell back to). Both must train now."""
+    real = fast._Group._train_step
+
+    def syncs_while_capturing(self):
+        if torch.cuda.is_current_stream_capturing():
+            self.sse.sum().item()                  # not allowed during capture: it raises
+        return real(self)
+
+    monkeypatch.setattr(fast._Group, "_train_step", syncs_while_capturing)
+    model = dataclasses.replace(MODEL, dropout=0.3)
+    cfg = dataclasses.replace(TRAIN, epochs=2, early_stopping=False, device="cuda")
+    with caplog.at_level(logging.WARNING, logger="v3"):
+        out = train_jobs(make_jobs(pairs, model), dataclasses.replace(cfg, engine="fast"),
+                         show_progress=False)
+    assert "CUDA graph capture failed" in caplog.text
+    assert "could not reset the CUDA generator" not in caplog.text
+    assert "with the plain loop" not in caplog.text          # the eager epochs worked
+    assert {o.engine for o in out.values()} == {"fast-eager"}
+    assert all(o.epochs_done == 2 and o.history[-1]["val_loss"] == o.history[-1]["val_loss"]
+               for o in out.values())
+    x = torch.nn.functional.dropout(torch.ones(64, device="cuda"), 0.3, True)  # eager dropout
+    assert 0 < int((x == 0).sum()) < 64
+    plain = train_jobs(make_jobs(pairs, model), dataclasses.replace(cfg, epochs=1, engine="plain"),
+                       show_progress=False)
+    assert {o.engine for o in plain.values()} == {"plain"}
+    assert all(o.epochs_done == 1 for o in plain.values())
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")

@@ -3,7 +3,8 @@ import dataclasses
 import pytest
 import torch
 
-from v3_lstm_model import ModelConfig, V3LSTMModel, count_parameters
+from v3_common import ConfigError
+from v3_lstm_model import ModelConfig, V3LSTMModel, check_model_config, count_parameters
 
 
 def test_guide_architecture_shapes_and_attention():
@@ -43,3 +44,17 @@ def test_config_round_trip_and_parameter_count():
     assert ModelConfig.from_dict({**d, "unknown_field": 1}) == c
     small = count_parameters(V3LSTMModel(dataclasses.replace(c, hidden_size=16)))
     assert small < count_parameters(V3LSTMModel(c))
+
+
+@pytest.mark.parametrize("over", [{"hidden_size": 0}, {"hidden_size": 12.5}, {"num_layers": 0},
+                                  {"num_layers": "3"}, {"dropout": 1.0}, {"dropout": -0.1},
+                                  {"dropout": "0.3"}])
+def test_check_model_config_refuses_a_model_that_cannot_be_built(over):
+    with pytest.raises(ConfigError, match=r"need integers >= 1 and a dropout in \[0, 1\) "
+                                          r"\(the guide uses 128, 3 and 0.3\)"):
+        check_model_config(dataclasses.replace(ModelConfig(), **over))
+
+
+def test_check_model_config_accepts_the_guide_and_the_demo():
+    check_model_config(ModelConfig())
+    check_model_config(ModelConfig(hidden_size=32, num_layers=2, dropout=0))

@@ -1,3 +1,4 @@
+import contextlib
 import dataclasses
 import logging
 
@@ -10,9 +11,8 @@ from v3_common import CheckpointError, ConfigError
 from v3_data_processor import prepare_dataset
 from v3_market_data import synthetic_klines
 import v3_trainer
-from v3_trainer import (TrainConfig, TrainJob, amp_dtype, check_train_config,
-                        load_checkpoint, load_resume_state, predict_standardized, resolve_engine,
-                        train_jobs, train_model)
+from v3_trainer import (TrainConfig, amp_dtype, check_train_config, load_checkpoint,
+                        load_resume_state, predict_standardized, train_model)
 from v3_lstm_model import V3LSTMModel
 
 
@@ -75,23 +75,6 @@ def test_checkpoint_fn_gets_a_resumable_state(data, tmp_path):
     assert load_resume_state(tmp_path / "none.pt") is None
 
 
-def test_train_jobs_isolates_failures(data):
-    from v3_common import InsufficientDataError
-    done, failed = [], []
-
-    def on_done(job, outcome):
-        if job.key == "B":
-            raise InsufficientDataError("boom")
-        done.append(job.key)
-
-    jobs = [TrainJob(key=k, symbol=k, interval="1h", data=data, model_config=TINY_MODEL)
-            for k in ("A", "B", "C")]
-    cfg = dataclasses.replace(TINY_TRAIN, epochs=1)
-    train_jobs(jobs, cfg, show_progress=False, on_done=on_done,
-               on_error=lambda job, e: failed.append((job.key, str(e))))
-    assert done == ["A", "C"] and failed == [("B", "boom")]
-
-
 @pytest.mark.parametrize("over,text", [
     ({"epochs": 0}, "epochs must be an integer >= 1"),
     ({"epochs": 2.5}, "epochs must be an integer >= 1"),
@@ -115,23 +98,12 @@ def test_load_checkpoint_errors(tmp_path):
         load_checkpoint(tmp_path / "old.pt")
 
 
-# -- engine and precision choice (v3_fast_train is tested in test_fast_train.py) -----------
+# -- config checks and precision choice (engines: test_engine.py, test_fast_train.py) --------
 
 
 @pytest.fixture(scope="module")
 def data15():
     return prepare_dataset(synthetic_klines("BTCUSDT", "15m", 700), TINY_FEATURES, interval="15m")
-
-
-def test_engine_auto_is_plain_on_cpu_fast_on_cuda_and_plain_for_mixed_precision(caplog):
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_engine(TrainConfig(), cpu) == "plain"
-    assert resolve_engine(TrainConfig(), cuda) == "fast"
-    assert resolve_engine(TrainConfig(engine="plain"), cuda) == "plain"
-    assert resolve_engine(TrainConfig(engine="fast"), cpu) == "fast"
-    with caplog.at_level(logging.INFO, logger="v3"):
-        assert resolve_engine(TrainConfig(amp="bf16"), cuda) == "plain"
-    assert "engine auto: amp='bf16' asked for, so the plain loop" in caplog.text
 
 
 def test_bad_engine_and_fast_with_mixed_precision_are_config_errors():
@@ -158,34 +130,6 @@ def test_precision_auto_is_fp32_everywhere_and_bf16_needs_ampere(monkeypatch, ca
     assert amp_dtype(TrainConfig(amp="bf16"), cuda) is torch.bfloat16
 
 
-def test_train_jobs_on_cpu_uses_the_plain_loop_and_says_so(data15, caplog):
-    job = TrainJob(key="BTCUSDT_15m", symbol="BTCUSDT", interval="15m", data=data15,
-                   model_config=TINY_MODEL)
-    with caplog.at_level(logging.INFO, logger="v3"):
-        out = train_jobs([job], dataclasses.replace(TINY_TRAIN, epochs=1, device="cpu"),
-                         show_progress=False)
-    assert out["BTCUSDT_15m"].engine == "plain" and out["BTCUSDT_15m"].epochs_done == 1
-    assert "training engine: plain (engine=auto)" in caplog.text
-
-
-def test_train_jobs_with_no_jobs_does_nothing():
-    assert train_jobs([], TrainConfig(engine="turbo")) == {}
-
-
-def test_a_device_that_is_not_there_fails_every_job_by_name(data15, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    jobs = [TrainJob(key=k, symbol="BTCUSDT", interval="15m", data=data15, model_config=TINY_MODEL)
-            for k in ("a", "b")]
-    failed = {}
-    out = train_jobs(jobs, dataclasses.replace(TINY_TRAIN, device="cuda"), show_progress=False,
-                     on_error=lambda job, e: failed.setdefault(job.key, e))
-    assert out == {} and set(failed) == {"a", "b"}
-    assert all(isinstance(e, ConfigError) and "CUDA is not available here" in str(e)
-               for e in failed.values())
-    with pytest.raises(ConfigError, match="CUDA is not available here"):
-        train_jobs(jobs, dataclasses.replace(TINY_TRAIN, device="cuda"), show_progress=False)
-
-
 def test_checkpoints_load_with_weights_only(tmp_path, data15):
     outcome = v3_trainer.train_model(data15, TINY_MODEL, dataclasses.replace(TINY_TRAIN, epochs=1),
                                      show_progress=False)
@@ -196,3 +140,78 @@ def test_checkpoints_load_with_weights_only(tmp_path, data15):
     assert type(ckpt["torch_version"]) is str
     model = v3_trainer.model_from_checkpoint(ckpt)
     assert model(torch.zeros(2, TINY_FEATURES.seq_len, TINY_MODEL.input_size)).shape == (2,)
+
+
+# -- threads, training time over resumes, the mean-forecast reference, truncated files -----
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
+def test_threads_must_be_a_positive_integer_or_none(bad):
+    with pytest.raises(ConfigError, match="threads must be an integer >= 1 or None"):
+        check_train_config(TrainConfig(threads=bad))
+    check_train_config(TrainConfig(threads=None))
+    check_train_config(TrainConfig(threads=3))
+
+
+def test_resolve_threads_explicit_then_env_then_measured_default(monkeypatch):
+    monkeypatch.setenv("V3_THREADS", "3")
+    assert v3_trainer.resolve_threads(2) == 2                 # the explicit value wins
+    assert v3_trainer.resolve_threads(None) == 3              # then V3_THREADS
+    for bad in ("0", "two", "1.5", "-2"):
+        monkeypatch.setenv("V3_THREADS", bad)
+        with pytest.raises(ConfigError, match=f"V3_THREADS='{bad}' is not a thread count"):
+            v3_trainer.resolve_threads(None)
+    monkeypatch.delenv("V3_THREADS")
+    assert v3_trainer.resolve_threads(None) == v3_trainer.default_threads()
+    # bench/README.md: on 2 cores one thread (busy cores make 2 threads 3-11x slower)
+    assert [v3_trainer.default_threads(c) for c in (1, 2, 4, 8, 64)] == [1, 1, 2, 4, 4]
+
+
+def test_train_seconds_add_up_over_a_resumed_training(data, monkeypatch):
+    clock = {"t": 1000.0}
+
+    def tick():                 # every clock read is 0.5 s later: deterministic run times
+        clock["t"] += 0.5
+        return clock["t"]
+
+    monkeypatch.setattr(v3_trainer.time, "monotonic", tick)
+    cfg = dataclasses.replace(TINY_TRAIN, epochs=2, early_stopping=False)
+    first = train_model(data, TINY_MODEL, dataclasses.replace(cfg, epochs=1), show_progress=False)
+    assert first.seconds > 0 and first.resume_state["train_seconds"] == first.seconds
+    second = train_model(data, TINY_MODEL, cfg, resume=first.resume_state, show_progress=False)
+    fresh = train_model(data, TINY_MODEL, dataclasses.replace(cfg, epochs=1), show_progress=False)
+    resumed_part = fresh.seconds           # an epoch's worth of clock reads, as in `second`
+    assert second.epochs_done == 2
+    assert second.seconds == pytest.approx(first.seconds + resumed_part)
+    assert second.resume_state["train_seconds"] == second.seconds
+
+
+def test_mean_forecast_val_loss_is_the_trainers_loss_of_the_constant_forecast(data):
+    mean = float(np.float32(data.target[data.split("train")].mean()))
+    model = V3LSTMModel(TINY_MODEL)          # a real model whose output is that constant
+    with torch.no_grad():
+        model.head[-1].weight.zero_()
+        model.head[-1].bias.fill_(mean)
+    va = data.split("val")
+    offsets = torch.arange(-(data.seq_len - 1), 1)
+    trainer_loss = v3_trainer._mse(model, torch.as_tensor(data.features),
+                                   torch.as_tensor(data.ends[va]), torch.as_tensor(data.target[va]),
+                                   offsets, TINY_TRAIN.eval_batch_size, contextlib.nullcontext)
+    ref = v3_trainer.mean_forecast_val_loss(data)
+    assert ref == trainer_loss
+    y = data.target[va].astype(np.float64)
+    assert ref == pytest.approx(float(np.mean((y - mean) ** 2)), rel=1e-5)
+    assert ref != pytest.approx(1.0, abs=1e-3)  # not the "1.0 = training mean" line
+
+
+def test_a_truncated_model_file_raises_checkpoint_error(tmp_path, data):
+    path = tmp_path / "v3_model_BTCUSDT_1h.pt"
+    v3_trainer.save_checkpoint(path, model_state=V3LSTMModel(TINY_MODEL).state_dict(),
+                               model_config=TINY_MODEL, data=data,
+                               feature_config=TINY_FEATURES.to_dict(),
+                               meta={"symbol": "BTCUSDT", "interval": "1h"})
+    assert v3_trainer.load_model_file(path).symbol == "BTCUSDT"   # the whole file loads
+    raw = path.read_bytes()
+    path.write_bytes(raw[:len(raw) // 2])
+    with pytest.raises(CheckpointError, match="not a readable V3 checkpoint"):
+        v3_trainer.load_model_file(path)
