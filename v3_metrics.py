@@ -138,19 +138,6 @@ def naive_mae(last: np.ndarray, actual: np.ndarray) -> float:
     return float(np.mean(np.abs(actual - last)))
 
 
-def mean_forecast_val_loss(data) -> float:
-    """The validation loss of predicting the training mean: the reference for `best_val_loss`
-    and the learning curves' val_loss (same units: MSE of the standardised log return).
-
-    The target is standardised with the training split's mean and std, so predicting the
-    training mean is predicting 0, and its loss is mean(target_val^2). It is 1.0 only when the
-    validation split is as volatile as the training split (below 1 when it is calmer)."""
-    y = np.asarray(data.target[data.split("val")], np.float64)
-    if len(y) == 0:
-        raise ValueError("mean_forecast_val_loss needs at least one validation sample.")
-    return float(np.mean(y * y))
-
-
 def regression_metrics(actual: np.ndarray, predicted: np.ndarray, last: np.ndarray) -> dict:
     """The plain metrics (mape %, mae, rmse, mse, directional_accuracy %, n, n_direction)."""
     actual = np.asarray(actual, np.float64)

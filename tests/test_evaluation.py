@@ -17,8 +17,9 @@ from v3_baselines import DriftBaseline, LinearBaseline, PersistenceBaseline
 from v3_evaluation import evaluate_pair, fold_fractions, walk_forward_folds
 from v3_metrics import (BASELINES, METRIC_FIELDS, backtest_direction, backtest_positions,
                         binomial_p_value, diebold_mariano, direction_profile, forecast_metrics,
-                        holm_adjust, market_move, mean_forecast_val_loss, naive_mae,
+                        holm_adjust, market_move, naive_mae,
                         periods_per_year, regression_metrics, summarize_pairs, wilson_interval)
+from v3_trainer import mean_forecast_val_loss
 from v3_market_data import synthetic_klines
 
 
