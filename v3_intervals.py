@@ -12,7 +12,7 @@ candles inside windows dropped at gaps, and the warm-up candles, are not in Prep
 are skipped). Validation and test returns enter only as that history ("filtering"), never a
 fitted parameter.
 
-Baselines, with the verbs of the point baselines in v3_evaluation (`fit(data)` on the
+Baselines, with the verbs of the point baselines in v3_baselines (`fit(data)` on the
 training split, `predict(data, idx)` -> (n, 7) closes, plus `predict_returns(data, idx)` ->
 (n, 7) log returns, `params()` and `tuning()`):
 - `RollingQuantileBaseline` ('rolling'): empirical quantiles (numpy's linear interpolation) of
@@ -51,7 +51,7 @@ Metrics (`interval_metrics`, one JSON block; `INTERVAL_FIELDS` in order):
   map from quantiles to a variance, applied to every forecast alike; lower is better.
   (Patton's QLIKE up to a term without h; this form allows y = 0.)
 - `skill` {"rolling","ewma","garch"}: 1 - pinball / pinball(baseline) on the same samples;
-  `dm_p` {same}: one-sided Diebold-Mariano p-value (v3_evaluation.diebold_mariano, h = 1) of
+  `dm_p` {same}: one-sided Diebold-Mariano p-value (v3_metrics.diebold_mariano, h = 1) of
   "this forecast has the lower per-sample pinball loss" (the per-sample loss is the mean over
   the 7 quantiles). A baseline's block compares it with the others (and with itself: skill 0,
   p 0.5). None where that baseline was not run.
@@ -70,7 +70,7 @@ from scipy import optimize, special, stats
 from scipy.signal import lfilter
 
 from v3_common import log
-from v3_evaluation import diebold_mariano, holm_adjust
+from v3_metrics import diebold_mariano, holm_adjust
 
 QUANTILES = (0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95)
 QUANTILE_COLUMNS = ("p05", "p10", "p25", "p50", "p75", "p90", "p95")  # predictions CSV
