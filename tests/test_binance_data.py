@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 import binance.client
+import v3_binance_client
 import v3_binance_data as bd
 from fake_binance import DAY_MS, FakeBinance, Reply, ms
 from v3_common import ConfigError, DataValidationError, RetryableDownloadError
@@ -50,8 +51,8 @@ def waits(monkeypatch):
         if s > 0:
             recorded.append(round(s, 3))
             skipped[0] += s
-    monkeypatch.setattr(bd, "_sleep", sleep)
-    monkeypatch.setattr(bd, "_monotonic", lambda: time.monotonic() + skipped[0])
+    monkeypatch.setattr(v3_binance_client, "_sleep", sleep)
+    monkeypatch.setattr(v3_binance_client, "_monotonic", lambda: time.monotonic() + skipped[0])
     return recorded
 
 

@@ -533,7 +533,7 @@ def test_each_bad_input_raises_a_named_error_with_rows_and_fix(kind, message, fi
     text = str(e.value)
     assert text.startswith("BTCUSDT 1h: ") and message in text and fix in text
     if kind != "missing":
-        assert "2 row(s): row 5 (open_time=" in text and "; row 9 (" in text
+        assert "2 rows: row 5 (open_time=" in text and "; row 9 (" in text
     with pytest.raises(DataValidationError):  # prepare_dataset validates the same way
         prepare_dataset(_bad(synthetic_klines("BTCUSDT", "1h", 700), kind), interval="1h")
 
@@ -541,8 +541,9 @@ def test_each_bad_input_raises_a_named_error_with_rows_and_fix(kind, message, fi
 def test_error_lists_the_first_five_rows_and_counts_the_rest():
     k = synthetic_klines("BTCUSDT", "1h", 40)
     k.loc[10:17, "volume"] = -5.0
-    with pytest.raises(DataValidationError, match=r"negative volume in 8 row\(s\): row 10 "
-                                                  r"\(open_time=\d+, volume=-5.0\); row 11"):
+    with pytest.raises(DataValidationError, match=r"negative volume in 8 rows: row 10 "
+                                                  r"\(open_time=\d+ \(\d{4}-\d\d-\d\d \d\d:\d\d UTC\), "
+                                                  r"volume=-5.0\); row 11"):
         validate_klines(k)
     with pytest.raises(DataValidationError, match=r"row 14 \(.*\) and 3 more\."):
         validate_klines(k)
@@ -575,7 +576,7 @@ def test_a_bad_csv_fails_only_its_pair_in_the_pipeline(tmp_path, caplog):
     results = json.loads(pipe.results_path.read_text())
     bad = results["BNBUSDT_1h"]
     assert bad["status"] == "failed" and bad["failed_step"] == "download"
-    assert "high < low in 2 row(s): row 123" in bad["reason"] and "re-download" in bad["reason"]
+    assert "high < low in 2 rows: " in bad["reason"] and "re-download" in bad["reason"]
     assert "BNBUSDT 1h: download failed: " in caplog.text
     for good in ("BTCUSDT_1h", "ETHUSDT_1h"):
         assert results[good]["status"] == "success"
