@@ -157,8 +157,11 @@ def _status(r: PairDownload) -> str:
 
 
 def _reason(msg: str) -> str:
-    """A failure message on one line, without its 'SYMBOL interval: ' prefix."""
+    """A failure message on one line, without its 'SYMBOL interval: ' prefix; a file's path
+    prefix is cut to the file's name."""
     head, sep, rest = msg.partition(": ")
     if sep and head.replace(" ", "").isalnum() and head.split()[0].isupper():
         msg = rest
+    elif sep and ("/" in head or "\\" in head) and " " not in head:
+        msg = f"{Path(head).name}: {rest}"
     return " ".join(msg.split())
