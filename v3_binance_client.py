@@ -1,6 +1,6 @@
 """HTTP to Binance for step 2: API bases with fallback, retries with backoff, the 418 ban,
-429 pauses, the shared weight budget and Binance's clock. Facts about the API are in
-REFERENCE.md sections 1-2; the downloads themselves are v3_binance_data's.
+429 pauses, the shared weight budget and Binance's clock (the limits are those of Binance's
+spot REST API documentation); the downloads themselves are v3_binance_data's.
 
 - One python-binance `Client(ping=False)` per worker thread, aimed at each base URL in turn
   (`api_urls=`, else $V3_BINANCE_API_URLS, else the main API then the market-data-only host).

@@ -1,7 +1,7 @@
 """Step 2's Binance source: the latest N closed candles per pair into data/SYMBOL_INTERVAL.csv,
-from the API (or the archive), many pairs at once. Facts about the API are in REFERENCE.md
-sections 1-2; the HTTP side (base fallback, retries, 418 ban, weight budget) is
-v3_binance_client's, the per-pair outcome and the table v3_pair_download's.
+from the API (or the archive), many pairs at once. The HTTP side (base fallback, retries,
+418 ban, weight budget) is v3_binance_client's, the per-pair outcome and the table
+v3_pair_download's.
 
 - When every API base is blocked, banned or unreachable, the bulk archive on
   data.binance.vision (v3_binance_archive) is the last resort; `source='binance-archive'`
@@ -56,7 +56,7 @@ DEFAULT_WORKERS = 4                # pairs downloaded at once
 STALE_INTERVALS = 2                # newest candle older than this many intervals: halted
 ARCHIVE_LAG_MS = 2 * 86_400_000    # the archive ends with yesterday (or the day before)
 
-# Pairs of the guide's coin list that Binance renamed (REFERENCE.md section 1).
+# Pairs of the guide's coin list that Binance renamed (Binance's delisting announcements).
 RENAMED_SYMBOLS = {"MATICUSDT": "POLUSDT", "FTMUSDT": "SUSDT"}
 RENAME_NOTES = {
     "MATICUSDT": "MATIC became POL: MATICUSDT was delisted on 2024-09-10, POLUSDT opened on "

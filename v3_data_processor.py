@@ -27,8 +27,8 @@ from v3_common import (INTERVAL_MS, REQUIRED_COLUMNS, CheckpointError, ConfigErr
 
 # Rows dropped (NaN) at the start of every series. Recursive indicators forget where they
 # started as (1 - alpha)^k: EMA(26) and Wilder(14) lose a factor 10 every ~31 candles, ADX
-# (Wilder twice) a little slower. On the real Binance candles of ../shared/data/binance-dev
-# (27 series, 2017-2022, ~2,400 cut points; bench/check_real_data.py) values computed on a
+# (Wilder twice) a little slower. On 27 series of real Binance candles
+# (2017-2022, ~2,400 cut points; bench/check_real_data.py) values computed on a
 # short history agree with those on the full history to 1e-6 (relative to the value, floored
 # at the column's median magnitude) from row ~250 on (ADX is the slowest); at row 300 the
 # worst error is 3e-8 to 6e-8 depending on the cut points, a margin of 15x or more. A price
