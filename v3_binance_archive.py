@@ -1,7 +1,7 @@
 """Binance's bulk kline archive (data.binance.vision): monthly and daily zips, each checked
 against its sha256 `.CHECKSUM`, with times normalised to milliseconds.
 
-Layout (REFERENCE.md section 1), `period` being YYYY-MM (monthly) or YYYY-MM-DD (daily):
+Layout (Binance's public-data documentation), `period` being YYYY-MM (monthly) or YYYY-MM-DD (daily):
 
     {base}/data/spot/monthly/klines/{SYMBOL}/{interval}/{SYMBOL}-{interval}-{YYYY-MM}.zip
     {base}/data/spot/daily/klines/{SYMBOL}/{interval}/{SYMBOL}-{interval}-{YYYY-MM-DD}.zip
@@ -13,7 +13,7 @@ ends with yesterday's candles at best; the current month comes from daily files.
 
 This module plans which files cover a time range, checks and parses them. The HTTP GET
 (with retries and backoff) is the caller's, passed in as `get(url) -> bytes | None`
-(None for a file that does not exist): see v3_binance_data.BinanceDownloader.
+(None for a file that does not exist): see v3_binance_client.BinanceHttp.archive_get.
 """
 from __future__ import annotations
 

@@ -39,6 +39,14 @@ class DownloadError(V3Error):
     """A download needs a person: bad symbol, blocked region, banned IP."""
 
 
+class InvalidSymbolError(DownloadError):
+    """Binance does not list the symbol (exchangeInfo, or its -1121 answer): fix the spelling."""
+
+
+class DelistedSymbolError(DownloadError):
+    """The symbol is delisted or halted (not TRADING, or its newest candle is stale)."""
+
+
 class RetryableDownloadError(DownloadError):
     """A temporary download failure (429, 5xx, timeout): retried with backoff."""
 
@@ -85,23 +93,37 @@ _SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 
 
 def normalize_symbol(coin: str, *, quote: str = "USDT") -> str:
-    """Return a Binance symbol for `coin`: 'BTCUSDT' stays, a bare base 'BTC' becomes 'BTCUSDT'.
+    """Return a Binance symbol for `coin`: 'BTCUSDT' stays, a bare base 'BTC' becomes 'BTCUSDT';
+    lower case is accepted ('btc', 'ethusdt' -> 'BTCUSDT', 'ETHUSDT').
 
-    Raises ConfigError for anything that is not an upper-case Binance symbol.
+    Raises ConfigError for anything else (separators, other characters), with a suggestion
+    that this function accepts: 'BTC-USD' -> 'BTCUSDT', 'eth/usdt' -> 'ETHUSDT'.
     """
     if not isinstance(coin, str) or not coin.strip():
-        raise ConfigError(f"coin {coin!r} is not a symbol: use an upper-case Binance symbol "
-                          f"such as 'BTCUSDT' (or a bare base such as 'BTC').")
-    s = coin.strip()
+        raise ConfigError(f"coin {coin!r} is not a symbol: use a Binance symbol such as "
+                          f"'BTCUSDT' (or a bare base such as 'BTC').")
+    s = coin.strip().upper()
     if not _SYMBOL_RE.match(s):
-        hint = re.sub(r"[^A-Za-z0-9]", "", s).upper()
-        fix = f" Did you mean {hint!r}?" if hint and _SYMBOL_RE.match(hint) else ""
-        raise ConfigError(f"coin {coin!r} is not an upper-case Binance symbol (letters and "
-                          f"digits only, 2-20 characters, e.g. 'BTCUSDT').{fix}")
+        hint = _suggest_symbol(s, quote)
+        fix = f" Did you mean {hint!r}?" if hint else ""
+        raise ConfigError(f"coin {coin!r} is not a Binance symbol (letters and digits only, "
+                          f"2-20 characters, e.g. 'BTCUSDT').{fix}")
     for q in QUOTE_ASSETS:
         if s.endswith(q) and len(s) > len(q):
             return s  # a full pair such as BTCUSDT or ETHBTC
     return s + quote  # a bare base such as BTC, SOL or LUNC
+
+
+def _suggest_symbol(s: str, quote: str) -> str | None:
+    """The symbol a mistyped coin most likely means, or None: separators dropped, and a quote
+    'USD' (Binance has no USD spot pairs) read as 'USDT'. Always one normalize_symbol accepts."""
+    parts = [p for p in re.split(r"[^A-Z0-9]+", s) if p]
+    if len(parts) >= 2 and parts[-1] == "USD":
+        parts[-1] = "USDT"
+    hint = "".join(parts)
+    if not _SYMBOL_RE.match(hint):
+        return None
+    return normalize_symbol(hint, quote=quote)
 
 
 def check_interval(interval: str) -> str:

@@ -12,6 +12,8 @@ The rules that keep every number honest:
 """
 from __future__ import annotations
 
+import ast
+import io
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -20,12 +22,13 @@ import numpy as np
 import pandas as pd
 
 from v3_common import (INTERVAL_MS, REQUIRED_COLUMNS, CheckpointError, ConfigError,
-                       DataValidationError, InsufficientDataError, check_interval, log)
+                       DataValidationError, InsufficientDataError, atomic_write_bytes,
+                       check_interval, log, plural, utc_minute)
 
 # Rows dropped (NaN) at the start of every series. Recursive indicators forget where they
 # started as (1 - alpha)^k: EMA(26) and Wilder(14) lose a factor 10 every ~31 candles, ADX
-# (Wilder twice) a little slower. On the real Binance candles of ../shared/data/binance-dev
-# (27 series, 2017-2022, ~2,400 cut points; bench/check_real_data.py) values computed on a
+# (Wilder twice) a little slower. On 27 series of real Binance candles
+# (2017-2022, ~2,400 cut points; bench/check_real_data.py) values computed on a
 # short history agree with those on the full history to 1e-6 (relative to the value, floored
 # at the column's median magnitude) from row ~250 on (ADX is the slowest); at row 300 the
 # worst error is 3e-8 to 6e-8 depending on the cut points, a margin of 15x or more. A price
@@ -65,11 +68,13 @@ class FeatureConfig:
 # Input validation
 
 
-def validate_klines(df: pd.DataFrame, name: str = "candles") -> pd.DataFrame:
+def validate_klines(df: pd.DataFrame, name: str = "candles", *,
+                    first_line: int | None = None) -> pd.DataFrame:
     """Check a kline frame; return a copy with float prices and int64 open times.
 
     Raises DataValidationError naming the problem, the first offending rows (0-based
-    positions in the frame, with their open_time) and the fix, for: missing columns,
+    positions in the frame, or file lines when `first_line` gives the line of the frame's
+    first row: 2 for a CSV with a header; open_time as an integer and in UTC) and the fix, for: missing columns,
     non-numeric values, NaN or inf, duplicate or unsorted open_time, high < low, open or
     close outside [low, high], negative volume and prices <= 0.
     """
@@ -85,24 +90,26 @@ def validate_klines(df: pd.DataFrame, name: str = "candles") -> pd.DataFrame:
         bad = (num.isna() & out[c].notna()).to_numpy()
         if bad.any():
             raise _invalid(name, f"non-numeric values in {c!r}", bad, df, [c],
-                           "Fix or re-download the file (plain numbers, '.' as decimal point).")
+                           "Fix or re-download the file (plain numbers, '.' as decimal point).",
+                           first_line)
         out[c] = num.astype(np.float64)
     vals = out[REQUIRED_COLUMNS].to_numpy(dtype=np.float64)
     bad = ~np.isfinite(vals).all(axis=1)
     if bad.any():
         raise _invalid(name, f"NaN or inf in {REQUIRED_COLUMNS}", bad, out, REQUIRED_COLUMNS,
                        "Re-download the pair, or drop those rows (the gap is then handled: "
-                       "windows across it are dropped).")
+                       "windows across it are dropped).", first_line)
     t = out["open_time"].to_numpy()
     dup = pd.Series(t).duplicated(keep="first").to_numpy()
     if dup.any():
         raise _invalid(name, "duplicate open_time", dup, out, ["open_time"],
-                       "Keep one candle per open time: df.drop_duplicates('open_time', keep='last').")
+                       "Keep one candle per open time: df.drop_duplicates('open_time', keep='last').",
+                       first_line)
     unsorted = np.r_[False, np.diff(t) < 0]
     if unsorted.any():
         raise _invalid(name, "open_time not sorted ascending (earlier than the row before)",
                        unsorted, out, ["open_time"],
-                       "Sort the candles: df.sort_values('open_time').")
+                       "Sort the candles: df.sort_values('open_time').", first_line)
     out["open_time"] = out["open_time"].astype(np.int64)
     o, h, l, c, v = (out[k].to_numpy() for k in ("open", "high", "low", "close", "volume"))
     broken = "The candles are inconsistent: re-download the pair or fix those rows."
@@ -112,26 +119,34 @@ def validate_klines(df: pd.DataFrame, name: str = "candles") -> pd.DataFrame:
                              (v < 0, "negative volume", ["volume"]),
                              (l <= 0, "price <= 0", ["low", "close"])):
         if mask.any():
-            raise _invalid(name, what, mask, out, cols, broken)
+            raise _invalid(name, what, mask, out, cols, broken, first_line)
     return out
 
 
 def _invalid(name: str, what: str, mask: np.ndarray, df: pd.DataFrame, cols: list[str],
-             fix: str, k: int = 5) -> DataValidationError:
-    """The error for `mask`'s rows: how many, the first k with their values, and the fix."""
+             fix: str, first_line: int | None = None, k: int = 5) -> DataValidationError:
+    """The error for `mask`'s rows: how many, the first k with their values, and the fix.
+    Rows are frame positions, or file lines counted from `first_line`."""
     idx = np.flatnonzero(mask)
     show = ["open_time"] + [c for c in cols if c != "open_time"]
     rows = []
     for i in idx[:k]:
-        vals = ", ".join(f"{c}={_show(df[c].iloc[i])}" for c in show if c in df.columns)
-        rows.append(f"row {i} ({vals})")
+        vals = ", ".join(f"{c}={_show(df[c].iloc[i], c)}" for c in show if c in df.columns)
+        rows.append(f"line {i + first_line} ({vals})" if first_line is not None
+                    else f"row {i} ({vals})")
     more = f" and {len(idx) - k} more" if len(idx) > k else ""
-    return DataValidationError(f"{name}: {what} in {len(idx)} row(s): {'; '.join(rows)}{more}. "
-                               f"{fix}")
+    return DataValidationError(f"{name}: {what} in {plural(len(idx), 'row')}: "
+                               f"{'; '.join(rows)}{more}. {fix}")
 
 
-def _show(x) -> str:
-    return repr(x) if isinstance(x, str) else str(x)
+def _show(x, column: str = "") -> str:
+    """A cell for an error message; open times as integer ms and UTC (never 1.7e+12)."""
+    if isinstance(x, str):
+        return repr(x)
+    if column == "open_time" and isinstance(x, (int, float, np.number)) and np.isfinite(x) \
+            and float(x) == int(x) and 0 <= x < 253_402_300_800_000:  # up to the year 9999
+        return f"{int(x)} ({utc_minute(int(x))})"
+    return str(x)
 
 
 # ---------------------------------------------------------------------------------------
@@ -382,7 +397,7 @@ class FittedTransform:
 
 def fit_transform(train: np.ndarray, n_components: int) -> FittedTransform:
     """Standardise, then PCA, fitted on `train` (rows x features) alone."""
-    from sklearn.decomposition import PCA
+    from sklearn.decomposition import PCA  # lazy on purpose: scikit-learn takes ~1 s to import
     train = np.asarray(train, dtype=np.float64)
     mean = train.mean(axis=0)
     scale = train.std(axis=0)
@@ -445,24 +460,31 @@ class PreparedData:
         r = self.target_mean + self.target_std * np.asarray(standardized_return, np.float64)
         return self.last_close[idx] * np.exp(r)
 
-    def save(self, path: str | Path) -> None:
-        import io
-        from v3_common import atomic_write_bytes
-        arrays = {k: getattr(self, k) for k in ("features", "ends", "target", "last_close",
-                                                  "actual_close", "target_open_time")}
+    def _arrays(self) -> dict[str, np.ndarray]:
+        """What `save` writes: every array, the transform's and the scalars (as one repr)."""
+        arrays = {k: np.asarray(getattr(self, k)) for k in (
+            "features", "ends", "target", "last_close", "actual_close", "target_open_time")}
         arrays.update({f"transform_{k}": v for k, v in self.transform.to_arrays().items()})
         arrays["feature_names"] = np.array(self.feature_names)
         scalars = {k: getattr(self, k) for k in ("n_train", "n_val", "target_mean", "target_std",
                                                   "seq_len", "gap_windows_dropped",
                                                   "first_open_time", "last_open_time")}
         arrays["scalars"] = np.array([repr(scalars)])
+        return arrays
+
+    def save(self, path: str | Path) -> bool:
+        """Write the dataset to `path` (.npz), atomically, only when its content changes
+        (an unchanged file keeps its mtime). Returns whether it wrote."""
+        arrays = self._arrays()
+        if _same_npz(Path(path), arrays):
+            return False
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         atomic_write_bytes(path, buf.getvalue())
+        return True
 
     @classmethod
     def load(cls, path: str | Path) -> "PreparedData":
-        import ast
         with np.load(path, allow_pickle=False) as z:
             scalars = ast.literal_eval(str(z["scalars"][0]))
             transform = FittedTransform.from_arrays(
@@ -471,6 +493,25 @@ class PreparedData:
                        last_close=z["last_close"], actual_close=z["actual_close"],
                        target_open_time=z["target_open_time"], transform=transform,
                        feature_names=[str(s) for s in z["feature_names"]], **scalars)
+
+
+def _same_npz(path: Path, arrays: dict[str, np.ndarray]) -> bool:
+    """Whether the .npz at `path` holds exactly `arrays` (names, dtypes, shapes, values).
+    np.savez stamps the time into its zip, so bytes cannot be compared."""
+    if not path.exists():
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if sorted(z.files) != sorted(arrays):
+                return False
+            for k, v in arrays.items():
+                old = z[k]
+                if old.dtype != v.dtype or old.shape != v.shape or not np.array_equal(
+                        old, v, equal_nan=v.dtype.kind in "fc"):
+                    return False
+    except (OSError, ValueError, EOFError, KeyError):
+        return False  # unreadable: write it afresh
+    return True
 
 
 def feature_matrix(klines: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -494,15 +535,21 @@ def feature_scores(raw: np.ndarray, ok: np.ndarray, transform: FittedTransform) 
 
 
 def prepare_dataset(klines: pd.DataFrame, cfg: FeatureConfig = FeatureConfig(), *,
-                    interval: str, name: str = "candles") -> PreparedData:
-    """Validate, compute indicators, split chronologically, fit scaling+PCA on train only."""
+                    interval: str, name: str = "candles", hint: str | None = None
+                    ) -> PreparedData:
+    """Validate, compute indicators, split chronologically, fit scaling+PCA on train only.
+
+    `hint`: how the caller's user gets more candles, ending the InsufficientDataError (e.g.
+    "Download more candles (--candles 5000)." or "Give a longer BTCUSDT_1h.csv."); the default
+    names no option, since only the caller knows which exist."""
     df = validate_klines(klines, name).reset_index(drop=True)
     need = cfg.min_candles()
+    hint = hint or f"Give it a longer candle series (at least {need} candles)."
     if len(df) < need:
         raise InsufficientDataError(
-            f"{name}: {len(df)} candles, need >= {need} (warm-up {WARMUP_CANDLES} + window "
-            f"{cfg.seq_len} + {need - WARMUP_CANDLES - cfg.seq_len} for the 70/15/15 splits). "
-            f"Download more candles (--candles) or shorten the window.")
+            f"{name}: {plural(len(df), 'candle')}, need >= {need} (warm-up {WARMUP_CANDLES} + "
+            f"window {cfg.seq_len} + {need - WARMUP_CANDLES - cfg.seq_len} for the "
+            f"{_splits(cfg)} splits). {hint}")
     raw, ok_row = feature_matrix(df)
     close = df["close"].to_numpy(np.float64)
     t_open = df["open_time"].to_numpy(np.int64)
@@ -532,7 +579,7 @@ def prepare_dataset(klines: pd.DataFrame, cfg: FeatureConfig = FeatureConfig(), 
             f"{name}: {n_samples} usable windows from {n} candles (after a warm-up of "
             f"{WARMUP_CANDLES}, windows of {cfg.seq_len}, {gap_dropped} dropped at gaps) give "
             f"train/val/test = {n_train}/{n_val}/{n_test}; each needs >= "
-            f"{cfg.min_split_samples}. Download more candles or shorten the window.")
+            f"{cfg.min_split_samples}. {hint}")
 
     # fit scaling + PCA on the feature rows the training samples can see, nothing later
     last_train_row = t[n_train - 1]
@@ -556,6 +603,12 @@ def prepare_dataset(klines: pd.DataFrame, cfg: FeatureConfig = FeatureConfig(), 
         transform=transform, target_mean=mu, target_std=sd, feature_names=feature_names(),
         seq_len=T, gap_windows_dropped=gap_dropped,
         first_open_time=int(t_open[0]), last_open_time=int(t_open[-1]))
+
+
+def _splits(cfg: FeatureConfig) -> str:
+    """'70/15/15': the train/validation/test shares in percent."""
+    test = 1.0 - cfg.train_frac - cfg.val_frac
+    return "/".join(f"{100 * f:.0f}" for f in (cfg.train_frac, cfg.val_frac, test))
 
 
 def latest_window(klines: pd.DataFrame, transform: FittedTransform, *, seq_len: int,

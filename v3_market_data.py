@@ -68,8 +68,9 @@ def read_klines(path: str | Path) -> pd.DataFrame:
     return df[KLINE_COLUMNS]
 
 
-def write_klines(df: pd.DataFrame, path: str | Path) -> None:
-    """Write candles in the kline layout, atomically (temporary file, then rename)."""
+def write_klines(df: pd.DataFrame, path: str | Path) -> bool:
+    """Write candles in the kline layout, atomically (temporary file, then rename), only when
+    the file's bytes change: an unchanged file keeps its mtime. Returns whether it wrote."""
     out = df.copy()
     for c in KLINE_COLUMNS:
         if c not in out.columns:
@@ -83,7 +84,12 @@ def write_klines(df: pd.DataFrame, path: str | Path) -> None:
             out[c] = ["" if v != v else "%.12g" % v for v in out[c].to_numpy()]
     buf = io.StringIO()
     out.to_csv(buf, index=False)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    data = buf.getvalue().encode()
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return False
+    atomic_write_bytes(path, data)
+    return True
 
 
 def synthetic_klines(symbol: str, interval: str, n: int, *, end_ms: int = SYNTHETIC_END_MS,

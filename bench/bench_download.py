@@ -36,9 +36,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+with warnings.catch_warnings():  # `import binance` warns about websockets internals
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import binance  # noqa: E402
+
 from v3_binance_data import (WEIGHT_BUDGET_PER_MIN, BinanceDownloader, klines_to_frame,  # noqa: E402
                              make_client)
-from v3_common import DEFAULT_COINS, INTERVAL_MS  # noqa: E402
+from v3_common import DEFAULT_COINS, INTERVAL_MS, plural, text_table  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -109,24 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     runs.append(("concurrent", 4, run_v3(pairs, args.candles, lat, 4)))
     runs.append(("concurrent", 8, run_v3(pairs, args.candles, lat, 8)))
 
-    import binance
     print(f"machine: {platform.node()} | {platform.platform()} | {os.cpu_count()} CPUs | "
           f"Python {platform.python_version()} | python-binance {binance.__version__}")
     print(f"command: python bench/bench_download.py {' '.join(argv if argv is not None else sys.argv[1:])}")
-    print(f"{len(pairs)} pairs x {args.candles} candles, {args.latency_ms:g} ms per request, "
+    print(f"{plural(len(pairs), 'pair')} x {args.candles} candles, {args.latency_ms:g} ms per request, "
           f"weight budget {WEIGHT_BUDGET_PER_MIN}/min (Binance's limit 6000)\n")
     serial = next(r for name, _, r in runs if name == "serial")["seconds"]
     head = ("mode", "workers", "seconds", "vs serial", "requests (klines + other)", "weight",
             "weight/min (max 60 s)", "pairs ok", "rows")
-    table = [head]
-    for name, workers, r in runs:
-        table.append((name, str(workers), f"{r['seconds']:.2f}", f"{serial / r['seconds']:.1f}x",
-                      f"{r['requests']} ({r['klines']} + {r['requests'] - r['klines']})",
-                      str(r["weight"]), str(r["max_weight_60s"]), f"{r['ok']}/{len(pairs)}",
-                      str(r["rows"])))
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    for row in table:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    print(text_table(head, [
+        (name, workers, f"{r['seconds']:.2f}", f"{serial / r['seconds']:.1f}x",
+         f"{r['requests']} ({r['klines']} + {r['requests'] - r['klines']})", r["weight"],
+         r["max_weight_60s"], f"{r['ok']}/{len(pairs)}", r["rows"]) for name, workers, r in runs]))
     over = [r for _, _, r in runs if r["max_weight_60s"] > WEIGHT_BUDGET_PER_MIN]
     if over:
         print("\nWEIGHT BUDGET EXCEEDED")

@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from v3_common import DEFAULT_COINS, DEFAULT_TIMEFRAMES  # noqa: E402
+from v3_common import DEFAULT_COINS, DEFAULT_TIMEFRAMES, plural  # noqa: E402
 from v3_data_processor import FEATURE_DOCS, WARMUP_CANDLES, compute_indicators  # noqa: E402
 from v3_market_data import synthetic_klines  # noqa: E402
 
@@ -197,7 +198,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candles", type=int, default=3000, help="candles per pair, default 3000")
     ap.add_argument("--repeat", type=int, default=5, help="vectorised runs, best counts (5)")
     args = ap.parse_args(argv)
-    import pandas as pd
 
     guide = [(s, i) for s in DEFAULT_COINS for i in DEFAULT_TIMEFRAMES]  # the guide's 40 pairs
     frames = [synthetic_klines(*guide[k % len(guide)], args.candles, seed=k // len(guide))
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             ("all 45 indicators, row-by-row Python loops", loop_s, 1.0),
             ("OBV only, vectorised (numpy cumsum)", obv_vec_s, obv_loop_s / obv_vec_s),
             ("OBV only, the guide's row-by-row loop", obv_loop_s, 1.0)]
-    print(f"bench_features: {n} pairs x {args.candles} candles (synthetic GARCH candles), "
+    print(f"bench_features: {plural(n, 'pair')} x {args.candles} candles (synthetic GARCH candles), "
           f"{len(FEATURE_DOCS)} indicator columns")
     print(f"machine: {platform.system()} {platform.machine()}, {_cpu_name()}, {os.cpu_count()} cores,"
           f" load average {os.getloadavg()[0]:.2f}; Python {platform.python_version()}, numpy "

@@ -19,9 +19,11 @@ import pandas as pd
 import pytest
 
 import binance.client
+import v3_binance_client
 import v3_binance_data as bd
 from fake_binance import DAY_MS, FakeBinance, Reply, ms
-from v3_common import ConfigError, DataValidationError, RetryableDownloadError
+from v3_common import (ConfigError, DataValidationError, DelistedSymbolError, DownloadError,
+                       InvalidSymbolError, RetryableDownloadError)
 from v3_market_data import data_path, read_klines, write_klines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,8 +52,8 @@ def waits(monkeypatch):
         if s > 0:
             recorded.append(round(s, 3))
             skipped[0] += s
-    monkeypatch.setattr(bd, "_sleep", sleep)
-    monkeypatch.setattr(bd, "_monotonic", lambda: time.monotonic() + skipped[0])
+    monkeypatch.setattr(v3_binance_client, "_sleep", sleep)
+    monkeypatch.setattr(v3_binance_client, "_monotonic", lambda: time.monotonic() + skipped[0])
     return recorded
 
 
@@ -305,6 +307,10 @@ def test_invalid_and_delisted_symbols_fail_only_their_pair(fake, tmp_path, caplo
     pairs = [("FOOUSDT", "1h"), ("HALTUSDT", "1h"), ("STALEUSDT", "1h"), ("BTCUSDT", "1h")]
     rs = fetch(downloader(fake.url), pairs, 500, tmp_path)
     foo, halt, stale, btc = rs
+    assert isinstance(foo.error, InvalidSymbolError) and not isinstance(foo.error,
+                                                                         DelistedSymbolError)
+    assert isinstance(halt.error, DelistedSymbolError) and isinstance(stale.error,
+                                                                      DelistedSymbolError)
     assert "invalid symbol" in str(foo.error)
     assert "delisted or halted" in str(halt.error) and "status is BREAK" in str(halt.error)
     assert "delisted or halted" in str(stale.error) and "days ago" in str(stale.error)
@@ -585,7 +591,7 @@ def test_download_klines_one_pair_the_simple_way(fake, tmp_path):
     from v3_common import DownloadError
     df = bd.download_klines("BTCUSDT", "1h", 500, api_urls=[fake.url], data_dir=tmp_path)
     assert len(df) == 500 and (tmp_path / "BTCUSDT_1h.csv").exists()
-    with pytest.raises(DownloadError, match="invalid symbol"):
+    with pytest.raises(InvalidSymbolError, match="invalid symbol"):  # Binance's -1121
         bd.download_klines("NOPEUSDT", "1h", 500, api_urls=[fake.url], data_dir=tmp_path)
 
 
@@ -613,5 +619,99 @@ def test_symbols_go_unchecked_when_exchange_info_keeps_failing(fake, tmp_path, c
     rs = fetch(downloader(fake.url, workers=1), [("FOOUSDT", "1h"), ("BTCUSDT", "1h")], 400,
                tmp_path)
     assert "invalid symbol" in str(rs[0].error)  # Binance's -1121 on the klines request
+    assert isinstance(rs[0].error, InvalidSymbolError)
     assert rs[1].ok and rs[1].rows == 400
     assert any("symbols not checked against exchangeInfo" in m for m in caplog.messages)
+
+
+# ---------------------------------------------------------------------------------------
+# Errors by type, and the layout of the modules split out of this one (issue 12)
+
+
+def _saved_pair(tmp_path) -> Path:
+    path = tmp_path / "OLDUSDT_1h.csv"
+    write_klines(pd.DataFrame({"open_time": [0, H], "open": 1.0, "high": 1.0, "low": 1.0,
+                               "close": 1.0, "volume": 1.0}), path)
+    return path
+
+
+def test_a_delisted_pair_is_moved_aside_by_its_type_not_its_words(tmp_path):
+    dl = bd.BinanceDownloader(["http://127.0.0.1:9/api"], archive_fallback=False)
+    path = _saved_pair(tmp_path)
+    # the words alone decide nothing: a plain DownloadError leaves the file where it is
+    r = dl.download_pair(bd.SymbolCheck("OLDUSDT", "OLDUSDT", DownloadError(
+        "OLDUSDT: delisted or halted, says some other message")), "1h", 500, data_dir=tmp_path)
+    assert not r.ok and path.exists()
+    # the type does, whatever the message says
+    r = dl.download_pair(bd.SymbolCheck("OLDUSDT", "OLDUSDT", DelistedSymbolError(
+        "OLDUSDT: gone")), "1h", 500, data_dir=tmp_path)
+    assert isinstance(r.error, DelistedSymbolError) and not path.exists()
+    assert (tmp_path / "stale" / "OLDUSDT_1h.csv").exists()
+    dl.close()
+
+
+def test_invalid_symbol_in_the_list_is_told_by_type(fake, tmp_path, monkeypatch):
+    """exchangeInfo refuses the whole list for one unknown symbol (-1121): the downloader asks
+    for everything once, decided by InvalidSymbolError, not by the message's words."""
+    import v3_binance_client as client
+    real = client.BinanceHttp._on_api_error
+
+    def reworded(self, base, label, e):
+        try:
+            return real(self, base, label, e)
+        except InvalidSymbolError as err:
+            raise InvalidSymbolError(f"{label}: Binance knows no such pair") from err
+    monkeypatch.setattr(client.BinanceHttp, "_on_api_error", reworded)
+    rs = fetch(downloader(fake.url), [("FOOUSDT", "1h"), ("BTCUSDT", "1h")], 400, tmp_path)
+    assert fake.count("exchangeInfo") == 2
+    assert isinstance(rs[0].error, InvalidSymbolError) and rs[1].ok
+
+
+SPLIT_MODULES = ["v3_binance_data", "v3_binance_client", "v3_candle_series", "v3_pair_download",
+                 "v3_binance_archive", "v3_market_data"]
+
+
+def test_split_modules_have_a_docstring_short_functions_and_top_level_imports():
+    import ast
+    for mod in SPLIT_MODULES:
+        tree = ast.parse((REPO / f"{mod}.py").read_text())
+        assert ast.get_docstring(tree), mod
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                assert n <= 60, f"{mod}.{node.name} is {n} lines"
+                inner = [x for x in ast.walk(node) if isinstance(x, (ast.Import, ast.ImportFrom))]
+                assert not inner, f"{mod}.{node.name} imports inside the function"
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("v3_"):
+                imported |= {(node.module, a.name) for a in node.names}
+        private = [f"{m}.{n}" for m, n in imported if n.startswith("_")]
+        assert not private, f"{mod} imports private names {private}"
+
+
+def test_no_import_cycle_among_the_split_modules():
+    import ast
+    deps = {}
+    for mod in SPLIT_MODULES + ["v3_data_processor", "v3_common"]:
+        tree = ast.parse((REPO / f"{mod}.py").read_text())
+        deps[mod] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                     and (n.module or "").startswith("v3_")}
+        deps[mod] |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import)
+                      for a in n.names if a.name.startswith("v3_")}
+        assert "v3_colab_training" not in deps[mod], mod
+
+    def reach(m, seen=()):
+        for d in deps.get(m, ()):
+            assert d not in seen + (m,), f"import cycle through {m} -> {d}"
+            reach(d, seen + (m,))
+    for m in deps:
+        reach(m)
+
+
+def test_every_name_the_pipeline_and_predict_use_is_importable_from_here():
+    from v3_binance_data import (RENAMED_SYMBOLS, BinanceDownloader, PairDownload,  # noqa: F401
+                                 api_urls_from_env, check_series, download_klines,
+                                 format_download_table, load_offline_pair, log_gaps)
+    import v3_pair_download
+    assert PairDownload is v3_pair_download.PairDownload
+    assert all(hasattr(bd, n) for n in bd.__all__)

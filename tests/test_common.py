@@ -10,18 +10,33 @@ from v3_common import (ConfigError, atomic_write_bytes, check_interval, normaliz
 @pytest.mark.parametrize("given,expected", [
     ("BTCUSDT", "BTCUSDT"), ("BTC", "BTCUSDT"), ("LUNC", "LUNCUSDT"), ("BNB", "BNBUSDT"),
     ("ETHBTC", "ETHBTC"), (" SOLUSDT ", "SOLUSDT"), ("1000PEPEUSDT", "1000PEPEUSDT"),
+    # lower case is accepted and normalised (issue 12, item 3)
+    ("btc", "BTCUSDT"), ("eth", "ETHUSDT"), ("btcusdt", "BTCUSDT"), ("Sol", "SOLUSDT"),
 ])
 def test_normalize_symbol(given, expected):
     assert normalize_symbol(given) == expected
 
 
-@pytest.mark.parametrize("bad,hint", [("btcusdt", "BTCUSDT"), ("BTC-USDT", "BTCUSDT"),
-                                      ("BTC/USDT", "BTCUSDT"), ("", None), ("B", None), (42, None)])
+@pytest.mark.parametrize("bad,hint", [
+    ("BTC-USDT", "BTCUSDT"), ("BTC/USDT", "BTCUSDT"), ("eth_usdt", "ETHUSDT"),
+    # a trailing USD means USDT: 'BTCUSD' would become the pair BTCUSDUSDT (issue 12, item 3)
+    ("BTC-USD", "BTCUSDT"), ("btc/usd", "BTCUSDT"), ("ETH USD", "ETHUSDT"), ("sol-", "SOLUSDT"),
+    ("", None), ("B", None), (42, None), ("-", None)])
 def test_normalize_symbol_rejects_with_a_fix(bad, hint):
     with pytest.raises(ConfigError) as e:
         normalize_symbol(bad)
     if hint:
         assert f"Did you mean {hint!r}" in str(e.value)
+        assert normalize_symbol(hint) == hint  # the suggestion is a symbol V3 takes as it is
+    else:
+        assert "Did you mean" not in str(e.value)
+
+
+def test_typed_symbol_errors_are_download_errors():
+    from v3_common import DelistedSymbolError, DownloadError, InvalidSymbolError
+    assert issubclass(InvalidSymbolError, DownloadError)
+    assert issubclass(DelistedSymbolError, DownloadError)
+    assert not issubclass(InvalidSymbolError, DelistedSymbolError)
 
 
 def test_intervals():

@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -533,7 +534,7 @@ def test_each_bad_input_raises_a_named_error_with_rows_and_fix(kind, message, fi
     text = str(e.value)
     assert text.startswith("BTCUSDT 1h: ") and message in text and fix in text
     if kind != "missing":
-        assert "2 row(s): row 5 (open_time=" in text and "; row 9 (" in text
+        assert "2 rows: row 5 (open_time=" in text and "; row 9 (" in text
     with pytest.raises(DataValidationError):  # prepare_dataset validates the same way
         prepare_dataset(_bad(synthetic_klines("BTCUSDT", "1h", 700), kind), interval="1h")
 
@@ -541,8 +542,9 @@ def test_each_bad_input_raises_a_named_error_with_rows_and_fix(kind, message, fi
 def test_error_lists_the_first_five_rows_and_counts_the_rest():
     k = synthetic_klines("BTCUSDT", "1h", 40)
     k.loc[10:17, "volume"] = -5.0
-    with pytest.raises(DataValidationError, match=r"negative volume in 8 row\(s\): row 10 "
-                                                  r"\(open_time=\d+, volume=-5.0\); row 11"):
+    with pytest.raises(DataValidationError, match=r"negative volume in 8 rows: row 10 "
+                                                  r"\(open_time=\d+ \(\d{4}-\d\d-\d\d \d\d:\d\d UTC\), "
+                                                  r"volume=-5.0\); row 11"):
         validate_klines(k)
     with pytest.raises(DataValidationError, match=r"row 14 \(.*\) and 3 more\."):
         validate_klines(k)
@@ -575,7 +577,7 @@ def test_a_bad_csv_fails_only_its_pair_in_the_pipeline(tmp_path, caplog):
     results = json.loads(pipe.results_path.read_text())
     bad = results["BNBUSDT_1h"]
     assert bad["status"] == "failed" and bad["failed_step"] == "download"
-    assert "high < low in 2 row(s): row 123" in bad["reason"] and "re-download" in bad["reason"]
+    assert "high < low in 2 rows: " in bad["reason"] and "re-download" in bad["reason"]
     assert "BNBUSDT 1h: download failed: " in caplog.text
     for good in ("BTCUSDT_1h", "ETHUSDT_1h"):
         assert results[good]["status"] == "success"
@@ -628,3 +630,36 @@ def test_bench_features_runs_tiny(capsys):
     assert "bench_features: 2 pairs x 600 candles" in out and "machine:" in out
     assert "command: python bench/bench_features.py --pairs 2 --candles 600" in out
     assert "row-by-row Python loops" in out and "-> OK" in out
+
+
+def test_save_writes_only_when_the_content_changes(btc, tmp_path):
+    """Issue 12, item 6: processed/ was rewritten on every re-run although nothing changed."""
+    path = tmp_path / "p.npz"
+    data = _prepared(btc)
+    assert data.save(path) is True
+    mtime = path.stat().st_mtime_ns
+    time.sleep(0.02)
+    assert _prepared(btc).save(path) is False  # rebuilt from the same candles: same content
+    assert path.stat().st_mtime_ns == mtime
+    other = _prepared(btc.iloc[:-50].reset_index(drop=True))
+    assert other.save(path) is True
+    assert PreparedData.load(path).last_open_time == other.last_open_time
+    path.write_bytes(b"not a zip")  # an unreadable file is written afresh
+    assert data.save(path) is True and PreparedData.load(path).n_train == data.n_train
+
+
+def test_too_few_candles_ends_with_the_callers_hint():
+    """Issue 12, item 9: the fix named a window flag that does not exist; the caller knows
+    which fix fits its source."""
+    k = synthetic_klines("BTCUSDT", "1h", 420)
+    with pytest.raises(InsufficientDataError) as e:
+        prepare_dataset(k, interval="1h", name="BTCUSDT 1h",
+                        hint="Give a longer BTCUSDT_1h.csv (at least 496 candles).")
+    msg = str(e.value)
+    assert msg.endswith("Give a longer BTCUSDT_1h.csv (at least 496 candles).")
+    assert "window" not in msg.split("splits). ")[1] and "--candles" not in msg
+    assert "70/15/15 splits" in msg
+    with pytest.raises(InsufficientDataError) as e:  # no hint: no option named either
+        prepare_dataset(k, interval="1h")
+    assert "--" not in str(e.value) and "shorten the window" not in str(e.value)
+    assert "at least 496 candles" in str(e.value)

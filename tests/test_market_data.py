@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -52,3 +54,18 @@ def test_optional_columns_may_be_missing(tmp_path):
 def test_find_csv_names_the_expected_files(tmp_path):
     with pytest.raises(ConfigError, match="expected BTCUSDT_1h.csv or BTCUSDT_1h.csv.gz"):
         find_csv(tmp_path, "BTCUSDT", "1h")
+
+
+def test_write_klines_writes_only_when_the_bytes_change(tmp_path):
+    """Issue 12, item 6: re-runs rewrote identical files; an unchanged file keeps its mtime."""
+    path = tmp_path / "BTCUSDT_1h.csv"
+    df = synthetic_klines("BTCUSDT", "1h", 300)
+    assert write_klines(df, path) is True
+    mtime = path.stat().st_mtime_ns
+    time.sleep(0.02)
+    assert write_klines(df.copy(), path) is False
+    assert path.stat().st_mtime_ns == mtime and not list(tmp_path.glob(".*.tmp"))
+    changed = df.copy()
+    changed.loc[5, "volume"] += 1.0
+    assert write_klines(changed, path) is True
+    assert read_klines(path)["volume"].iloc[5] == pytest.approx(changed["volume"].iloc[5])
