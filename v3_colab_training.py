@@ -34,7 +34,6 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from v3_binance_data import RENAMED_SYMBOLS, BinanceDownloader, format_download_table  # noqa: E402
-from v3_tmp_offline import load_offline_pair  # noqa: E402  MERGE-TEMP
 from v3_common import (ConfigError, V3Error, atomic_write_json, default_base_dir,  # noqa: E402
                        json_default, log, pair_key, plural, progress, read_json, setup_logging,
                        shorten, text_table, fmt_num)
@@ -47,6 +46,7 @@ from v3_evaluation import rescore_pair, walk_forward_pair  # noqa: E402
 from v3_hub import upload_to_hub  # noqa: E402
 from v3_layout import RunLayout  # noqa: E402
 from v3_market_data import latest_candles, read_klines  # noqa: E402
+from v3_pair_download import load_offline_pair  # noqa: E402
 from v3_report import summary_sentences, write_report  # noqa: E402
 from v3_train_step import features_info, finalize_pair, plan_pair  # noqa: E402
 from v3_trainer import resolve_device  # noqa: E402
@@ -270,8 +270,9 @@ class V3CoLabPipeline:
                 continue
             try:
                 data = prepare_dataset(latest_candles(read_klines(src), c.candles), c.features,
-                                       interval=interval, name=f"{symbol} {interval}")
-                data.save(self.processed_path(symbol, interval))
+                                       interval=interval, name=f"{symbol} {interval}",
+                                       hint=c.short_data_hint())
+                data.save(self.processed_path(symbol, interval))  # only when it changed
             except V3Error as e:
                 self.store.fail(symbol, interval, "preprocess", e)
                 continue

@@ -54,6 +54,15 @@ class PipelineConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def short_data_hint(self) -> str:
+        """What to do when a pair has too few candles: the fix that exists for its source."""
+        need = self.features.min_candles()
+        if self.source == "csv":
+            return f"Give a longer SYMBOL_INTERVAL.csv (at least {need} candles)."
+        if self.source == "synthetic":
+            return f"Use --candles {need} or more."
+        return f"Download more candles (--candles {max(need, self.candles)} or more)."
+
     def with_training(self, **overrides) -> "PipelineConfig":
         """A copy with the training settings replaced by those given (None: keep)."""
         given = {k: v for k, v in overrides.items() if v is not None}

@@ -209,7 +209,8 @@ def walk_forward_pair(klines: pd.DataFrame, symbol: str, interval: str, cfg, *,
     with the same data and settings is kept unless `retrain`. `on_fold(entries)` after each
     new fold. Returns the new `walk_forward` entry (per-fold and pooled metrics)."""
     k, name = cfg.walk_forward, f"{symbol} {interval}"
-    full = prepare_dataset(klines, cfg.features, interval=interval, name=name)
+    full = prepare_dataset(klines, cfg.features, interval=interval, name=name,
+                           hint=cfg.short_data_hint())
     folds = walk_forward_folds(full.ends, k, test_size=full.n_test,
                                train_frac=cfg.features.train_frac, val_frac=cfg.features.val_frac,
                                min_samples=cfg.features.min_split_samples)

@@ -236,7 +236,7 @@ def test_one_bad_pair_does_not_stop_the_others(tmp_path):
 
 
 @pytest.mark.parametrize("coins,timeframes,over,err,text", [
-    (["btc-usd"], ["1h"], {}, ConfigError, "not an upper-case Binance symbol"),
+    (["btc-usd"], ["1h"], {}, ConfigError, "not a Binance symbol"),
     (["BTCUSDT"], ["2m"], {}, ConfigError, "timeframe '2m' is not supported"),
     ([], ["1h"], {}, ConfigError, "COINS must be a non-empty list"),
     ("BTCUSDT", ["1h"], {}, ConfigError, "COINS must be a non-empty list"),
@@ -321,7 +321,7 @@ def test_cli_demo_subset_and_steps(tmp_path, caplog):
 
 def test_cli_bad_input_exit_codes(tmp_path, caplog):
     assert main(["--demo", "--base-dir", str(tmp_path), "--coins", "btc/usdt"]) == 2
-    assert "ConfigError" in caplog.text and "not an upper-case Binance symbol" in caplog.text
+    assert "ConfigError" in caplog.text and "not a Binance symbol" in caplog.text
     assert main(["--demo", "--base-dir", str(tmp_path), "--epochs", "0"]) == 2
     # nothing usable: every pair fails -> exit code 1
     empty = tmp_path / "empty"
