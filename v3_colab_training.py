@@ -44,6 +44,7 @@ from v3_engine import train_jobs  # noqa: E402
 from v3_metrics import summarize_pairs  # noqa: E402
 from v3_evaluation import rescore_pair, walk_forward_pair  # noqa: E402
 from v3_hub import upload_to_hub  # noqa: E402
+from v3_intervals import summarize_intervals  # noqa: E402
 from v3_layout import RunLayout  # noqa: E402
 from v3_market_data import latest_candles, read_klines  # noqa: E402
 from v3_pair_download import load_offline_pair  # noqa: E402
@@ -443,6 +444,10 @@ class V3CoLabPipeline:
         results = self.store.load()
         entries = {k: v for k, v in self.store.trained().items() if (v.get("test") or {}).get("n")}
         summary = summarize_pairs(entries)
+        if any((v.get("baseline") or {}).get("garch") for v in entries.values()):
+            summary["intervals"] = summarize_intervals({  # the model's block is test.interval
+                k: {"interval": v["test"].get("interval"), "baseline": v["baseline"]}
+                for k, v in entries.items()})
         # no clock in the summary: an unchanged run leaves the results file unchanged
         summary["fee_per_side"] = c.fee_per_side
         if results.get("_summary") != summary:

@@ -24,6 +24,8 @@ import torch
 from v3_baselines import LinearBaseline, baseline_models
 from v3_common import CheckpointError, ConfigError, V3Error, atomic_write_bytes, log
 from v3_data_processor import PreparedData, prepare_dataset
+from v3_intervals import (INTERVAL_BASELINES, QUANTILE_COLUMNS, evaluate_intervals,
+                          interval_metrics, per_sample_pinball)
 from v3_layout import RunLayout
 from v3_lstm_model import V3LSTMModel
 from v3_metrics import backtest_direction, forecast_metrics, naive_mae
@@ -63,12 +65,20 @@ def evaluate_pair(data, predicted_test: np.ndarray, *, baselines: list | None = 
 
 
 def score_pair(data: PreparedData, pred_test: np.ndarray, interval: str, *, fee_per_side: float,
-               patience: int) -> dict:
+               patience: int, quantiles_test: np.ndarray | None = None) -> dict:
     """The model's test forecast next to every baseline on the same samples, with the
-    significance tests and the fee-aware backtest."""
+    significance tests and the fee-aware backtest; and the model's test quantiles of the next
+    log return (`quantiles_test`, (n_test, 7), or None without a quantile head) next to the
+    interval baselines (rolling, ewma, garch: v3_intervals)."""
     te = data.split("test")
     scored = evaluate_pair(data, pred_test)
     scored["predictions"]["model"] = np.asarray(pred_test, np.float64)
+    intervals = evaluate_intervals(data, quantiles_test)
+    scored["baseline"].update(intervals["baseline"])  # rolling/ewma/garch: {"interval": block}
+    if intervals["model"] is not None:  # `interval` beside the point metrics (the pair's own
+        scored["test"]["interval"] = intervals["model"]  # `interval` is its timeframe)
+    scored["quantile_predictions"] = intervals["predictions"]  # closes, (n_test, 7) per name
+    scored["tuning"]["intervals"] = intervals["tuning"]
     scored["backtest"] = backtest_direction(pred_test, data.last_close[te], data.actual_close[te],
                                             interval=interval, fee_per_side=fee_per_side)
     scored["tuning"]["lstm"] = ("the stopping epoch, by early stopping on the validation loss "
@@ -94,12 +104,18 @@ def model_test_forecast(model, data: PreparedData, split: str = "test") -> np.nd
 
 
 def write_predictions(path, data: PreparedData, scored: dict, *, baselines: bool = False) -> None:
-    """The per-sample test predictions as CSV (results/predictions/*.csv; walk-forward folds
-    also carry the drift and linear baselines' closes)."""
+    """The per-sample test predictions as CSV (results/predictions/*.csv): the model's close,
+    its close at each quantile (p05..p95, with a quantile head) and garch's (garch_p05..);
+    walk-forward folds also carry the drift and linear closes and every interval baseline's."""
     te = data.split("test")
-    p = scored["predictions"]
+    p, q = scored["predictions"], scored.get("quantile_predictions") or {}
     cols = {"open_time": data.target_open_time[te], "last_close": data.last_close[te],
             "actual_close": data.actual_close[te], "predicted_close": p["model"]}
+    if "model" in q:
+        cols.update(zip(QUANTILE_COLUMNS, q["model"].T))
+    for name in INTERVAL_BASELINES if baselines else ("garch",):
+        if name in q:
+            cols.update(zip((f"{name}_{c}" for c in QUANTILE_COLUMNS), q[name].T))
     if baselines:
         cols.update(drift_close=p["drift"], linear_close=p["linear"])
     atomic_write_bytes(path, pd.DataFrame(cols).to_csv(index=False).encode())
@@ -284,11 +300,29 @@ def pool_folds(entries: list[dict], interval: str, *, layout: RunLayout,
     scale = np.concatenate([np.full(e["n_test"], e["mase_scale"]) for e in entries])
     last, actual = df["last_close"].to_numpy(), df["actual_close"].to_numpy()
     m = lambda col: forecast_metrics(actual, df[col].to_numpy(), last, mase_scale=scale)  # noqa: E731
-    return {"n_folds": len(entries), "test": m("predicted_close"),
+    model_interval, interval_baselines = pooled_intervals(df)
+    test = m("predicted_close")
+    if model_interval is not None:
+        test["interval"] = model_interval
+    return {"n_folds": len(entries), "test": test,
             "baseline": {"persistence": m("last_close"), "drift": m("drift_close"),
-                         "linear": m("linear_close")},
+                         "linear": m("linear_close"), **interval_baselines},
             "backtest": backtest_direction(df["predicted_close"].to_numpy(), last, actual,
                                            interval=interval, fee_per_side=fee_per_side)}
+
+
+def pooled_intervals(df: pd.DataFrame) -> tuple[dict | None, dict]:
+    """Interval metrics over the pooled samples of a predictions frame: (the model's block or
+    None, {baseline: {"interval": block}}) for the quantile columns it has."""
+    last = df["last_close"].to_numpy()
+    y = np.log(df["actual_close"].to_numpy() / last)
+    cols = {"model": list(QUANTILE_COLUMNS)}
+    cols.update({b: [f"{b}_{c}" for c in QUANTILE_COLUMNS] for b in INTERVAL_BASELINES})
+    q = {name: np.log(df[c].to_numpy() / last[:, None]) for name, c in cols.items()
+         if all(x in df.columns for x in c)}
+    losses = {name: per_sample_pinball(y, v) for name, v in q.items() if name != "model"}
+    blocks = {name: interval_metrics(y, v, baseline_losses=losses) for name, v in q.items()}
+    return blocks.pop("model", None), {name: {"interval": b} for name, b in blocks.items()}
 
 
 # ---------------------------------------------------------------------------------------

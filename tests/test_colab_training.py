@@ -102,7 +102,10 @@ def test_predictions_csv_and_persistence_recomputed(trained):
     p, results = trained
     for key in PAIRS:
         df = pd.read_csv(p.base_dir / "results" / "predictions" / f"{key}.csv")
-        assert list(df.columns) == ["open_time", "last_close", "actual_close", "predicted_close"]
+        assert list(df.columns)[:4] == ["open_time", "last_close", "actual_close", "predicted_close"]
+        garch = [f"garch_{c}" for c in ("p05", "p10", "p25", "p50", "p75", "p90", "p95")]
+        assert set(garch) <= set(df.columns)  # the garch baseline's closes at each quantile
+        assert (np.diff(df[garch].to_numpy(), axis=1) >= 0).all()
         assert len(df) == results[key]["test"]["n"]
         assert df["open_time"].is_monotonic_increasing
         persist = regression_metrics(df.actual_close, df.last_close, df.last_close)

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import tiny_config
 from v3_colab_training import V3CoLabPipeline, main
+from v3_intervals import INTERVAL_BASELINES
 from v3_metrics import BASELINES, METRIC_FIELDS, forecast_metrics, naive_mae
 from v3_report import summary_sentences
 
@@ -39,7 +40,7 @@ def test_results_hold_every_baseline_with_the_test_fields(run):
     for key in PAIRS:
         r = results[key]
         assert set(r["test"]) == set(METRIC_FIELDS)
-        assert set(r["baseline"]) == set(BASELINES)
+        assert set(r["baseline"]) == set(BASELINES) | set(INTERVAL_BASELINES)
         for name in BASELINES:
             assert set(r["baseline"][name]) == set(r["test"]), name
             assert r["baseline"][name]["n"] == r["test"]["n"] == r["splits"]["test"]
@@ -96,7 +97,7 @@ def test_walk_forward_folds_and_pooled(run):
         assert f2["n_train"] > f1["n_train"]                            # the window expands
         pooled = wf["pooled"]
         assert pooled["test"]["n"] == f1["n_test"] + f2["n_test"]
-        assert set(pooled["baseline"]) == set(BASELINES)
+        assert set(pooled["baseline"]) == set(BASELINES) | set(INTERVAL_BASELINES)
         assert set(pooled["test"]) == set(METRIC_FIELDS)
         for f in (f1, f2):
             assert (p.base_dir / f["predictions_path"]).exists()
@@ -162,7 +163,7 @@ def test_report_only_rescores_and_rewrites(run, caplog):
     assert "re-scored 2 pairs from their saved models" in caplog.text
     after = json.loads(p.results_path.read_text())
     assert after["BTCUSDT_1h"]["test"] == pytest.approx(before)  # same model, same numbers
-    assert set(after["BTCUSDT_1h"]["baseline"]) == set(BASELINES)
+    assert set(after["BTCUSDT_1h"]["baseline"]) == set(BASELINES) | set(INTERVAL_BASELINES)
     assert after["BTCUSDT_1h"]["backtest"]["fee_per_side"] == 0.002
     assert "Fee 0.2 % per side" in (p.results_dir / "report.md").read_text()
     assert (p.results_dir / "report.html").exists()
