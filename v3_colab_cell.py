@@ -5,7 +5,7 @@
     python v3_colab_cell.py --notebook V3_colab.ipynb    # write the Colab notebook (GPU runtime)
     python v3_colab_cell.py --repo-url https://raw.githubusercontent.com/<you>/<repo>/<branch> ...
 
-Cell 1 installs only what Colab lacks (python-binance, huggingface-hub; never torch), creates
+Cell 1 installs only what Colab lacks (python-binance, huggingface-hub, arch, tenacity; never torch), creates
 the folders and reports the GPU. Cell 2 fetches every module the pipeline imports from one
 repository URL (REPO_URL at the top of the cell) and checks that each is Python. Cell 3 has a
 few lines to edit, then runs `V3CoLabPipeline(...).run_full_pipeline(...)`. Every cell is safe
@@ -42,7 +42,8 @@ REPO_URL = "https://raw.githubusercontent.com/caizongxun/cpbv2/main"  # the guid
 NOTEBOOK_NAME = "V3_colab.ipynb"
 ENTRY_MODULES = ("v3_colab_training", "v3_predict")  # cell 2 fetches these and all they import
 # (pip name, import name) of what V3 needs and Colab may lack; torch is never on this list.
-COLAB_PACKAGES = (("python-binance", "binance"), ("huggingface-hub", "huggingface_hub"))
+COLAB_PACKAGES = (("python-binance", "binance"), ("huggingface-hub", "huggingface_hub"),
+                  ("arch", "arch"), ("tenacity", "tenacity"))  # installed only when missing
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
 
@@ -315,7 +316,7 @@ if DEMO and not env.get("V3_COINS"):
 if env.get("V3_EPOCHS"):
     EPOCHS = int(env["V3_EPOCHS"])
 elif DEMO:
-    EPOCHS = config.train.epochs
+    EPOCHS = None  # None keeps the preset's 5 epochs
 pipeline = V3CoLabPipeline(
     BASE_DIR, config=config, coins=COINS, timeframes=TIMEFRAMES, hf_repo=HF_REPO,
     upload=config.upload or HF_REPO is not None,  # the demo uploads only to a repo you name

@@ -4,6 +4,7 @@ Nothing here runs at import: no logging set-up, no device probing, no network.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -12,6 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+import numpy as np
+from tqdm.auto import tqdm
 
 log = logging.getLogger("v3")
 
@@ -159,7 +163,6 @@ def setup_logging(level: int | str = logging.INFO) -> logging.Logger:
 
 def progress(iterable: Iterable | None = None, *, enabled: bool = True, **kw: Any):
     """A tqdm.auto bar (widgets in Colab, text elsewhere); `enabled=False` turns it off."""
-    from tqdm.auto import tqdm
     kw.setdefault("dynamic_ncols", True)
     kw.setdefault("leave", False)
     return tqdm(iterable, disable=not enabled, **kw)
@@ -195,7 +198,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def json_default(o: Any) -> Any:
     """json.dumps(default=...) for numpy numbers and arrays and paths."""
-    import numpy as np
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):
@@ -209,7 +211,6 @@ def json_default(o: Any) -> Any:
 
 def utc_minute(ms: int | None) -> str | None:
     """'2025-01-01 00:00 UTC' for a time in ms (None stays None)."""
-    import datetime as dt
     if ms is None:
         return None
     return dt.datetime.fromtimestamp(int(ms) / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
