@@ -244,10 +244,11 @@ def _refuse_unreadable(models: list[Path]) -> None:
         except CheckpointError as e:
             bad.append((path, e))
     if bad:
-        lines = "; ".join(shorten(str(e).replace(str(p), p.name), 160) for p, e in bad)
+        why = "; ".join(shorten(str(e).replace(str(p), p.name), 160) for p, e in bad)
+        why += "" if why.endswith(".") else "."
         raise UploadError(
             f"{plural(len(bad), 'model file')} in {models[0].parent} "
-            f"{'does' if len(bad) == 1 else 'do'} not load: {lines}. Nothing was uploaded: "
+            f"{'does' if len(bad) == 1 else 'do'} not load: {why} Nothing was uploaded: "
             f"re-train {'that pair' if len(bad) == 1 else 'those pairs'} with --retrain "
             f"(step 4), then re-run step 5.")
 
