@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 STALE_AFTER_INTERVALS = 2  # market data older than this many intervals is refused
-NOTE_WIDTH = 60            # the table's note column (an error) is shortened to this
+NOTE_WIDTH = 48            # the table's note column (an error) is shortened to this
 OFFLINE_HINT = ("Set V3_BINANCE_API_URLS to a Binance API base that works from this machine, "
                 "or give the candles yourself: v3_predict.py --data-dir DIR (a folder of "
                 "SYMBOL_INTERVAL.csv files, such as a run's data/), or predict_next(candles=...).")
