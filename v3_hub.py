@@ -295,7 +295,7 @@ def hub_endpoint(endpoint: str | None = None) -> str | None:
     return e.rstrip("/") if e else None
 
 
-# Kept for v3_colab_training, which calls it until it imports check_folder instead.
+# MERGE-TEMP: only for this branch's v3_colab_training (main's v3_config uses check_folder); delete.
 _check_folder = check_folder
 
 

@@ -13,7 +13,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # before huggingface_hub
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import v3_hub
 from conftest import tiny_config
