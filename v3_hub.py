@@ -5,8 +5,9 @@
     m = load_model_from_hub("me/cpb-models", "BTCUSDT", "15m")  # m.model, m.transform, ...
 
 What goes up, in ONE commit (the Hub limits commits per repo per hour): every
-`all_models/v3_model_*.pt`, `results/v3_training_results.json` as `training_results.json`,
-`results/config.json`, and a model card. The card is the repo's root `README.md`, unless the
+`all_models/v3_model_*.pt` (each must load first: a truncated file is refused, nothing is
+sent), `results/v3_training_results.json` as `training_results.json`, `results/config.json`,
+and the model card (v3_model_card.py). The card is the repo's root `README.md`, unless the
 root already has a README that V3 did not write (no CARD_MARKER line): then it goes to
 `<folder>/README.md` and the root is left alone. Local files are only read.
 
@@ -17,13 +18,19 @@ from the commit, and a run with nothing new makes no commit at all. Transient fa
 The token, in this order: the `token` argument, the HF_TOKEN environment variable, the stored
 login (`hf auth login`), the Colab secret HF_TOKEN (only inside the notebook UI, not from a
 `!python` command), then a hidden prompt when a person is at one. With none, the upload is
-skipped with one line saying how to give one. The token is never printed, logged, written to
-a file or put in an exception message. The endpoint follows HF_ENDPOINT (huggingface_hub's
-default otherwise). Facts: REFERENCE.md section 3.
+skipped with one line saying how to give one (upload_to_hub returns None; the caller decides
+the exit code). The token is never printed, logged, written to a file or put in an exception
+message. The endpoint follows HF_ENDPOINT (huggingface_hub's default otherwise).
+`check_repo_id` and `check_folder` check the settings without a token or the network, so a
+caller can refuse a bad --hf-repo before any work.
+
+huggingface_hub is imported inside the functions that use it, lazily on purpose: importing
+this module (the pipeline does, to check its settings) costs nothing until step 5 runs.
 """
 from __future__ import annotations
 
 import getpass
+import importlib
 import os
 import sys
 import tempfile
@@ -33,14 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from v3_common import (INTERVAL_MS, CheckpointError, ConfigError, DownloadError, UploadError,
-                       check_interval, log, normalize_symbol, pair_key, read_json)
-from v3_trainer import LoadedModel, load_checkpoint
+from v3_common import (CheckpointError, ConfigError, DownloadError, UploadError, check_interval,
+                       log, normalize_symbol, plural, read_json, shorten)
+from v3_layout import RunLayout, model_filename
+from v3_model_card import (CARD_LICENSE, CARD_MARKER, CONFIG_NAME, DEFAULT_FOLDER, RESULTS_NAME,
+                           build_model_card)
+from v3_trainer import LoadedModel, load_checkpoint, load_model_file
 
 DEFAULT_REPO_NAME = "cpb-models"
-DEFAULT_FOLDER = "v3"
-CARD_MARKER = "<!-- v3-cpb-models card: written by V3's step 5 -->"
-CARD_LICENSE = "mit"
 MAX_ATTEMPTS = 3          # tries per Hub call when the failure is transient
 RETRY_WAIT_S = 2.0        # wait before the 2nd try; doubled before each next one
 TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
@@ -49,8 +56,6 @@ NO_TOKEN_HINT = (f"no Hugging Face token found: upload skipped. Give one with wr
                  f"(from {TOKEN_URL}) as the HF_TOKEN environment variable, with `hf auth login`, "
                  f"or as the Colab secret HF_TOKEN (read only by code run in a notebook cell, not "
                  f"by `!python`); then re-run step 5.")
-RESULTS_NAME = "training_results.json"
-CONFIG_NAME = "config.json"
 
 
 # ---------------------------------------------------------------------------------------
@@ -118,9 +123,9 @@ def _status(e: BaseException) -> int | None:
     return None
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Connection-level errors of whichever HTTP library huggingface_hub uses."""
-    import importlib
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection-level errors of whichever HTTP library huggingface_hub uses (httpx2, httpx
+    or requests, whichever is installed), for an `except` clause around a Hub call."""
     found: list[type[BaseException]] = [ConnectionError, TimeoutError]
     for name in ("httpx2", "httpx", "requests"):
         mod = sys.modules.get(name)
@@ -142,7 +147,7 @@ def _transient(e: BaseException) -> bool:
         return _status(e) in TRANSIENT_STATUS
     if isinstance(e, LocalEntryNotFoundError):  # hf_hub_download: the Hub did not answer
         return True
-    return isinstance(e, _transport_errors())
+    return isinstance(e, transport_errors())
 
 
 def _describe(e: BaseException, token: str | None) -> str:
@@ -206,154 +211,6 @@ def _upload_error(e: BaseException, *, what: str, repo_id: str, who: _Who, token
 
 
 # ---------------------------------------------------------------------------------------
-# The model card
-
-
-def build_model_card(results: dict, config: dict | None, *, repo_id: str,
-                     folder: str = DEFAULT_FOLDER, license: str = CARD_LICENSE) -> str:
-    """The README.md for the Hub: YAML metadata, what the models are, how they were trained,
-    a per-pair table beside the persistence baseline, limitations, and how to load one.
-    Deterministic (no clock): an unchanged run gives an unchanged card, hence no new commit."""
-    config = config or {}
-    pairs = sorted(k for k, r in results.items() if isinstance(r, dict) and not k.startswith("_"))
-    rows = [results[k] for k in pairs]
-    trained = [r for r in rows if r.get("status") in ("success", "skipped") and r.get("test")]
-    synthetic = any(_is_synthetic(r) for r in rows)
-    tags = ["time-series-forecasting", "cryptocurrency", "lstm", "attention", "pytorch", "v3-cpb"]
-    tags += ["synthetic-data"] if synthetic else []
-    example = (trained or rows or [{}])[0]
-    symbols = sorted({r["symbol"] for r in rows if r.get("symbol")})
-    intervals = sorted({r["interval"] for r in rows if r.get("interval")}, key=_interval_ms)
-    f0 = next((r["features"] for r in rows if r.get("features")), {})
-    seq_len = f0.get("seq_len", (config.get("features") or {}).get("seq_len", "?"))
-    n_comp = f0.get("n_components", (config.get("features") or {}).get("n_components", "?"))
-
-    out = ["---", "library_name: pytorch", f"license: {license}",
-           "pipeline_tag: time-series-forecasting", "tags:", *[f"- {t}" for t in tags], "---",
-           CARD_MARKER, "",
-           f"# V3 cryptocurrency forecasters: {len(trained)} BiLSTM-attention models", ""]
-    if synthetic:
-        out += ["> **Synthetic data.** Some or all of these models were trained on synthetic "
-                "candles from V3's generator, not on market prices (rows marked `synthetic` "
-                "below). Their metrics say nothing about real markets.", ""]
-    out += [f"One PyTorch model per coin and timeframe ({len(symbols)} coins x "
-            f"{', '.join(intervals) or '?'}). Each reads the last {seq_len} closed candles "
-            f"({f0.get('n_features', '?')} technical indicators reduced to {n_comp} PCA "
-            f"components) and predicts the next candle's close, as a log return from the last "
-            f"close. Files in `{folder}/`: `v3_model_SYMBOL_INTERVAL.pt` (weights, model config, "
-            f"the fitted scaler and PCA, feature names, metrics), `{RESULTS_NAME}` (every "
-            f"metric of every pair) and `{CONFIG_NAME}` (the run's configuration).", "",
-            "## How they were trained", "", *_card_training(rows, config, f0, seq_len, n_comp),
-            "", "## Results (test split)", "",
-            "Persistence is the naive baseline \"next close = last close\", scored on the same "
-            "test samples. MAPE and directional accuracy are percentages; directional accuracy "
-            "counts the samples whose actual move is not zero (an honest coin flip scores 50 %).",
-            "", "| " + " | ".join(CARD_COLUMNS) + " |", "|" + "---|" * len(CARD_COLUMNS),
-            *["| " + " | ".join(_card_row(k, results[k])) + " |" for k in pairs],
-            "", "## Limitations", "",
-            "- **Not financial advice.** These are research models; do not trade with them.",
-            "- Read every metric next to the persistence baseline beside it. On real market data "
-            "next-candle forecasts are rarely much better than persistence, and directional "
-            "accuracy near 50 % is what honest results look like; far better numbers usually "
-            "mean a leak.",
-            "- The test window is short and recent; market regimes change and the models know "
-            "nothing but past candles.",
-            *(["- Rows marked `synthetic` were trained and scored on synthetic candles, not on "
-               "market prices."] if synthetic else []),
-            "", "## Load a model", "",
-            *_card_snippet(repo_id, folder, example.get("symbol", "BTCUSDT"),
-                           example.get("interval", "15m")), ""]
-    return "\n".join(out)
-
-
-def _card_training(rows: list[dict], config: dict, f0: dict, seq_len, n_comp) -> list[str]:
-    """The card's 'How they were trained' bullets, from the results and config.json."""
-    model, train = config.get("model") or {}, config.get("train") or {}
-    fcfg = config.get("features") or {}
-    ev = [r["features"]["explained_variance"] for r in rows
-          if (r.get("features") or {}).get("explained_variance") is not None]
-    ev_text = (f", keeping {100 * min(ev):.1f}-{100 * max(ev):.1f} % of the training variance"
-               if ev else "")
-    firsts = [(r.get("data") or {}).get("first") for r in rows]
-    lasts = [(r.get("data") or {}).get("last") for r in rows]
-    firsts, lasts = [x for x in firsts if x], [x for x in lasts if x]
-    span = f"from {min(firsts)} to {max(lasts)}" if firsts and lasts else "(range not recorded)"
-    sources = sorted({(r.get("data") or {}).get("source") or config.get("source") or "?"
-                      for r in rows})
-    tr, va = fcfg.get("train_frac", 0.70), fcfg.get("val_frac", 0.15)
-    warmup = f0.get("warmup_candles", config.get("warmup_candles", "?"))
-    lstm = "bidirectional LSTM" if model.get("bidirectional", True) else "LSTM"
-    pool = ("additive attention over the time steps" if model.get("use_attention", True)
-            else "the last time step")
-    hyper = ", ".join(f"{name} {train[key]}" for key, name in _TRAIN_KEYS if key in train)
-    return [
-        f"- **Data**: {', '.join(_SOURCE_TEXT.get(s, s) for s in sources)}; "
-        f"{config.get('candles', '?')} latest closed candles per pair, {span}. Chronological "
-        f"split {100 * tr:.0f}/{100 * va:.0f}/{100 * (1 - tr - va):.0f} (train / validation / "
-        f"test); nothing is fitted on validation or test rows.",
-        f"- **Features**: {f0.get('n_features', '?')} indicators per candle (returns, "
-        f"moving-average distances, Bollinger Bands, RSI, MACD, ATR, stochastic, ADX, OBV, MFI, "
-        f"volatility, volume ratios, candle shape) after a {warmup}-candle warm-up; standardised "
-        f"and reduced by PCA to {n_comp} components{ev_text}, both fitted on the training rows "
-        f"only; windows of {seq_len} candles.",
-        f"- **Architecture**: input LayerNorm, {lstm} ({n_comp} -> "
-        f"{model.get('hidden_size', '?')} x {model.get('num_layers', '?')} layers, dropout "
-        f"{model.get('dropout', '?')}), {pool}, dense head. Target: the next candle's log "
-        f"return, standardised with the training split's mean and std.",
-        f"- **Training**: {hyper or 'not recorded'}."]
-
-
-def _card_snippet(repo_id: str, folder: str, symbol: str, interval: str) -> list[str]:
-    """The card's code: with V3's loader, and with torch + huggingface_hub alone."""
-    filename = f"{folder}/v3_model_{pair_key(symbol, interval)}.pt"
-    return ["With the V3 code (`v3_hub.py` and the modules it imports):", "", "```python",
-            "from v3_hub import load_model_from_hub",
-            f'm = load_model_from_hub("{repo_id}", "{symbol}", "{interval}", folder="{folder}")',
-            "m.model      # torch.nn.Module in eval mode, on the CPU",
-            "m.transform  # the training scaler + PCA: indicator rows -> model inputs",
-            "```", "", "With torch and huggingface_hub alone:", "", "```python", "import torch",
-            "from huggingface_hub import hf_hub_download",
-            f'path = hf_hub_download("{repo_id}", "{filename}")',
-            'ckpt = torch.load(path, map_location="cpu", weights_only=True)',
-            'print(ckpt["model_config"], ckpt["seq_len"], ckpt["test"], ckpt["baseline"])',
-            "```"]
-
-
-def _is_synthetic(r: dict) -> bool:
-    return bool(r.get("synthetic") or (r.get("data") or {}).get("synthetic"))
-
-
-CARD_COLUMNS = ["pair", "status", "MAPE %", "persistence MAPE %", "RMSE", "persistence RMSE",
-                "direction %", "test samples", "data"]
-_TRAIN_KEYS = [("epochs", "epochs"), ("batch_size", "batch size"),
-               ("learning_rate", "learning rate"), ("weight_decay", "AdamW weight decay"),
-               ("grad_accum_steps", "gradient accumulation"), ("grad_clip", "gradient clip"),
-               ("patience", "early-stopping patience"), ("scheduler_t0", "cosine restarts T0"),
-               ("seed", "seed")]
-_SOURCE_TEXT = {"binance": "Binance spot candles",
-                "binance-archive": "Binance spot candles (data.binance.vision archive)",
-                "csv": "candles from CSV files",
-                "synthetic": "SYNTHETIC candles (no market data)"}
-
-
-def _card_row(key: str, r: dict) -> list[str]:
-    t = r.get("test") or {}
-    b = (r.get("baseline") or {}).get("persistence") or {}
-    source = "synthetic" if _is_synthetic(r) else ((r.get("data") or {}).get("source") or "-")
-    return [key, str(r.get("status", "-")), _num(t.get("mape"), ".4f"), _num(b.get("mape"), ".4f"),
-            _num(t.get("rmse"), ".6g"), _num(b.get("rmse"), ".6g"),
-            _num(t.get("directional_accuracy"), ".1f"), _num(t.get("n"), "d"), source]
-
-
-def _num(v, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def _interval_ms(interval: str) -> int:
-    return INTERVAL_MS.get(interval, 0)
-
-
-# ---------------------------------------------------------------------------------------
 # Upload
 
 
@@ -365,43 +222,81 @@ class _LocalFiles:
 
 
 def _local_files(base_dir: Path) -> _LocalFiles:
-    models = sorted((base_dir / "all_models").glob("v3_model_*.pt"))
+    """The run's files to upload; UploadError when there is no model or one does not load."""
+    layout = RunLayout(base_dir)
+    models = layout.model_files()
     if not models:
-        raise UploadError(f"no models in {base_dir / 'all_models'} (v3_model_*.pt): train first "
-                          f"(step 4), or point base_dir at the folder that holds all_models/.")
-    results = base_dir / "results" / "v3_training_results.json"
-    config = base_dir / "results" / "config.json"
-    return _LocalFiles(models, results if results.exists() else None,
-                       config if config.exists() else None)
+        raise UploadError(f"no models in {layout.models_dir} ({model_filename('*', '*')}): train "
+                          f"first (step 4), or point base_dir at the folder that holds "
+                          f"{layout.models_dir.name}/.")
+    _refuse_unreadable(models)
+    return _LocalFiles(models, layout.results_path if layout.results_path.exists() else None,
+                       layout.config_path if layout.config_path.exists() else None)
 
 
-def _check_folder(folder: str) -> str:
+def _refuse_unreadable(models: list[Path]) -> None:
+    """Every model must load (weights_only=True) before anything is sent: a truncated file
+    would be published as if it were a model."""
+    bad = []
+    for path in models:
+        try:
+            load_model_file(path)
+        except CheckpointError as e:
+            bad.append((path, e))
+    if bad:
+        why = "; ".join(shorten(str(e).replace(str(p), p.name), 160) for p, e in bad)
+        why += "" if why.endswith(".") else "."
+        raise UploadError(
+            f"{plural(len(bad), 'model file')} in {models[0].parent} "
+            f"{'does' if len(bad) == 1 else 'do'} not load: {why} Nothing was uploaded: "
+            f"re-train {'that pair' if len(bad) == 1 else 'those pairs'} with --retrain "
+            f"(step 4), then re-run step 5.")
+
+
+def check_folder(folder: str) -> str:
+    """The Hub folder as a plain relative path ('v3', 'models/v3'); ConfigError otherwise.
+    No token, no network: callers check it before any work."""
     f = (folder or "").strip().strip("/")
     if not f or any(part in ("", ".", "..") for part in f.split("/")) or "\\" in f:
-        raise ConfigError(f"Hub folder {folder!r} is not a plain relative path such as 'v3' "
-                          f"(no leading '/', no '..').")
+        raise ConfigError(f"Hub folder {folder!r} is not a plain relative path such as "
+                          f"'{DEFAULT_FOLDER}' (no leading '/', no '..').")
     return f
 
 
-def _check_repo_id(repo_id: str, user: str) -> str:
+def check_repo_id(repo_id: str | None) -> str | None:
+    """The repo id with surrounding spaces removed, or None (empty or None: the default
+    '<your user>/cpb-models'). ConfigError when it cannot be a Hub model repo id: NAMESPACE/NAME
+    or a bare NAME, made of letters, digits, '-', '_' and '.'. Only the format is checked (no
+    token, no network), so a caller can refuse a bad --hf-repo before any work."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
-    repo_id = repo_id.strip()
-    if "/" not in repo_id:
-        repo_id = f"{user}/{repo_id}"
+    if repo_id is None or not str(repo_id).strip():
+        return None
+    rid = str(repo_id).strip()
     try:
-        validate_repo_id(repo_id)
+        validate_repo_id(rid)
     except HFValidationError as e:
         raise ConfigError(f"Hub repo id {repo_id!r} is not valid: {e} Use NAMESPACE/NAME, e.g. "
-                          f"{user}/{DEFAULT_REPO_NAME}.") from None
-    return repo_id
+                          f"'alice/{DEFAULT_REPO_NAME}' (letters, digits, '-', '_' and '.'; no "
+                          f"spaces), or a bare NAME for a repo under your own user.") from None
+    return rid
 
 
-def _endpoint(endpoint: str | None) -> str | None:
+def _full_repo_id(repo_id: str | None, user: str) -> str:
+    """NAMESPACE/NAME: a bare name (or the default) goes under the token's user."""
+    rid = check_repo_id(repo_id) or f"{user}/{DEFAULT_REPO_NAME}"
+    return rid if "/" in rid else f"{user}/{rid}"
+
+
+def hub_endpoint(endpoint: str | None = None) -> str | None:
     """The endpoint to pass to huggingface_hub: the argument, else HF_ENDPOINT as it is now
     (huggingface_hub reads it only at import), else None for the library's default."""
     e = endpoint or os.environ.get("HF_ENDPOINT")
     return e.rstrip("/") if e else None
+
+
+# MERGE-TEMP: only for this branch's v3_colab_training (main's v3_config uses check_folder); delete.
+_check_folder = check_folder
 
 
 @contextmanager
@@ -429,84 +324,117 @@ def upload_to_hub(base_dir: str | Path, *, repo_id: str | None = None, token: st
     Returns None when skipped (no token), else {'repo_id', 'folder', 'url', 'models',
     'files' (paths in the repo), 'card', 'commit' (the head commit after the upload),
     'new_commit' (False when nothing had changed), 'private'}. Raises UploadError with a clear
-    message for a bad token (401), no write access (403), a repo that cannot be created, or a
-    Hub that keeps failing; ConfigError for a bad repo id or folder.
+    message for a model file that does not load, a bad token (401), no write access (403), a
+    repo that cannot be created, or a Hub that keeps failing; ConfigError for a bad repo id or
+    folder (checked first, token or not).
     """
     from huggingface_hub import HfApi
 
-    base_dir = Path(base_dir)
-    folder = _check_folder(folder)
-    local = _local_files(base_dir)
+    folder = check_folder(folder)
+    repo_id = check_repo_id(repo_id)
+    local = _local_files(Path(base_dir))
     tok, source = _find_token(token, prompt=prompt)
     if not tok:
         log.info(NO_TOKEN_HINT)
         return None
-    wait_s = RETRY_WAIT_S if retry_wait_s is None else retry_wait_s
-    api = HfApi(endpoint=_endpoint(endpoint), token=tok, library_name="v3-cpb")
-    who = _Who(user="?", orgs=(), source=source, endpoint=api.endpoint)
+    api = HfApi(endpoint=hub_endpoint(endpoint), token=tok, library_name="v3-cpb")
+    hub = _Session(api, tok, _Who(user="?", orgs=(), source=source, endpoint=api.endpoint),
+                   attempts=max_attempts,
+                   wait_s=RETRY_WAIT_S if retry_wait_s is None else retry_wait_s,
+                   repo_id=repo_id or "?")
+    with _hf_progress(show_progress):
+        repo_id = _sign_in(hub, repo_id)
+        _ensure_repo(api, repo_id, private=private, who=hub.who, call=hub.call)
+        _check_write(api, repo_id, call=hub.call)
+        card_path = _card_path(api, repo_id, folder, call=hub.call)
+        before = hub.call("read the repo's head commit", lambda: api.repo_info(repo_id).sha,
+                          repo_id)
+        uploads = _uploads(local, folder, card_path, repo_id=repo_id, license=license)
+        _refuse_if_token_inside(uploads, tok)
+        info = _commit(hub, repo_id, uploads, n_models=len(local.models))
+    new_commit = info.oid != before
+    url = f"{api.endpoint}/{repo_id}/tree/main/{folder}"
+    if new_commit:
+        log.info("uploaded %s, %s, %s and the model card (%s) to %s in one commit (%s)",
+                 plural(len(local.models), "model"),
+                 RESULTS_NAME if local.results else "no results",
+                 CONFIG_NAME if local.config else "no config", card_path, url, info.oid[:7])
+    else:
+        log.info("%s already has these %s: nothing changed, no new commit (head %s)",
+                 repo_id, plural(len(uploads), "file"), (info.oid or "")[:7])
+    return {"repo_id": repo_id, "folder": folder, "url": url, "models": len(local.models),
+            "files": [p for p, _ in uploads], "card": card_path, "commit": info.oid,
+            "new_commit": new_commit, "private": private}
 
-    def call(what: str, fn: Callable[[], Any], repo: str = "",
+
+@dataclass
+class _Session:
+    """One upload's client, token and user, and its way of calling the Hub."""
+    api: Any
+    token: str
+    who: _Who
+    attempts: int
+    wait_s: float
+    repo_id: str             # for error messages until the call names its own repo
+
+    def call(self, what: str, fn: Callable[[], Any], repo: str = "",
              explain: Callable[[BaseException], UploadError | None] | None = None) -> Any:
         """fn() with retries; any failure becomes one clear UploadError without the token."""
         try:
-            return _with_retries(what, fn, attempts=max_attempts, wait_s=wait_s, token=tok)
+            return _with_retries(what, fn, attempts=self.attempts, wait_s=self.wait_s,
+                                 token=self.token)
         except (UploadError, ConfigError):
             raise
         except Exception as e:
             err = explain(e) if explain is not None else None
-            raise err or _upload_error(e, what=what, repo_id=repo or repo_id or "?", who=who,
-                                       token=tok, attempts=max_attempts) from None
+            raise err or _upload_error(e, what=what, repo_id=repo or self.repo_id, who=self.who,
+                                       token=self.token, attempts=self.attempts) from None
 
-    with _hf_progress(show_progress):
-        me = call("check the token (whoami)", lambda: api.whoami(token=tok))
-        orgs = tuple(o.get("name") for o in me.get("orgs") or [] if o.get("name"))
-        who = _Who(user=me["name"], orgs=orgs, source=source, endpoint=api.endpoint)
-        repo_id = _check_repo_id(repo_id or f"{who.user}/{DEFAULT_REPO_NAME}", who.user)
-        role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
-        if role == "read":
-            raise UploadError(f"the token from {source} (user {who.user!r}) is read-only, so it "
-                              f"cannot write to {repo_id} (it would get HTTP 403). Make a token "
-                              f"with write access at {TOKEN_URL} and set it as HF_TOKEN.")
-        _ensure_repo(api, repo_id, private=private, who=who, call=call)
-        _check_write(api, repo_id, call=call)
-        card_path = _card_path(api, repo_id, folder, call=call)
-        before = call("read the repo's head commit", lambda: api.repo_info(repo_id).sha, repo_id)
 
-        results = read_json(local.results, default={}) if local.results else {}
-        config = read_json(local.config, default=None) if local.config else None
-        card = build_model_card(results or {}, config, repo_id=repo_id, folder=folder,
-                                license=license).encode()
-        uploads: list[tuple[str, Path | bytes]] = [(f"{folder}/{m.name}", m) for m in local.models]
-        if local.results:
-            uploads.append((f"{folder}/{RESULTS_NAME}", local.results))
-        if local.config:
-            uploads.append((f"{folder}/{CONFIG_NAME}", local.config))
-        uploads.append((card_path, card))
-        _refuse_if_token_inside(uploads, tok)
+def _sign_in(hub: _Session, repo_id: str | None) -> str:
+    """Check the token (whoami), learn the user, and return the full repo id; a read-only
+    token is refused here, before the repo is touched."""
+    me = hub.call("check the token (whoami)", lambda: hub.api.whoami(token=hub.token))
+    orgs = tuple(o.get("name") for o in me.get("orgs") or [] if o.get("name"))
+    hub.who = _Who(user=me["name"], orgs=orgs, source=hub.who.source, endpoint=hub.api.endpoint)
+    hub.repo_id = full = _full_repo_id(repo_id, hub.who.user)
+    role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise UploadError(f"the token from {hub.who.source} (user {hub.who.user!r}) is read-only, "
+                          f"so it cannot write to {full} (it would get HTTP 403). Make a token "
+                          f"with write access at {TOKEN_URL} and set it as HF_TOKEN.")
+    return full
 
-        from huggingface_hub import CommitOperationAdd
-        message = (f"V3: {len(local.models)} models, {RESULTS_NAME}, {CONFIG_NAME} and the "
-                   f"model card")
-        # Fresh operations on every try: a retry after a lost answer finds the files already
-        # there (same content) and commits nothing twice.
-        info = call("commit the upload", lambda: api.create_commit(
-            repo_id, repo_type="model", commit_message=message,
-            operations=[CommitOperationAdd(path_in_repo=p,
-                                           path_or_fileobj=str(src) if isinstance(src, Path) else src)
-                        for p, src in uploads]), repo_id)
 
-    new_commit = info.oid != before
-    url = f"{api.endpoint}/{repo_id}/tree/main/{folder}"
-    if new_commit:
-        log.info("uploaded %d models, %s, %s and the model card (%s) to %s in one commit (%s)",
-                 len(local.models), RESULTS_NAME if local.results else "no results",
-                 CONFIG_NAME if local.config else "no config", card_path, url, info.oid[:7])
-    else:
-        log.info("%s already has these %d files: nothing changed, no new commit (head %s)",
-                 repo_id, len(uploads), (info.oid or "")[:7])
-    return {"repo_id": repo_id, "folder": folder, "url": url, "models": len(local.models),
-            "files": [p for p, _ in uploads], "card": card_path, "commit": info.oid,
-            "new_commit": new_commit, "private": private}
+def _uploads(local: _LocalFiles, folder: str, card_path: str, *, repo_id: str,
+             license: str) -> list[tuple[str, Path | bytes]]:
+    """(path in the repo, local file or bytes) for everything that goes up."""
+    results = read_json(local.results, default={}) if local.results else {}
+    config = read_json(local.config, default=None) if local.config else None
+    card = build_model_card(results or {}, config, repo_id=repo_id, folder=folder,
+                            license=license).encode()
+    uploads: list[tuple[str, Path | bytes]] = [(f"{folder}/{m.name}", m) for m in local.models]
+    if local.results:
+        uploads.append((f"{folder}/{RESULTS_NAME}", local.results))
+    if local.config:
+        uploads.append((f"{folder}/{CONFIG_NAME}", local.config))
+    uploads.append((card_path, card))
+    return uploads
+
+
+def _commit(hub: _Session, repo_id: str, uploads: list[tuple[str, Path | bytes]], *,
+            n_models: int):
+    """One create_commit with every file; the Hub drops the files it already has."""
+    from huggingface_hub import CommitOperationAdd
+    message = (f"V3: {plural(n_models, 'model')}, {RESULTS_NAME}, {CONFIG_NAME} and the "
+               f"model card")
+    # Fresh operations on every try: a retry after a lost answer finds the files already
+    # there (same content) and commits nothing twice.
+    return hub.call("commit the upload", lambda: hub.api.create_commit(
+        repo_id, repo_type="model", commit_message=message,
+        operations=[CommitOperationAdd(path_in_repo=p,
+                                       path_or_fileobj=str(src) if isinstance(src, Path) else src)
+                    for p, src in uploads]), repo_id)
 
 
 def _ensure_repo(api, repo_id: str, *, private: bool, who: _Who, call) -> None:
@@ -609,12 +537,12 @@ def load_model_from_hub(repo_id: str, symbol: str, interval: str, *, folder: str
                                         LocalEntryNotFoundError, RevisionNotFoundError)
 
     symbol, interval = normalize_symbol(symbol), check_interval(interval)
-    folder = _check_folder(folder)
-    filename = f"{folder}/v3_model_{pair_key(symbol, interval)}.pt"
+    folder = check_folder(folder)
+    filename = f"{folder}/{model_filename(symbol, interval)}"
     where = f"{repo_id}" + (f"@{revision}" if revision else "")
     try:
         path = Path(hf_hub_download(repo_id, filename, revision=revision, token=token,
-                                    cache_dir=cache_dir, endpoint=_endpoint(endpoint)))
+                                    cache_dir=cache_dir, endpoint=hub_endpoint(endpoint)))
     except RevisionNotFoundError:
         raise CheckpointError(f"{repo_id} has no revision {revision!r}.") from None
     except HfHubHTTPError as e:

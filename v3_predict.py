@@ -20,32 +20,43 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-import torch
+from v3_common import (INTERVAL_MS, CheckpointError, DownloadError, RetryableDownloadError,
+                       StaleDataError, V3Error, check_interval, fmt_num, json_default, log,
+                       normalize_symbol, pair_key, plural, setup_logging, text_table, utc_minute)
+from v3_layout import MODEL_GLOB, MODEL_NAME_RE, RunLayout, model_filename
+from v3_model_card import DEFAULT_FOLDER
 
-from v3_common import (INTERVAL_MS, CheckpointError, DownloadError, StaleDataError, V3Error,
-                       check_interval, json_default, log, normalize_symbol, pair_key,
-                       setup_logging, utc_minute)
-from v3_data_processor import FEATURE_SET_VERSION, feature_names, latest_window
-from v3_hub import DEFAULT_FOLDER
-from v3_trainer import LoadedModel
+# torch, pandas and the modules that import them (v3_trainer, v3_data_processor, v3_hub,
+# v3_binance_data, v3_market_data, huggingface_hub) are imported inside the functions that
+# use them, lazily on purpose: `python v3_predict.py --help`, or a mistyped flag, answers at
+# once instead of after seconds of imports.
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from v3_trainer import LoadedModel
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 STALE_AFTER_INTERVALS = 2  # market data older than this many intervals is refused
+NOTE_WIDTH = 48            # the table's note column (an error) is shortened to this
+OFFLINE_HINT = ("Set V3_BINANCE_API_URLS to a Binance API base that works from this machine, "
+                "or give the candles yourself: v3_predict.py --data-dir DIR (a folder of "
+                "SYMBOL_INTERVAL.csv files, such as a run's data/), or predict_next(candles=...).")
 
 
 def model_file(model: str | Path, symbol: str, interval: str) -> Path | None:
     """The local checkpoint for a pair under `model` (file, models folder or base_dir)."""
     p = Path(model)
-    name = f"v3_model_{pair_key(symbol, interval)}.pt"
     if p.is_file():
         return p
-    for candidate in (p / name, p / "all_models" / name):
+    for candidate in (p / model_filename(symbol, interval),
+                      RunLayout(p).model_path(symbol, interval)):
         if candidate.is_file():
             return candidate
     return None
@@ -58,17 +69,17 @@ def load_model(model: str | Path, symbol: str, interval: str, *, folder: str = D
     Raises CheckpointError when there is no model for the pair, the file is corrupt, or it
     was trained by an incompatible version of V3.
     """
-    from v3_trainer import load_checkpoint
+    from v3_trainer import load_model_file  # lazy: torch (see the top)
     symbol, interval = normalize_symbol(symbol), check_interval(interval)
     path = model_file(model, symbol, interval)
     if path is not None:
-        loaded = LoadedModel.from_checkpoint(load_checkpoint(path), path=path)
+        loaded = load_model_file(path)
     elif Path(model).exists() or not _REPO_ID.match(str(model)):
         raise CheckpointError(f"no model for {symbol} {interval} in {model}: expected "
-                              f"v3_model_{pair_key(symbol, interval)}.pt there (train that pair "
+                              f"{model_filename(symbol, interval)} there (train that pair "
                               f"first, or pass a Hub repo id such as 'me/cpb-models').")
     else:
-        from v3_hub import load_model_from_hub
+        from v3_hub import load_model_from_hub  # lazy: torch and huggingface_hub
         loaded = load_model_from_hub(str(model), symbol, interval, folder=folder, token=token,
                                      **hub_kw)
     _check_compatible(loaded, symbol, interval)
@@ -76,6 +87,7 @@ def load_model(model: str | Path, symbol: str, interval: str, *, folder: str = D
 
 
 def _check_compatible(m: LoadedModel, symbol: str, interval: str) -> None:
+    from v3_data_processor import FEATURE_SET_VERSION, feature_names  # lazy: pandas
     where = m.repo_id or m.path
     if (m.symbol, m.interval) != (symbol, interval):
         raise CheckpointError(f"{where} holds a model for {m.symbol} {m.interval}, not "
@@ -91,7 +103,6 @@ def _check_compatible(m: LoadedModel, symbol: str, interval: str) -> None:
 def candle_cache_dir() -> Path:
     """Where downloaded candles are kept between predictions ($V3_CANDLE_CACHE, else
     ~/.cache/v3/candles): the next call only fetches the candles that closed since."""
-    import os
     env = os.environ.get("V3_CANDLE_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "v3" / "candles"
 
@@ -99,11 +110,21 @@ def candle_cache_dir() -> Path:
 def fetch_candles(symbol: str, interval: str, n_candles: int, *, data_dir: str | Path | None = None,
                   api_urls: list[str] | str | None = None) -> pd.DataFrame:
     """The latest closed candles, through the same download code as step 2 (base URL
-    fallbacks, rate limits, renames, 'delisted or halted' checks, incremental updates)."""
-    from v3_binance_data import download_klines
-    df = download_klines(symbol, interval, n_candles, api_urls=api_urls,
-                         data_dir=data_dir or candle_cache_dir())
-    return df.tail(n_candles)
+    fallbacks, rate limits, renames, 'delisted or halted' checks, incremental updates).
+    When no Binance API base can be used: DownloadError with the fixes this command has."""
+    from v3_binance_data import ApiUnavailableError, download_klines  # lazy: pandas
+    from v3_market_data import latest_candles
+    try:
+        df = download_klines(symbol, interval, n_candles, api_urls=api_urls,
+                             data_dir=data_dir or candle_cache_dir())
+    except ApiUnavailableError as e:  # its text names the pipeline's flags, not this command's
+        log.debug("%s %s: %s", symbol, interval, e)
+        raise ApiUnavailableError(f"{symbol} {interval}: no Binance API base can be used from "
+                                  f"this machine (blocked, banned or unreachable). "
+                                  f"{OFFLINE_HINT}") from e
+    except RetryableDownloadError as e:  # the API or the archive kept failing
+        raise RetryableDownloadError(f"{e} {OFFLINE_HINT}") from e
+    return latest_candles(df, n_candles)
 
 
 def predict_next(symbol: str, interval: str, *, model: str | Path | LoadedModel,
@@ -124,10 +145,13 @@ def predict_next(symbol: str, interval: str, *, model: str | Path | LoadedModel,
     model's stored test metrics and the persistence baseline on the same samples), model
     (where it came from), trained_on (data range, source, synthetic).
     """
+    import torch  # lazy (see the top)
+
+    from v3_data_processor import latest_window
+    from v3_trainer import LoadedModel
     symbol, interval = normalize_symbol(symbol), check_interval(interval)
     m = model if isinstance(model, LoadedModel) else load_model(model, symbol, interval,
                                                                 folder=folder, token=token)
-    step = INTERVAL_MS[interval]
     now_ms = int(time.time() * 1000) if now_ms is None else int(now_ms)
     need = m.warmup_candles + m.seq_len
     if candles is None:
@@ -138,16 +162,29 @@ def predict_next(symbol: str, interval: str, *, model: str | Path | LoadedModel,
     window, last_open, last_close = latest_window(
         candles, m.transform, seq_len=m.seq_len, interval=interval, now_ms=now_ms,
         name=f"{symbol} {interval}")
+    if check_stale:
+        _check_fresh(symbol, interval, last_open, now_ms)
+    with torch.inference_mode():
+        out = float(m.model(torch.from_numpy(window)).reshape(-1)[0])
+    return _forecast(m, symbol, interval, last_open, last_close,
+                     m.target_mean + m.target_std * out)
+
+
+def _check_fresh(symbol: str, interval: str, last_open: int, now_ms: int) -> None:
+    step = INTERVAL_MS[interval]
     age = now_ms - (last_open + step)
-    if check_stale and age > STALE_AFTER_INTERVALS * step:
+    if age > STALE_AFTER_INTERVALS * step:
         raise StaleDataError(
             f"{symbol} {interval}: the newest closed candle closed {age / step:.1f} intervals "
             f"ago ({utc_minute(last_open + step)}); market data older than {STALE_AFTER_INTERVALS} "
             f"intervals is stale (delisted or halted pair, or a stuck feed). Fetch fresh "
             f"candles.")
-    with torch.inference_mode():
-        out = float(m.model(torch.from_numpy(window)).reshape(-1)[0])
-    log_ret = m.target_mean + m.target_std * out
+
+
+def _forecast(m: LoadedModel, symbol: str, interval: str, last_open: int, last_close: float,
+              log_ret: float) -> dict:
+    """predict_next's answer, from the model's log-return forecast."""
+    step = INTERVAL_MS[interval]
     predicted = last_close * math.exp(log_ret)
     ck = m.checkpoint
     return {
@@ -164,7 +201,6 @@ def predict_next(symbol: str, interval: str, *, model: str | Path | LoadedModel,
     }
 
 
-
 # ---------------------------------------------------------------------------------------
 # Every model in a folder or a repo
 
@@ -173,99 +209,96 @@ def available_models(*, model_dir: str | Path | None = None, hub_repo: str | Non
                      folder: str = DEFAULT_FOLDER, token: str | None = None,
                      endpoint: str | None = None) -> list[tuple[str, str]]:
     """(symbol, interval) of every model in a local folder (or base_dir) or a Hub repo."""
-    pat = re.compile(r"v3_model_([A-Z0-9]+)_(\w+)\.pt$")
-    if model_dir is not None:
-        d = Path(model_dir)
-        if (d / "all_models").is_dir():
-            d = d / "all_models"
-        if not d.is_dir():
-            raise CheckpointError(f"{model_dir} is not a folder of models: pass --model-dir with "
-                                  f"a folder of v3_model_*.pt files or a base_dir holding "
-                                  f"all_models/ (or --hub-repo for a Hub repo).")
-        names = [p.name for p in d.glob("v3_model_*.pt")]
-    else:
-        from huggingface_hub import HfApi
-        from huggingface_hub.errors import HfHubHTTPError
-        from v3_hub import _endpoint, _transport_errors
-        try:  # the repo's file list comes with its info ('siblings')
-            info = HfApi(endpoint=_endpoint(endpoint), token=token).model_info(hub_repo)
-        except HfHubHTTPError as e:
-            status = e.response.status_code if e.response is not None else None
-            raise CheckpointError(f"cannot list the models in {hub_repo} (HTTP {status}): check "
-                                  f"the repo id; a private repo needs a token (HF_TOKEN).") from None
-        except _transport_errors() as e:
-            raise DownloadError(f"the Hub did not answer while listing {hub_repo} "
-                                f"({type(e).__name__}); check the connection and HF_ENDPOINT.") from None
-        names = [f.rfilename.split("/")[-1] for f in (info.siblings or [])
-                 if f.rfilename.startswith(f"{folder}/v3_model_")]
-    pairs = [(mt.group(1), mt.group(2)) for n in names if (mt := pat.search(n))]
+    names = (_local_model_names(model_dir) if model_dir is not None
+             else _hub_model_names(hub_repo, folder=folder, token=token, endpoint=endpoint))
+    pairs = [(mt.group(1), mt.group(2)) for n in names if (mt := MODEL_NAME_RE.search(n))]
     return sorted(p for p in pairs if p[1] in INTERVAL_MS)
 
 
-def _fmt(v, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
+def _local_model_names(model_dir: str | Path) -> list[str]:
+    d = Path(model_dir)
+    layout = RunLayout(d)
+    if layout.models_dir.is_dir():
+        d = layout.models_dir
+    if not d.is_dir():
+        raise CheckpointError(f"{model_dir} is not a folder of models: pass --model-dir with "
+                              f"a folder of {MODEL_GLOB} files or a base_dir holding "
+                              f"{layout.models_dir.name}/ (or --hub-repo for a Hub repo).")
+    return [p.name for p in d.glob(MODEL_GLOB)]
+
+
+def _hub_model_names(hub_repo: str | None, *, folder: str, token: str | None,
+                     endpoint: str | None) -> list[str]:
+    from huggingface_hub import HfApi  # lazy: huggingface_hub and torch (see the top)
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from v3_hub import hub_endpoint, transport_errors
+    try:  # the repo's file list comes with its info ('siblings')
+        info = HfApi(endpoint=hub_endpoint(endpoint), token=token).model_info(hub_repo)
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else None
+        raise CheckpointError(f"cannot list the models in {hub_repo} (HTTP {status}): check "
+                              f"the repo id; a private repo needs a token (HF_TOKEN).") from None
+    except transport_errors() as e:
+        raise DownloadError(f"the Hub did not answer while listing {hub_repo} "
+                            f"({type(e).__name__}); check the connection and HF_ENDPOINT.") from None
+    return [f.rfilename.split("/")[-1] for f in (info.siblings or [])
+            if f.rfilename.startswith(f"{folder}/v3_model_")]
+
+
+# ---------------------------------------------------------------------------------------
+# The command line
+
+TABLE_HEAD = ("pair", "next candle (UTC)", "last close", "predicted", "return %", "dir",
+              "test MAPE %", "persist. MAPE %", "test dir %", "note")
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("pair", "next candle (UTC)", "last close", "predicted", "return %", "dir",
-            "test MAPE %", "persist. MAPE %", "test dir %", "note")
+    """One line per forecast (or failed pair): no padding after the last column, the note
+    shortened to NOTE_WIDTH characters at a word boundary, no '-0.0'."""
     lines = []
     for r in rows:
         t = r.get("test") or {}
         b = (r.get("baseline") or {}).get("persistence") or {}
-        lines.append((pair_key(r["symbol"], r["interval"]), r.get("open_time_utc", "-"),
-                      _fmt(r.get("last_close"), ".6g"), _fmt(r.get("predicted_close"), ".6g"),
-                      _fmt(None if "predicted_return" not in r else 100 * r["predicted_return"], "+.3f"),
-                      r.get("direction", "-"), _fmt(t.get("mape"), ".3f"), _fmt(b.get("mape"), ".3f"),
-                      _fmt(t.get("directional_accuracy"), ".1f"),
-                      r.get("error") or ("SYNTHETIC" if (r.get("trained_on") or {}).get("synthetic") else "")))
-    widths = [max(len(str(x[i])) for x in lines + [head]) for i in range(len(head))]
-    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(x, widths)) for x in [head] + lines)
+        ret = r.get("predicted_return")
+        note = r.get("error") or ("SYNTHETIC" if (r.get("trained_on") or {}).get("synthetic")
+                                  else "")
+        lines.append((pair_key(r["symbol"], r["interval"]), r.get("open_time_utc") or "-",
+                      fmt_num(r.get("last_close"), ".6g"), fmt_num(r.get("predicted_close"), ".6g"),
+                      fmt_num(None if ret is None else 100 * ret, "+.3f"), r.get("direction", "-"),
+                      fmt_num(t.get("mape"), ".3f"), fmt_num(b.get("mape"), ".3f"),
+                      fmt_num(t.get("directional_accuracy"), ".1f"), note))
+    return text_table(TABLE_HEAD, lines, max_width={len(TABLE_HEAD) - 1: NOTE_WIDTH})
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="v3_predict.py", description=(
         "Forecast the next candle for every trained V3 model in a folder or a Hub repo, next "
         "to each model's test metrics and the persistence baseline."))
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--model-dir", help="a folder of v3_model_*.pt files (or a base_dir)")
     src.add_argument("--hub-repo", help="a Hub model repo id, e.g. me/cpb-models")
-    ap.add_argument("--hf-folder", default=DEFAULT_FOLDER, help="folder in the Hub repo (default v3)")
+    ap.add_argument("--hf-folder", default=DEFAULT_FOLDER,
+                    help=f"folder in the Hub repo (default {DEFAULT_FOLDER})")
     ap.add_argument("--coins", nargs="+", metavar="SYMBOL", help="only these symbols")
     ap.add_argument("--timeframes", nargs="+", metavar="TF", help="only these timeframes")
     ap.add_argument("--data-dir", help="read candles from SYMBOL_INTERVAL.csv[.gz] files here "
                                        "instead of downloading (no staleness check)")
     ap.add_argument("--json", action="store_true", help="machine-readable output (one JSON list)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # before any heavy import: --help is instant
     setup_logging("WARNING" if args.json else "INFO")
     try:
-        pairs = available_models(model_dir=args.model_dir, hub_repo=args.hub_repo,
-                                 folder=args.hf_folder)
-        if args.coins:
-            want = {normalize_symbol(c) for item in args.coins for c in item.replace(",", " ").split()}
-            pairs = [p for p in pairs if p[0] in want]
-        if args.timeframes:
-            want_tf = {check_interval(t) for item in args.timeframes for t in item.replace(",", " ").split()}
-            pairs = [p for p in pairs if p[1] in want_tf]
+        pairs = _chosen_pairs(args)
     except V3Error as e:
         log.error("%s: %s", type(e).__name__, e)
         return 2
     if not pairs:
-        log.error("no models found in %s", args.model_dir or args.hub_repo)
         return 1
-    rows = []
-    for symbol, interval in pairs:
-        try:
-            candles = None
-            if args.data_dir:
-                from v3_market_data import find_csv, read_klines
-                candles = read_klines(find_csv(args.data_dir, symbol, interval))
-            rows.append(predict_next(symbol, interval, model=args.model_dir or args.hub_repo,
-                                     candles=candles, folder=args.hf_folder))
-        except V3Error as e:
-            log.warning("%s %s: %s", symbol, interval, e)
-            rows.append({"symbol": symbol, "interval": interval,
-                         "error": f"{type(e).__name__}: {e}"})
+    rows = [_predict_row(args, symbol, interval) for symbol, interval in pairs]
     if args.json:
         print(json.dumps(rows, indent=2, default=json_default))
     else:
@@ -274,6 +307,44 @@ def main(argv: list[str] | None = None) -> int:
               "the same samples. Not financial advice.")
     return 0 if any("error" not in r for r in rows) else 1
 
+
+def _split(items: list[str] | None) -> list[str]:
+    """`--coins a,b c` -> ['a', 'b', 'c']."""
+    return [x for item in items or [] for x in item.replace(",", " ").split()]
+
+
+def _chosen_pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The models there that --coins / --timeframes pick; when none, says which exist."""
+    where = args.model_dir or args.hub_repo
+    found = available_models(model_dir=args.model_dir, hub_repo=args.hub_repo,
+                             folder=args.hf_folder)
+    coins = {normalize_symbol(c) for c in _split(args.coins)}
+    tfs = {check_interval(t) for t in _split(args.timeframes)}
+    pairs = [p for p in found if (not coins or p[0] in coins) and (not tfs or p[1] in tfs)]
+    if not found:
+        log.error("no models in %s (%s): train first (python v3_colab_training.py), or point "
+                  "--model-dir at a folder of models or a base_dir (or --hub-repo at a Hub repo).",
+                  where, MODEL_GLOB)
+    elif not pairs:
+        wanted = " ".join([*sorted(coins), *sorted(tfs, key=INTERVAL_MS.get)])
+        log.error("no model for %s in %s; it has %s: %s. Choose --coins / --timeframes among "
+                  "these, or train that pair first.", wanted, where,
+                  plural(len(found), "model"), ", ".join(pair_key(*p) for p in found))
+    return pairs
+
+
+def _predict_row(args: argparse.Namespace, symbol: str, interval: str) -> dict:
+    """One pair's forecast, or {'symbol', 'interval', 'error'} when it fails alone."""
+    try:
+        candles = None
+        if args.data_dir:
+            from v3_market_data import find_csv, read_klines  # lazy: pandas (see the top)
+            candles = read_klines(find_csv(args.data_dir, symbol, interval))
+        return predict_next(symbol, interval, model=args.model_dir or args.hub_repo,
+                            candles=candles, folder=args.hf_folder)
+    except V3Error as e:
+        log.warning("%s %s: %s", symbol, interval, e)
+        return {"symbol": symbol, "interval": interval, "error": f"{type(e).__name__}: {e}"}
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from v3_common import DEFAULT_COINS, INTERVAL_MS  # noqa: E402
-from v3_data_processor import FeatureConfig, prepare_dataset  # noqa: E402
+from v3_data_processor import FeatureConfig, latest_window, prepare_dataset  # noqa: E402
+from v3_layout import model_filename  # noqa: E402
 from v3_lstm_model import ModelConfig, V3LSTMModel  # noqa: E402
 from v3_market_data import synthetic_klines  # noqa: E402
 from v3_predict import load_model, predict_next  # noqa: E402
@@ -54,7 +55,7 @@ def build(folder: Path, pairs: list[tuple[str, str]], *, candles: int, hidden: i
         cfg = ModelConfig(input_size=data.transform.n_components, hidden_size=hidden)
         torch.manual_seed(0)
         model = V3LSTMModel(cfg)
-        save_checkpoint(folder / f"v3_model_{symbol}_{interval}.pt",
+        save_checkpoint(folder / model_filename(symbol, interval),
                         model_state=model.state_dict(), model_config=cfg, data=data,
                         feature_config=FeatureConfig().to_dict(),
                         meta={"symbol": symbol, "interval": interval, "test": {}, "baseline": {}})
@@ -70,7 +71,6 @@ def run(folder: Path, frames: dict, *, full_history: bool) -> tuple[float, list[
         now = int(df.open_time.iloc[-1]) + INTERVAL_MS[interval]
         if full_history:  # load, then the features on every candle given
             m = load_model(folder, symbol, interval)
-            from v3_data_processor import latest_window
             window, _, _ = latest_window(df, m.transform, seq_len=m.seq_len, interval=interval,
                                          now_ms=now)
             with torch.inference_mode():

@@ -13,15 +13,16 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # before huggingface_hub
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import v3_hub
 from conftest import tiny_config
 from fake_hub import FakeHub, FakeUser
 from v3_colab_training import V3CoLabPipeline, main
 from v3_common import CheckpointError, ConfigError, DownloadError, UploadError, read_json
-from v3_hub import (CARD_COLUMNS, CARD_MARKER, NO_TOKEN_HINT, build_model_card, load_model_from_hub,
-                    resolve_token, upload_to_hub)
+from v3_hub import (NO_TOKEN_HINT, check_folder, check_repo_id, load_model_from_hub, resolve_token,
+                    upload_to_hub)
+from v3_model_card import CARD_MARKER
+from test_model_card import parse_card
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -238,6 +239,49 @@ def test_bad_repo_id_and_folder_are_config_errors(trained, hub):
         upload(trained, hub, folder="../up")
 
 
+def test_check_repo_id_needs_no_token_and_no_network(hub):
+    assert check_repo_id(None) is None and check_repo_id("  ") is None  # the default
+    assert check_repo_id(" alice/cpb-models ") == "alice/cpb-models"
+    assert check_repo_id("my-models") == "my-models"  # goes under the token's user
+    for bad in ("bad repo name", "a/b/c", "alice/-x"):
+        with pytest.raises(ConfigError, match=r"is not valid.*NAMESPACE/NAME.*alice/cpb-models"):
+            check_repo_id(bad)
+    assert check_folder("/models/v3/") == "models/v3"
+    assert hub.requests == []
+
+
+def test_bad_repo_id_fails_even_without_a_token(trained, hub, caplog):
+    """Issue 12 item 2: with no token the old code skipped quietly and never said the id
+    was bad."""
+    with pytest.raises(ConfigError, match="'bad repo name' is not valid"):
+        upload_to_hub(trained, repo_id="bad repo name", endpoint=hub.url, prompt=False)
+    assert hub.requests == [] and NO_TOKEN_HINT not in caplog.text
+
+
+def test_a_truncated_model_is_refused_and_nothing_is_uploaded(run_dir, hub):
+    """Issue 12 item 1: a truncated all_models/*.pt was uploaded as if it were a model."""
+    bad = run_dir / "all_models" / "v3_model_BTCUSDT_1h.pt"
+    bad.write_bytes(bad.read_bytes()[:1000])
+    with pytest.raises(UploadError) as e:
+        upload(run_dir, hub)
+    msg = str(e.value)
+    assert "1 model file in" in msg and "v3_model_BTCUSDT_1h.pt" in msg and "does not load" in msg
+    assert "v3_model_BTCUSDT_15m.pt" not in msg  # the good one is not blamed
+    assert "re-train that pair with --retrain" in msg and "Nothing was uploaded" in msg
+    assert hub.requests == [] and hub.repos == {}  # not even the token was checked
+
+
+def test_messages_count_one_model_in_the_singular(run_dir, hub, caplog):
+    (run_dir / "all_models" / "v3_model_BTCUSDT_1h.pt").unlink()
+    with caplog.at_level(logging.INFO, logger="v3"):
+        out = upload(run_dir, hub)
+        upload(run_dir, hub)
+    assert out["models"] == 1
+    assert "uploaded 1 model, training_results.json" in caplog.text and "1 models" not in caplog.text
+    assert new_commits(hub)[0]["title"].startswith("V3: 1 model, ")
+    assert "already has these 4 files" in caplog.text
+
+
 def test_no_models_is_a_clear_error(tmp_path, hub):
     with pytest.raises(UploadError, match="no models in .*train first"):
         upload(tmp_path, hub)
@@ -327,19 +371,6 @@ def test_a_file_holding_the_token_is_not_uploaded(run_dir, hub):
 # -- the model card ------------------------------------------------------------------------
 
 
-def parse_card(text: str) -> tuple[dict, dict[str, list[str]]]:
-    m = re.match(r"---\n(.*?)\n---\n", text, re.S)
-    assert m, "no YAML front matter"
-    meta = yaml.safe_load(m.group(1))
-    lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
-    head = [c.strip() for c in lines[0].strip("|").split("|")]
-    rows = {}
-    for ln in lines[1:]:
-        cells = [c.strip() for c in ln.strip("|").split("|")]
-        rows[cells[0]] = dict(zip(head, cells))
-    return meta, rows
-
-
 def test_model_card_metadata_and_table_match_the_results(trained, hub):
     upload(trained, hub)
     card = hub.repos[REPO].files["README.md"].decode()
@@ -385,17 +416,6 @@ def test_card_replaces_a_root_readme_that_we_wrote(trained, hub):
     out = upload(trained, hub)
     assert out["card"] == "README.md"
     assert b"old card" not in hub.repos[REPO].files["README.md"]
-
-
-def test_card_table_lists_failed_pairs_without_metrics():
-    results = {"ETHUSDT_1h": {"symbol": "ETHUSDT", "interval": "1h", "status": "failed",
-                              "reason": "no data", "data": {"source": "binance"}}}
-    card = build_model_card(results, None, repo_id="a/b")
-    meta, rows = parse_card(card)
-    assert list(rows["ETHUSDT_1h"].values())[1:] == ["failed", "-", "-", "-", "-", "-", "-",
-                                                     "binance"]
-    assert len(CARD_COLUMNS) == len(rows["ETHUSDT_1h"])
-    assert "synthetic-data" not in meta["tags"] and "Synthetic data" not in card
 
 
 # -- loading back --------------------------------------------------------------------------

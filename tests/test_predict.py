@@ -197,6 +197,89 @@ def test_cli_errors(trained, tmp_path, capsys):
         main([])  # --model-dir or --hub-repo is required
 
 
+def test_cli_names_the_models_there_when_the_filter_picks_none(trained, tmp_path, caplog):
+    """Issue 12 item 7: `--coins SOL` on a folder of other models said 'no models found'."""
+    assert main(["--model-dir", str(trained), "--coins", "SOL"]) == 1
+    assert "no model for SOLUSDT in" in caplog.text
+    assert "it has 2 models: BTCUSDT_15m, BTCUSDT_1h" in caplog.text
+    assert "--coins / --timeframes" in caplog.text and "no models found" not in caplog.text
+    caplog.clear()
+    shutil.copy(trained / "all_models" / "v3_model_BTCUSDT_1h.pt", tmp_path)
+    assert main(["--model-dir", str(tmp_path), "--coins", "ETH,SOL", "--timeframes", "4h"]) == 1
+    assert "no model for ETHUSDT SOLUSDT 4h in" in caplog.text
+    assert "it has 1 model: BTCUSDT_1h." in caplog.text
+    caplog.clear()
+    assert main(["--model-dir", str(tmp_path / "empty")]) == 2  # not a folder: a named error
+    (tmp_path / "empty").mkdir()
+    assert main(["--model-dir", str(tmp_path / "empty")]) == 1
+    assert "no models in" in caplog.text and "train first" in caplog.text
+
+
+def test_offline_hints_name_this_commands_options(trained, monkeypatch, caplog, capsys):
+    """Issue 12 item 7: offline, the hint named --api-urls and --source, which v3_predict.py
+    does not have; it must name --data-dir."""
+    import v3_binance_data
+    from v3_binance_data import ApiUnavailableError
+    from v3_common import RetryableDownloadError
+    pipeline_hint = ("Set V3_BINANCE_API_URLS (or --api-urls) to a base that works from this "
+                     "machine, or use --source binance-archive or --source csv.")
+
+    def offline(*args, **kw):
+        raise ApiUnavailableError(f"klines: no Binance API base can be used (x: blocked). "
+                                  f"{pipeline_hint}")
+    monkeypatch.setattr(v3_binance_data, "download_klines", offline)
+    with pytest.raises(ApiUnavailableError) as e:
+        predict_next("BTCUSDT", "1h", model=trained)
+    for msg in (str(e.value),):
+        assert "--data-dir" in msg and "V3_BINANCE_API_URLS" in msg
+        assert "--api-urls" not in msg and "--source" not in msg
+    assert main(["--model-dir", str(trained), "--timeframes", "1h"]) == 1
+    assert "--data-dir" in caplog.text and "ApiUnavailableError" in capsys.readouterr().out
+
+    def archive_down(*args, **kw):
+        raise RetryableDownloadError("BTCUSDT 1h: the archive is busy or unreachable: try "
+                                     "again later.")
+    monkeypatch.setattr(v3_binance_data, "download_klines", archive_down)
+    with pytest.raises(RetryableDownloadError, match=r"try again later\. .*--data-dir"):
+        predict_next("BTCUSDT", "1h", model=trained)
+
+
+def test_table_rows_are_not_padded_and_print_no_negative_zero():
+    """Issue 12 item 12: one long error padded every row to ~250 characters; -0.0 printed."""
+    ok = {"symbol": "BTCUSDT", "interval": "1h", "open_time_utc": "2025-01-01 00:00 UTC",
+          "last_close": 100.0, "predicted_close": 100.0, "predicted_return": -0.0,
+          "direction": "flat", "test": {"mape": -0.0, "directional_accuracy": 50.0},
+          "baseline": {"persistence": {"mape": 0.1}}}
+    failed = {"symbol": "ETHUSDT", "interval": "15m",
+              "error": "DownloadError: " + "the market data could not be fetched " * 8}
+    lines = v3_predict.format_table([ok, failed]).splitlines()
+    assert all(not ln.endswith(" ") for ln in lines)
+    # the note (last column) is shortened: no line is wider than the header plus NOTE_WIDTH
+    assert len(lines[0]) <= 125 and lines[0].endswith("note")
+    assert max(len(ln) for ln in lines) <= len(lines[0]) - len("note") + v3_predict.NOTE_WIDTH
+    assert lines[2].rstrip().endswith("...") and "DownloadError: the market data could" in lines[2]
+    cells = lines[1].split()
+    assert "+0.000" in cells and "0.000" in cells and "-0.000" not in lines[1]
+
+
+def test_help_is_instant_and_imports_no_torch():
+    """Issue 12 item 12: --help took ~5 s, importing torch and pandas first."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-X", "importtime", "v3_predict.py", "--help"],
+                         cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--model-dir" in out.stdout and "--data-dir" in out.stdout
+    imported = {ln.rsplit("|", 1)[-1].strip().split(".")[0] for ln in out.stderr.splitlines()
+                if ln.startswith("import time:")}
+    assert "argparse" in imported  # the check sees imports at all
+    assert not imported & {"torch", "pandas", "numpy", "huggingface_hub", "v3_trainer", "v3_hub"}
+    code = ("import sys, v3_predict; heavy = [m for m in ('torch', 'pandas', 'v3_hub') "
+            "if m in sys.modules]; sys.exit(1 if heavy else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=root, timeout=60).returncode == 0
+
+
 def test_bench_predict_tiny_run(capsys):
     import importlib.util
     from pathlib import Path
