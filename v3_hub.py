@@ -295,10 +295,6 @@ def hub_endpoint(endpoint: str | None = None) -> str | None:
     return e.rstrip("/") if e else None
 
 
-# MERGE-TEMP: only for this branch's v3_colab_training (main's v3_config uses check_folder); delete.
-_check_folder = check_folder
-
-
 @contextmanager
 def _hf_progress(enabled: bool) -> Iterator[None]:
     """Switch huggingface_hub's own transfer bars off for the duration, when asked."""
@@ -562,13 +558,3 @@ def load_model_from_hub(repo_id: str, symbol: str, interval: str, *, folder: str
     parts = path.parts
     commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
     return LoadedModel.from_checkpoint(ckpt, path=path, repo_id=repo_id, revision=commit)
-
-
-def check_folder(folder: str) -> str:  # MERGE-TEMP: helper D replaces this
-    return _check_folder(folder)
-
-
-def check_repo_id(repo_id: str | None) -> str | None:  # MERGE-TEMP: helper D replaces this
-    if repo_id is None:
-        return None
-    return _check_repo_id(repo_id, "user")
