@@ -219,11 +219,12 @@ def test_notebook_runs_in_a_kernel_like_in_colab(tmp_path, monkeypatch, repo_ser
 NO_TORCH = "import sys\nsys.modules['torch'] = None\n"
 
 
-def test_cell1_installs_nothing_when_both_packages_are_present(tmp_path, fake_pip):
+def test_cell1_installs_nothing_when_every_package_is_present(tmp_path, fake_pip):
     env = _offline_env(tmp_path, fake_pip, V3_BASE_DIR=str(tmp_path / "content"))
     r = _run_cell(1, env, cwd=tmp_path, prelude=NO_TORCH)
     assert r.returncode == 0, r.stderr
-    assert "nothing to install: python-binance, huggingface-hub already present" in r.stdout
+    assert ("nothing to install: python-binance, huggingface-hub, arch, tenacity already present"
+            in r.stdout)
     assert "torch is not installed: Colab has it" in r.stdout
     assert _pip_calls(fake_pip[1]) == []
 
@@ -379,9 +380,11 @@ def test_pipeline_modules_follows_every_kind_of_import(tmp_path):
 
 def test_package_floors_come_from_requirements(tmp_path):
     (tmp_path / "requirements.txt").write_text("torch>=2.3\npython_binance>=1.0.20\n"
-                                               "huggingface-hub >= 0.30\n")
-    assert package_floors(tmp_path) == {"python-binance": "1.0.20", "huggingface-hub": "0.30"}
-    (tmp_path / "requirements.txt").write_text("python-binance>=1.0.20\n")
+                                               "huggingface-hub >= 0.30\narch>=6.0\n"
+                                               "tenacity>=8.2\n")
+    assert package_floors(tmp_path) == {"python-binance": "1.0.20", "huggingface-hub": "0.30",
+                                        "arch": "6.0", "tenacity": "8.2"}
+    (tmp_path / "requirements.txt").write_text("python-binance>=1.0.20\narch>=6\ntenacity>=8\n")
     with pytest.raises(CellConfigError, match="no '>=' floor for huggingface-hub"):
         package_floors(tmp_path)
     assert "torch" not in package_floors(ROOT)

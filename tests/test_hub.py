@@ -489,5 +489,6 @@ def test_cli_upload_flags_and_exit_codes(run_dir, hub, monkeypatch, caplog):
     assert "'bob' is not your namespace" in caplog.text
     monkeypatch.delenv("HF_TOKEN")
     caplog.clear()
-    assert main(["--steps", "upload", "--base-dir", str(run_dir), "--no-progress"]) == 0
-    assert NO_TOKEN_HINT in caplog.text
+    # an upload asked for by name and skipped for want of a token is not a success
+    assert main(["--steps", "upload", "--base-dir", str(run_dir), "--no-progress"]) == 1
+    assert NO_TOKEN_HINT in caplog.text and "the upload you asked for was skipped" in caplog.text
