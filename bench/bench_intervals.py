@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,8 +25,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchlib
 
+import arch  # noqa: E402
 import numpy as np  # noqa: E402
+import scipy  # noqa: E402
+
+import benchlib  # noqa: E402
 
 from v3_common import DEFAULT_COINS  # noqa: E402
 from v3_data_processor import FeatureConfig, prepare_dataset  # noqa: E402
@@ -39,18 +43,8 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import arch
-    import scipy
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy "
-            f"{np.__version__}, scipy {scipy.__version__}, arch {arch.__version__}")
+    return benchlib.machine(f"numpy {np.__version__}", f"scipy {scipy.__version__}",
+                            f"arch {arch.__version__}")
 
 
 def score_pair(data) -> dict[str, float]:

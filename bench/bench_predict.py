@@ -13,8 +13,6 @@ warm-up + window that predict_next uses. Goal: all 40 in under 1 s on a 2-core m
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -22,8 +20,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchlib
 
 import torch  # noqa: E402
+
+import benchlib  # noqa: E402
 
 from v3_common import DEFAULT_COINS, INTERVAL_MS  # noqa: E402
 from v3_data_processor import FeatureConfig, latest_window, prepare_dataset  # noqa: E402
@@ -35,16 +36,7 @@ from v3_trainer import save_checkpoint  # noqa: E402
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    return benchlib.machine(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
 
 def build(folder: Path, pairs: list[tuple[str, str]], *, candles: int, hidden: int) -> dict:
