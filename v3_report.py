@@ -3,9 +3,11 @@
     from v3_report import write_report
     write_report(base_dir, results)   # results = the results JSON, with '_summary' filled
 
-The report opens with a plain answer to "do the models beat persistence?", then the pairs
-that failed (with their reasons), the tables (model next to persistence, drift and linear on
-the same test samples; the backtest; walk-forward folds) and the plots. Every number in it
+The report opens with a plain answer to "do the models beat persistence?" and, where the
+results have interval blocks, to "are the intervals calibrated, and do they beat GARCH?"
+(v3_report_intervals), then the pairs that failed (with their reasons), the tables (model next
+to persistence, drift and linear on the same test samples; the intervals next to the rolling,
+EWMA and GARCH baselines; the backtest; walk-forward folds) and the plots. Every number in it
 comes from the results JSON; the plots read the per-sample predictions in
 results/predictions/. report.html is self-contained: its images are embedded as base64.
 Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas, so pyplot's global state

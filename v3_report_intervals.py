@@ -136,7 +136,7 @@ def _calibration_sentence(s: dict) -> str:
     n, alpha = s["n_pairs"], s["significance"]["alpha"]
     rej = s["coverage_rejected_80"]["model"]["count"]
     cov = s["median_coverage"]["model"]
-    where = "the pair" if n == 1 else f"{n} pairs"
+    where = "" if n == 1 else f"median over {n} pairs; "
     if rej == 0:
         verdict = (f"**Calibrated: the model's 80 % interval passes the coverage test on "
                    f"{'the pair' if n == 1 else f'all {n} pairs'}**")
@@ -144,10 +144,11 @@ def _calibration_sentence(s: dict) -> str:
         verdict = (f"**Not calibrated: the model's 80 % coverage is rejected on "
                    f"{'the pair' if n == 1 else f'all {n} pairs'}**")
     else:
-        verdict = f"**Not calibrated everywhere: the model's 80 % coverage is rejected on {rej} of {n} pairs**"
+        verdict = (f"**Not calibrated everywhere: the model's 80 % coverage is rejected on {rej} "
+                   f"of {n} pairs**")
     return (f"{verdict} (exact binomial test against 80 %, p < {alpha:g} per pair). Its 80 % "
-            f"interval covered {fmt_cell(cov['80'], '.1f', True)} % of test candles (median over "
-            f"{where}; nominal 80 %), the 50 % interval {fmt_cell(cov['50'], '.1f', True)} %, "
+            f"interval covered {fmt_cell(cov['80'], '.1f', True)} % of test candles ({where}"
+            f"nominal 80 %), the 50 % interval {fmt_cell(cov['50'], '.1f', True)} %, "
             f"the 90 % interval {fmt_cell(cov['90'], '.1f', True)} %.")
 
 
@@ -178,11 +179,12 @@ def _other_baselines_sentence(s: dict) -> str:
     for name, label in (("rolling", "the rolling empirical quantiles"),
                         ("ewma", "EWMA (RiskMetrics)")):
         if s["coverage_rejected_80"].get(name, {}).get("of"):
-            parts.append(f"{label} on {s[f'beat_{name}']['count']} of {n} (median skill "
-                         f"{fmt_cell(s['median_skill'][name], '+.1f', True)} %)")
+            parts.append(f"{label} on {s[f'beat_{name}']['count']} of {plural(n, 'pair')} "
+                         f"(median skill {fmt_cell(s['median_skill'][name], '+.1f', True)} %)")
     if not parts:
         return ""
-    return "Its pinball loss beats " + " and ".join(parts) + " significantly."
+    return ("Its pinball loss is significantly lower (same test) than " + ", and than ".join(parts)
+            + ".")
 
 
 def _baseline_sentence(s: dict) -> str:
@@ -190,8 +192,8 @@ def _baseline_sentence(s: dict) -> str:
     for name in INTERVAL_BASELINES:
         r = s["coverage_rejected_80"].get(name) or {}
         if r.get("of"):
-            parts.append(f"{LABELS[name]} {fmt_cell(s['median_coverage'][name]['80'], '.1f', True)} % "
-                         f"(rejected on {r['count']} of {r['of']})")
+            cov = fmt_cell(s["median_coverage"][name]["80"], ".1f", True)
+            parts.append(f"{LABELS[name]} {cov} % (rejected on {r['count']} of {r['of']})")
     if not parts:
         return ""
     return ("The baselines' 80 % intervals covered (median over pairs): " + ", ".join(parts)
@@ -319,8 +321,11 @@ def coverage_figure(entries: dict[str, dict], *, title: str):
                     ys.append(100 * b["coverage"][c])
         if xs:
             ax.plot(xs, ys, "o", ms=4, alpha=0.75, color=COLORS[name], label=LABELS[name])
-    ax.plot([44, 96], [44, 96], color="black", lw=0.8, ls="--", label="nominal")
-    ax.set_xticks([int(c) for c in CENTRAL_INTERVALS])
+    # the nominal share as a segment across each level's dots (they sit at level + offset)
+    levels = [int(c) for c in CENTRAL_INTERVALS]
+    ax.hlines(levels, [v - 3.5 for v in levels], [v + 3.5 for v in levels], color="black",
+              lw=1.0, ls="--", label="nominal")
+    ax.set_xticks(levels)
     ax.set(xlabel="nominal coverage %", ylabel="test coverage %", title=title)
     ax.legend(fontsize=8)
     return fig

@@ -675,13 +675,15 @@ def test_interval_sentences_on_hand_made_summaries():
     assert "Its 80 % interval covered 78.4 % of test candles (median over 8 pairs" in text
     assert "**Partly: the model's intervals beat GARCH significantly on 2 of 8 pairs**" in text
     assert "median skill vs GARCH +1.2 %" in text
-    assert "the rolling empirical quantiles on 6 of 8 (median skill +3.1 %)" in text
+    assert ("significantly lower (same test) than the rolling empirical quantiles on 6 of 8 "
+            "pairs (median skill +3.1 %), and than EWMA (RiskMetrics) on 1 of 8 pairs") in text
     assert "EWMA 78.4 % (rejected on 3 of 8)" in text
     s = _hand_summary(beat_garch={"count": 8},
                       coverage_rejected_80=dict(_hand_summary()["coverage_rejected_80"],
                                                 model={"count": 0, "of": 8}))
     text = " ".join(interval_sentences(s))
-    assert "**Calibrated: the model's 80 % interval passes the coverage test on all 8 pairs**" in text
+    assert ("**Calibrated: the model's 80 % interval passes the coverage test on all 8 "
+            "pairs**") in text
     assert "**Yes: the model's intervals beat GARCH significantly on all 8 pairs**" in text
     s = _hand_summary(beat_garch={"count": 0}, median_skill={"rolling": 0.01, "ewma": 0.0,
                                                               "garch": 0.002})
