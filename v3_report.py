@@ -3,9 +3,11 @@
     from v3_report import write_report
     write_report(base_dir, results)   # results = the results JSON, with '_summary' filled
 
-The report opens with a plain answer to "do the models beat persistence?", then the pairs
-that failed (with their reasons), the tables (model next to persistence, drift and linear on
-the same test samples; the backtest; walk-forward folds) and the plots. Every number in it
+The report opens with a plain answer to "do the models beat persistence?" and, where the
+results have interval blocks, to "are the intervals calibrated, and do they beat GARCH?"
+(v3_report_intervals), then the pairs that failed (with their reasons), the tables (model next
+to persistence, drift and linear on the same test samples; the intervals next to the rolling,
+EWMA and GARCH baselines; the backtest; walk-forward folds) and the plots. Every number in it
 comes from the results JSON; the plots read the per-sample predictions in
 results/predictions/. report.html is self-contained: its images are embedded as base64.
 Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas, so pyplot's global state
@@ -16,49 +18,32 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from v3_common import ConfigError, atomic_write_bytes, fmt_num, log, plural
+from v3_common import atomic_write_bytes, fmt_num, log, plural
 from v3_metrics import BASELINES, backtest_direction
+from v3_report_intervals import WF_INTERVAL_HEAD, draw_interval_plots
+from v3_report_intervals import fmt_cell as _f
+from v3_report_intervals import fmt_p as _p
+from v3_report_intervals import (interval_plot_blocks, interval_summary,
+                                 interval_summary_blocks, interval_table_blocks, model_block,
+                                 wf_interval_cells)
+from v3_report_intervals import new_figure as _figure
+from v3_report_intervals import save_png as _save
+from v3_report_intervals import utc_times as _times
 
 LAST_N_CANDLES = 200  # shown in the predicted vs. actual plot
 MODELS = ("model",) + BASELINES
 SYNTHETIC_TAG = " [SYNTHETIC DATA]"  # in the title of every plot of generated candles
 
 
-def _figure(width_in: float = 8.0, height_in: float = 3.6, ncols: int = 1):
-    # matplotlib is imported here, not at the top, on purpose: the pipeline imports this module
-    # for its sentences without drawing, and a missing matplotlib is a named error only here
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as e:
-        raise ConfigError("the report needs matplotlib: pip install 'matplotlib>=3.7'") from e
-    fig = Figure(figsize=(width_in, height_in), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols)
-    return fig, axes
-
-
 def _integer_ticks(axis) -> None:
     """Ticks at whole numbers only (epochs, counts of pairs)."""
     from matplotlib.ticker import MaxNLocator  # lazy with the rest of matplotlib (_figure)
     axis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _save(fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
-def _times(ms) -> pd.DatetimeIndex:
-    return pd.to_datetime(np.asarray(ms, np.int64), unit="ms", utc=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -202,18 +187,6 @@ def _metrics(entry: dict, name: str) -> dict:
 
 # ---------------------------------------------------------------------------------------
 # The document: a list of blocks, rendered to Markdown and to HTML
-
-
-def _f(v, spec: str = ".4f", pct: bool = False) -> str:
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "-"
-    return fmt_num(100 * v if pct else v, spec)
-
-
-def _p(v) -> str:
-    if v is None:
-        return "-"
-    return "< 0.0001" if v < 1e-4 else f"{v:.4f}"
 
 
 def _ci(m: dict, key: str, spec: str = ".1f") -> str:
@@ -366,12 +339,14 @@ def build_blocks(results: dict, plots: dict) -> list[tuple]:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     b.append(("p", f"Generated {now}. Every number below is in results/v3_training_results.json "
                    f"(per pair, and under `_summary`)."))
+    b.extend(interval_summary_blocks(interval_summary(results, entries)))
     if failed:
         b += [("h", 2, "Pairs that failed"),
               ("p", "These pairs have no test results; the step that failed and why:"),
               ("table", ["pair", "failed step", "reason"], [list(f) for f in failed])]
     b.extend(_metrics_blocks(entries, summary))
     b.extend(_forecast_blocks(entries))
+    b.extend(interval_table_blocks(entries))
     b.extend(_backtest_blocks(entries, summary))
     b.extend(_walk_forward_blocks(entries))
     b.extend(_plot_blocks(entries, plots))
@@ -467,10 +442,12 @@ def _plot_blocks(entries: dict, plots: dict) -> list[tuple]:
         if key in plots:
             b.append(("img", plots[key], "skill per pair" if key == "skill"
                       else "directional accuracy per pair and its distribution"))
+    b.extend(interval_plot_blocks(plots))
     b.append(("h", 2, "Per pair"))
     for k in entries:
         b.append(("h", 3, k + (" [SYNTHETIC]" if entries[k].get("synthetic") else "")))
         for kind, cap in (("curves", "learning curves"), ("predictions", "predicted vs. actual"),
+                          ("fan", "next-candle intervals and the realised closes"),
                           ("equity", "backtest equity")):
             if (k, kind) in plots:
                 b.append(("img", plots[(k, kind)], f"{k}: {cap}"))
@@ -501,32 +478,41 @@ def _backtest_blocks(entries: dict, summary: dict) -> list[tuple]:
 
 def _walk_forward_blocks(entries: dict) -> list[tuple]:
     rows = []
-    for k, e in entries.items():
-        wf = e.get("walk_forward") or {}
+    walks = [(k, e.get("walk_forward") or {}) for k, e in entries.items()]
+    # the interval columns only where a fold or a pooled entry carries an interval block
+    intervals = any(model_block(m) for _, wf in walks
+                    for m in wf.get("folds", []) + [wf.get("pooled") or {}])
+    for k, wf in walks:
         for f in wf.get("folds", []):
             rows.append(_wf_row(k, f"fold {f['fold']}", f["n_train"], f["test_first_open_time"],
-                                f["test_last_open_time"], f))
+                                f["test_last_open_time"], f, intervals))
         if wf.get("pooled"):
             p = wf["pooled"]
             label = f"pooled ({plural(p['n_folds'], 'fold')})"
-            rows.append(_wf_row(k, label, None, None, None, p))
+            rows.append(_wf_row(k, label, None, None, None, p, intervals))
         elif wf.get("status") == "failed":
-            rows.append([k, "failed: " + wf.get("reason", "")] + ["-"] * 7)
+            rows.append([k, "failed: " + wf.get("reason", "")]
+                        + ["-"] * (7 + intervals * len(WF_INTERVAL_HEAD)))
     if not rows:
         return []
     return [("h", 2, "Walk-forward"),
             ("p", "Each fold retrains on every candle before its test block (expanding window; "
                   "indicators, scaling, PCA and the target's mean/std refitted on the fold's own "
-                  "training rows) and is scored on the next block of test samples."),
+                  "training rows) and is scored on the next block of test samples."
+                  + (" The interval columns score the model's 80 % interval and its pinball "
+                     "loss on the fold's test samples (skill against GARCH fitted on the "
+                     "fold's own training split)." if intervals else "")),
             ("table", ["pair", "fold", "train samples", "test from", "test to", "MAPE %",
-                       "skill", "direction %", "linear skill"], rows)]
+                       "skill", "direction %", "linear skill"]
+             + (WF_INTERVAL_HEAD if intervals else []), rows)]
 
 
-def _wf_row(k, label, n_train, t0, t1, m) -> list[str]:
+def _wf_row(k, label, n_train, t0, t1, m, intervals: bool = False) -> list[str]:
     t = m["test"]
-    return [k, label, "-" if n_train is None else str(n_train), _iso_ms(t0), _iso_ms(t1),
-            _f(t.get("mape")), _f(t.get("skill"), "+.4f"), _f(t.get("directional_accuracy"), ".1f"),
-            _f(m["baseline"]["linear"]["skill"], "+.4f")]
+    return ([k, label, "-" if n_train is None else str(n_train), _iso_ms(t0), _iso_ms(t1),
+             _f(t.get("mape")), _f(t.get("skill"), "+.4f"),
+             _f(t.get("directional_accuracy"), ".1f"), _f(m["baseline"]["linear"]["skill"], "+.4f")]
+            + (wf_interval_cells(m) if intervals else []))
 
 
 def to_markdown(blocks: list[tuple], *, rel_to: Path) -> str:
@@ -600,6 +586,7 @@ def draw_plots(base_dir: Path, results: dict) -> dict:
                                     title="skill vs. persistence (test split)" + tag)
         plots["direction"] = plot_direction(entries, summary, out_dir / "direction.png",
                                             title="directional accuracy (test split)" + tag)
+    frames: dict[str, pd.DataFrame] = {}
     for k, e in entries.items():
         ptag = SYNTHETIC_TAG if e.get("synthetic") else ""
         if e.get("history"):
@@ -608,7 +595,7 @@ def draw_plots(base_dir: Path, results: dict) -> dict:
                 mean_forecast_loss=e.get("val_loss_mean_forecast"))
         pred = base_dir / (e.get("predictions_path") or f"results/predictions/{k}.csv")
         if pred.exists():
-            df = pd.read_csv(pred)
+            df = frames[k] = pd.read_csv(pred)
             plots[(k, "predictions")] = plot_predictions(
                 df, out_dir / f"{k}_predictions.png",
                 title=f"{k}: last {min(LAST_N_CANDLES, len(df))} test candles{ptag}")
@@ -617,6 +604,8 @@ def draw_plots(base_dir: Path, results: dict) -> dict:
                                                title=f"{k}: backtest{ptag}")
         else:
             log.warning("%s: no predictions file %s; its plots are left out", k, pred)
+    plots.update(draw_interval_plots(entries, frames, out_dir,
+                                     synthetic=bool(summary.get("synthetic"))))
     return plots
 
 

@@ -14,9 +14,13 @@ import pytest
 
 from tests.conftest import tiny_config
 from v3_colab_training import V3CoLabPipeline, main
-from v3_intervals import INTERVAL_BASELINES
+from v3_data_processor import PreparedData
+from v3_intervals import (INTERVAL_BASELINES, QUANTILE_COLUMNS, EwmaBaseline, evaluate_intervals,
+                          summarize_intervals)
 from v3_metrics import BASELINES, METRIC_FIELDS, forecast_metrics, naive_mae
-from v3_report import summary_sentences
+from v3_report import summary_sentences, write_report
+from v3_report_intervals import (fan_chart_figure, has_intervals, interval_sentences,
+                                 interval_summary, pit_counts, quantile_columns)
 
 PAIRS = ["BTCUSDT_15m", "BTCUSDT_1h"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -63,7 +67,6 @@ def test_model_metrics_recomputed_from_the_predictions_csv(run):
 
 
 def test_mase_scale_is_the_training_naive_mae(run):
-    from v3_data_processor import PreparedData
     p, results = run
     data = PreparedData.load(p.processed_path("BTCUSDT", "1h"))
     tr = data.split("train")
@@ -132,6 +135,13 @@ def test_report_has_every_section_and_image(run):
     images = re.findall(r"!\[[^\]]*\]\((plots/[^)]+\.png)\)", md)
     expected = {"plots/skill.png", "plots/direction.png"} | {
         f"plots/{k}_{kind}.png" for k in PAIRS for kind in ("curves", "predictions", "equity")}
+    # the interval plots where the run has interval blocks and p05 .. p95 (issue 13)
+    if any(has_intervals(results[k]) for k in PAIRS):
+        expected.add("plots/interval_coverage.png")
+    with_q = [k for k in PAIRS if quantile_columns(
+        pd.read_csv(p.results_dir / "predictions" / f"{k}.csv"))]
+    expected |= {f"plots/{k}_fan.png" for k in with_q} | (
+        {"plots/interval_pit.png"} if with_q else set())
     assert set(images) == expected
     for rel in images:
         assert (p.results_dir / rel).read_bytes().startswith(PNG_MAGIC)
@@ -206,7 +216,6 @@ def test_rescoring_to_the_same_numbers_leaves_the_model_files_alone(tmp_path):
 def test_walk_forward_uses_the_candles_step_3_uses(tmp_path):
     """A data file grown by incremental downloads: walk-forward, like step 3, takes the
     latest `candles` rows, so its last fold tests exactly the model's test split."""
-    from v3_data_processor import PreparedData
     from v3_market_data import data_path, synthetic_klines, write_klines
     p = V3CoLabPipeline(tmp_path, config=tiny_config(candles=700), coins=["BTCUSDT"],
                         timeframes=["1h"])
@@ -418,3 +427,271 @@ def test_sentences_use_plurals_and_never_print_minus_zero():
     assert "The pair does not beat it significantly" in text
     assert "median 1 trade long/flat" in text
     assert "LSTM +0.0000" in text and "-0.0000" not in text
+
+
+# ---------------------------------------------------------------------------------------
+# Intervals (issue 13): the section on top, the per-pair table, the walk-forward columns and
+# the plots, on the demo run with realistic interval blocks (v3_intervals.evaluate_intervals on
+# the run's own PreparedData) injected as the pipeline stores them
+
+INTERVAL_SECTION = "## Intervals: are they calibrated, and do they beat GARCH?"
+WIDEN = {"BTCUSDT_15m": 1.1, "BTCUSDT_1h": 2.5}  # the 'model' = EWMA's quantiles widened
+
+
+def _scored_intervals(p, key: str, widen: float) -> dict:
+    sym, tf = key.split("_")
+    data = PreparedData.load(p.processed_path(sym, tf))
+    ew = EwmaBaseline().fit(data)
+    q = ew.predict_returns(data, data.split("test"))
+    return evaluate_intervals(data, ew.mean + widen * (q - ew.mean))
+
+
+def _inject(results: dict, key: str, ev: dict, *, model: bool = True) -> None:
+    e = results[key]
+    if model:
+        e["test"]["interval"] = ev["model"]
+    for name, blk in ev["baseline"].items():
+        e["baseline"][name] = blk
+    for m in e["walk_forward"]["folds"] + [e["walk_forward"]["pooled"]]:
+        if model:
+            m["interval"] = ev["model"]
+
+
+def _write_quantile_csvs(src: Path, dst: Path, evs: dict, *, model: bool = True) -> None:
+    for key, ev in evs.items():
+        df = pd.read_csv(src / "results" / "predictions" / f"{key}.csv")
+        for who, prefix in (("model", ""), ("garch", "garch_")):
+            if who == "model" and not model:
+                continue
+            for j, c in enumerate(QUANTILE_COLUMNS):
+                df[prefix + c] = ev["predictions"][who][:, j]
+        out = dst / "results" / "predictions" / f"{key}.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out, index=False)
+
+
+@pytest.fixture(scope="module")
+def scored_intervals(run):
+    p, _ = run
+    return {k: _scored_intervals(p, k, WIDEN[k]) for k in PAIRS}
+
+
+@pytest.fixture(scope="module")
+def interval_report(run, scored_intervals, tmp_path_factory):
+    """The demo's results with interval blocks (no stored `_summary.intervals`: computed by
+    the report) and predictions CSVs with p05 .. p95 and garch_p05 .. garch_p95."""
+    p, _ = run
+    base = tmp_path_factory.mktemp("interval_report")
+    results = copy.deepcopy(p.load_results())
+    for k, ev in scored_intervals.items():
+        _inject(results, k, ev)
+    _write_quantile_csvs(p.base_dir, base, scored_intervals)
+    out = write_report(base, results)
+    return base, results, out
+
+
+def _interval_summary(results: dict) -> dict:
+    return interval_summary(results, {k: results[k] for k in PAIRS})
+
+
+def test_interval_section_on_top_answers_from_the_blocks(interval_report, scored_intervals):
+    base, results, _ = interval_report
+    md = (base / "results" / "report.md").read_text()
+    page = (base / "results" / "report.html").read_text()
+    assert INTERVAL_SECTION in md
+    assert "<h2>Intervals: are they calibrated, and do they beat GARCH?</h2>" in page
+    top = md.index(INTERVAL_SECTION)
+    assert md.index("## Summary") < top < md.index("## Test metrics per pair")
+    section = md[top:md.index("##", top + 3)]
+    cov80 = [ev["model"]["coverage"]["80"] for ev in scored_intervals.values()]
+    assert f"Its 80 % interval covered {100 * float(np.median(cov80)):.1f} % of test candles " \
+           f"(median over 2 pairs; nominal 80 %)" in section
+    g = [ev["baseline"]["garch"]["interval"]["coverage"]["80"] for ev in scored_intervals.values()]
+    assert f"GARCH {100 * float(np.median(g)):.1f} %" in section
+
+
+def test_a_model_that_does_not_beat_garch_is_told_so(interval_report):
+    _, results, _ = interval_report
+    s = _interval_summary(results)
+    assert s["beat_garch"]["count"] == 0 and s["median_skill"]["garch"] < 0  # 2.5x too wide
+    text = " ".join(interval_sentences(s))
+    assert "**No: the model's intervals do not beat GARCH**" in text
+    assert "not significantly lower on any of the 2 pairs" in text
+    assert "GARCH's intervals are the better ones on the median pair" in text
+    assert f"median skill vs GARCH {100 * s['median_skill']['garch']:+.1f} %" in text
+    # the 2.5x widened pair covers far more than 80 %: its coverage is rejected, and said so
+    assert s["coverage_rejected_80"]["model"]["count"] >= 1
+    assert "**Not calibrated" in text and "**Calibrated" not in text
+
+
+def test_interval_table_has_the_model_and_every_baseline(interval_report, scored_intervals):
+    base, _, _ = interval_report
+    md = (base / "results" / "report.md").read_text()
+    assert "## Intervals per pair, next to the interval baselines" in md
+    lines = md.splitlines()
+    for k, ev in scored_intervals.items():
+        for name, label in (("model", "LSTM"), ("rolling", "rolling"), ("ewma", "EWMA"),
+                            ("garch", "GARCH")):
+            b = ev["model"] if name == "model" else ev["baseline"][name]["interval"]
+            row = next(line for line in lines if line.startswith(f"| {k} | {label} | {b['n']} |"))
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            assert cells[3:6] == [f"{100 * b['coverage'][c]:.1f}" for c in ("50", "80", "90")]
+            assert cells[8] == f"{b['width_80_pct']:.3f}" and cells[9] == f"{b['pinball']:.4f}"
+            garch_skill = cells[15]
+            if name == "garch":
+                assert garch_skill == "="  # itself
+            else:
+                assert garch_skill == f"{100 * b['skill']['garch']:+.2f}"
+
+
+def test_walk_forward_table_carries_the_interval_columns(interval_report, scored_intervals):
+    base, _, _ = interval_report
+    md = (base / "results" / "report.md").read_text()
+    wf = md[md.index("## Walk-forward"):]
+    head = next(line for line in wf.splitlines() if line.startswith("| pair"))
+    assert head.endswith("| 80 % coverage % | pinball | skill vs GARCH % |")
+    b = scored_intervals["BTCUSDT_1h"]["model"]
+    row = next(line for line in wf.splitlines() if line.startswith("| BTCUSDT_1h | pooled"))
+    assert row.endswith(f"| {100 * b['coverage']['80']:.1f} | {b['pinball']:.4f} | "
+                        f"{100 * b['skill']['garch']:+.2f} |")
+
+
+def test_interval_plots_are_png_files_in_both_documents(interval_report):
+    base, _, out = interval_report
+    res = base / "results"
+    md, page = (res / "report.md").read_text(), (res / "report.html").read_text()
+    want = {"plots/interval_coverage.png", "plots/interval_pit.png"} | {
+        f"plots/{k}_fan.png" for k in PAIRS}
+    images = set(re.findall(r"!\[[^\]]*\]\((plots/[^)]+\.png)\)", md))
+    assert want <= images
+    for rel in want:
+        assert (res / rel).read_bytes().startswith(PNG_MAGIC)
+        assert str(res / rel) in out["plots"]
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(embedded) == len(images)
+
+
+def test_pit_bins_from_the_csv_agree_with_the_blocks_coverage(interval_report, scored_intervals):
+    base, _, _ = interval_report
+    for k, ev in scored_intervals.items():
+        df = pd.read_csv(base / "results" / "predictions" / f"{k}.csv")
+        c = pit_counts([df])
+        assert sum(c["counts"]) == ev["model"]["n"] == len(df)
+        # between p10 and p90 = bins 2 .. 5: the 80 % coverage of the block
+        assert sum(c["counts"][2:6]) / len(df) == pytest.approx(ev["model"]["coverage"]["80"],
+                                                                abs=1.5 / len(df))
+        g = pit_counts([df], "garch_")
+        assert sum(g["counts"][2:6]) / len(df) == pytest.approx(
+            ev["baseline"]["garch"]["interval"]["coverage"]["80"], abs=1.5 / len(df))
+
+
+def test_fan_chart_marks_the_misses_and_the_synthetic_data(interval_report):
+    base, _, _ = interval_report
+    df = pd.read_csv(base / "results" / "predictions" / "BTCUSDT_15m.csv")
+    fig = fan_chart_figure(df, title="BTCUSDT_15m [SYNTHETIC DATA]", last_n=50)
+    ax = fig.axes[0]
+    d = df.tail(50)
+    miss = int(((d.actual_close < d.p10) | (d.actual_close > d.p90)).sum())
+    labels = ax.get_legend_handles_labels()[1]
+    assert f"outside the 80 % interval ({miss} of 50)" in labels
+    assert {"90 % interval", "80 % interval", "50 % interval", "realised close",
+            "GARCH 80 % interval"} <= set(labels)
+    assert ax.get_title() == "BTCUSDT_15m [SYNTHETIC DATA]"
+
+
+def test_without_a_quantile_head_the_baselines_are_shown(run, scored_intervals, tmp_path):
+    """Results whose model has no interval (no quantile head) but baselines that do."""
+    p, _ = run
+    results = _results(run)
+    for k, ev in scored_intervals.items():
+        _inject(results, k, ev, model=False)
+    _write_quantile_csvs(p.base_dir, tmp_path, scored_intervals, model=False)
+    out = write_report(tmp_path, results)
+    md = (tmp_path / "results" / "report.md").read_text()
+    assert INTERVAL_SECTION in md
+    assert "**The model has no interval forecast**" in md and "beat GARCH**" not in md
+    assert "| BTCUSDT_1h | GARCH |" in md and "| BTCUSDT_1h | LSTM |" in md  # point table
+    table = md[md.index("## Intervals per pair"):md.index("## Backtest")]
+    assert "| LSTM |" not in table
+    names = {Path(x).name for x in out["plots"]}
+    assert "interval_coverage.png" in names                  # baselines have blocks
+    assert not {"interval_pit.png", "BTCUSDT_1h_fan.png"} & names  # no p05 .. p95 columns
+    wf = md[md.index("## Walk-forward"):]
+    assert "80 % coverage %" not in wf
+
+
+def test_old_results_have_no_interval_section_or_plots(run, tmp_path):
+    p, _ = run
+    results = _results(run)
+    for k in PAIRS:  # as a V3 before intervals wrote them, whatever the pipeline stores now
+        results[k]["test"].pop("interval", None)
+        for b in results[k]["baseline"].values():
+            b.pop("interval", None)
+        for m in results[k]["walk_forward"]["folds"] + [results[k]["walk_forward"]["pooled"]]:
+            m.pop("interval", None)
+    results["_summary"].pop("intervals", None)
+    for k in PAIRS:
+        df = pd.read_csv(p.base_dir / "results" / "predictions" / f"{k}.csv")
+        df = df[[c for c in df.columns if not re.fullmatch(r"(garch_)?p\d\d", c)]]
+        (tmp_path / "results" / "predictions").mkdir(parents=True, exist_ok=True)
+        df.to_csv(tmp_path / "results" / "predictions" / f"{k}.csv", index=False)
+    out = write_report(tmp_path, results)
+    md = (tmp_path / "results" / "report.md").read_text()
+    assert "Intervals" not in md and "80 % coverage %" not in md
+    assert not [x for x in out["plots"] if "interval" in x or x.endswith("_fan.png")]
+
+
+def test_the_stored_summary_is_used_and_the_literal_interval_field_is_read(
+        run, scored_intervals):
+    """`_summary.intervals` when the results have it; a model block under the entry's
+    `interval` (the issue's name) is read like one under `test.interval`."""
+    results = _results(run)
+    for k, ev in scored_intervals.items():
+        _inject(results, k, ev, model=False)
+        results[k]["interval"] = ev["model"]  # build_blocks only: draw_plots needs the timeframe
+    s = summarize_intervals({k: results[k] for k in PAIRS})
+    s["beat_garch"] = {"count": 1, "pairs": ["BTCUSDT_15m"]}
+    results["_summary"]["intervals"] = s
+    md = _report_md(results)
+    assert "**Partly: the model's intervals beat GARCH significantly on 1 of 2 pairs**" in md
+    assert "| BTCUSDT_1h | LSTM | " in md[md.index("## Intervals per pair"):]
+
+
+def _hand_summary(**over) -> dict:
+    s = {"n_pairs": 8, "significance": {"alpha": 0.05, "correction": "holm"},
+         "median_skill": {"rolling": 0.031, "ewma": 0.004, "garch": 0.012},
+         "beat_rolling": {"count": 6}, "beat_ewma": {"count": 1}, "beat_garch": {"count": 2},
+         "coverage_rejected_80": {"model": {"count": 1, "of": 8}, "rolling": {"count": 0, "of": 8},
+                                  "ewma": {"count": 3, "of": 8}, "garch": {"count": 0, "of": 8}},
+         "median_coverage": {w: {"50": 0.49, "80": 0.784, "90": 0.893}
+                             for w in ("model", "rolling", "ewma", "garch")}}
+    s.update(over)
+    return s
+
+
+def test_interval_sentences_on_hand_made_summaries():
+    text = " ".join(interval_sentences(_hand_summary()))
+    assert ("**Not calibrated everywhere: the model's 80 % coverage is rejected on 1 of 8 "
+            "pairs**") in text
+    assert "Its 80 % interval covered 78.4 % of test candles (median over 8 pairs" in text
+    assert "**Partly: the model's intervals beat GARCH significantly on 2 of 8 pairs**" in text
+    assert "median skill vs GARCH +1.2 %" in text
+    assert ("significantly lower (same test) than the rolling empirical quantiles on 6 of 8 "
+            "pairs (median skill +3.1 %), and than EWMA (RiskMetrics) on 1 of 8 pairs") in text
+    assert "EWMA 78.4 % (rejected on 3 of 8)" in text
+    s = _hand_summary(beat_garch={"count": 8},
+                      coverage_rejected_80=dict(_hand_summary()["coverage_rejected_80"],
+                                                model={"count": 0, "of": 8}))
+    text = " ".join(interval_sentences(s))
+    assert ("**Calibrated: the model's 80 % interval passes the coverage test on all 8 "
+            "pairs**") in text
+    assert "**Yes: the model's intervals beat GARCH significantly on all 8 pairs**" in text
+    s = _hand_summary(beat_garch={"count": 0}, median_skill={"rolling": 0.01, "ewma": 0.0,
+                                                              "garch": 0.002})
+    text = " ".join(interval_sentences(s))
+    assert "**No: the model's intervals do not beat GARCH**" in text
+    assert "better ones on the median pair" not in text  # a tie, not a loss
+    no_garch = _hand_summary()
+    no_garch["coverage_rejected_80"] = dict(no_garch["coverage_rejected_80"],
+                                            garch={"count": 0, "of": 0})
+    assert "There is no GARCH baseline" in " ".join(interval_sentences(no_garch))
