@@ -31,7 +31,8 @@ from v3_data_processor import FeatureConfig, prepare_dataset
 from v3_lstm_model import ModelConfig, V3LSTMModel, quantile_pinball
 from v3_market_data import synthetic_klines
 from v3_engine import train_jobs
-from v3_trainer import TrainConfig, TrainJob, model_from_checkpoint
+from v3_trainer import (TrainConfig, TrainJob, model_from_checkpoint,
+                        predict_quantiles_standardized, predict_standardized)
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (bench/run_gpu_check.sh)")
@@ -241,7 +242,6 @@ def test_fast_engine_trains_the_model_without_quantile_head_like_the_plain_loop(
 def test_both_engines_record_the_validation_pinball_of_the_quantile_head(pairs):
     """val_pinball per epoch is the mean pinball loss of the best weights' quantiles on the
     validation split (recomputed here), and val_loss stays the point forecast's MSE."""
-    from v3_trainer import predict_quantiles_standardized, predict_standardized
     cfg = dataclasses.replace(TRAIN, epochs=2, early_stopping=False)
     one = dict(list(pairs.items())[:1])
     for engine in ("plain", "fast"):
