@@ -181,7 +181,10 @@ class V3LSTMModel(nn.Module):
             context, weights = self.attention(h)  # (B, D), (B, T)
         else:
             context, weights = h[:, -1], None
-        return self.head[:-1](context), weights
+        z = context
+        for i in range(len(self.head) - 1):   # all but the last layer (no Sequential slice:
+            z = self.head[i](z)               # that builds a new module on every call)
+        return z, weights
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """Predictions (B,); with return_attention=True also the (B, T) attention weights."""
