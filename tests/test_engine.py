@@ -139,5 +139,5 @@ def test_quantile_head_benchmark_tiny_run_times_both_engines(tmp_path, capsys):
     assert [r["engine"] for r in rows] == ["plain", "fast"]
     assert all(r["ms_per_step_with"] > 0 and r["ms_per_step_without"] > 0 for r in rows)
     out = capsys.readouterr().out
-    assert "| model | engine | ms/step without head | ms/step with head | overhead |" in out
+    assert "| model | engine | ms/step without head (best / median) |" in out
     assert "command: python bench/bench_quantile_head.py --tiny" in out
