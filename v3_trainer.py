@@ -314,8 +314,8 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
                     scaler.update()
                     opt.zero_grad(set_to_none=True)
                 sched.step(ep + (i + 1) / n_batches)
-            val_loss, val_pin = _val_losses(model, feats, val_ends, val_y, offsets,
-                                            cfg.eval_batch_size, autocast)
+            val_loss, val_pin = _mse(model, feats, val_ends, val_y, offsets,
+                                     cfg.eval_batch_size, autocast, with_pinball=True)
             train_loss = float(loss_sum) / n_train  # one host sync per epoch
             epoch = ep + 1
             entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
@@ -355,11 +355,12 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
 
 
 @torch.no_grad()
-def _val_losses(model, feats, ends, y, offsets, batch, autocast) -> tuple[float, float | None]:
-    """The point forecast's MSE over the samples `ends`, and the mean pinball loss of the
-    quantiles (None without a quantile head), in one pass and one host sync."""
+def _mse(model, feats, ends, y, offsets, batch, autocast, *, with_pinball: bool = False):
+    """The validation loss the trainer reports: the point forecast's MSE over the samples
+    `ends`. with_pinball=True: (that MSE, the mean pinball loss of the quantiles or None
+    without a quantile head), in the same pass and one host sync."""
     model.eval()
-    with_q = getattr(model, "has_quantiles", False)
+    with_q = with_pinball and getattr(model, "has_quantiles", False)
     total = torch.zeros((), device=feats.device)
     pin = torch.zeros((), device=feats.device)
     for i in range(0, len(ends), batch):
@@ -373,14 +374,9 @@ def _val_losses(model, feats, ends, y, offsets, batch, autocast) -> tuple[float,
         total += ((p.float() - y[i:i + batch]) ** 2).sum()
     n = max(1, len(ends))
     if not with_q:
-        return float(total) / n, None
+        return (float(total) / n, None) if with_pinball else float(total) / n
     total, pin = torch.stack([total, pin]).tolist()
-    return total / n, pin / n
-
-
-def _mse(model, feats, ends, y, offsets, batch, autocast) -> float:
-    """The validation loss the trainer reports: the point forecast's MSE."""
-    return _val_losses(model, feats, ends, y, offsets, batch, autocast)[0]
+    return (total / n, pin / n) if with_pinball else total / n
 
 
 class _ConstantForecast(nn.Module):
