@@ -51,7 +51,9 @@ class ModelConfig:
             object.__setattr__(self, "quantiles", tuple(self.quantiles))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON types: quantiles as a list, so a dict read back from a JSON file (the
+        results, a walk-forward fold's settings) compares equal to a fresh to_dict()."""
+        return dict(asdict(self), quantiles=list(self.quantiles))
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

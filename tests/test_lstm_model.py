@@ -164,5 +164,6 @@ def test_quantile_config_round_trips_through_json_and_stays_hashable():
     c = ModelConfig(quantiles=(0.1, 0.5, 0.9), quantile_weight=0.5)
     back = ModelConfig.from_dict(json.loads(json.dumps(c.to_dict())))  # a list in JSON
     assert back == c and isinstance(back.quantiles, tuple) and hash(back) == hash(c)
+    assert json.loads(json.dumps(c.to_dict())) == c.to_dict()   # settings read back compare equal
     check_model_config(ModelConfig(quantiles=()))
     check_model_config(ModelConfig(quantiles=(0.5,), quantile_weight=0))
