@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from v3_common import log
-from v3_lstm_model import ModelConfig, V3LSTMModel
+from v3_lstm_model import ModelConfig, V3LSTMModel, monotone_quantiles, quantile_anchor
 
 ADAM_BETAS = (0.9, 0.999)     # torch.optim.AdamW's defaults, which the plain loop uses
 ADAM_EPS = 1e-8
@@ -206,6 +206,15 @@ def grouped_forward(p: dict, x: torch.Tensor, cfg: ModelConfig, *, train: bool,
                     cell: str = "reference") -> torch.Tensor:
     """x (M, T, B, K) -> predictions (M, B): model m of the group reads x[m].
     Same computation as V3LSTMModel.forward, per model; dropout only when `train`."""
+    return grouped_forward_with_quantiles(p, x, cfg, train=train, cell=cell, quantiles=False)[0]
+
+
+def grouped_forward_with_quantiles(p: dict, x: torch.Tensor, cfg: ModelConfig, *, train: bool,
+                                   cell: str = "reference", quantiles: bool = True):
+    """x (M, T, B, K) -> (predictions (M, B), quantiles (M, B, Q) or None): as
+    V3LSTMModel.forward_with_quantiles, per model (None without a head or with
+    quantiles=False). The quantile head is one batched matmul on the dense head's hidden
+    features and the same monotone_quantiles as the model's."""
     M, T, B, K = x.shape
     nd, H = (2 if cfg.bidirectional else 1), cfg.hidden_size
     y = F.layer_norm(x, (K,)) * p["input_norm.weight"].view(M, 1, 1, K) \
@@ -241,7 +250,11 @@ def grouped_forward(p: dict, x: torch.Tensor, cfg: ModelConfig, *, train: bool,
     if train and cfg.dropout > 0:
         z = F.dropout(z, cfg.dropout, True)
     out = torch.baddbmm(p["head.4.bias"].unsqueeze(1), z, p["head.4.weight"].transpose(1, 2))
-    return out.squeeze(-1)                                                  # (M, B)
+    if not (quantiles and cfg.quantiles):
+        return out.squeeze(-1), None                                        # (M, B)
+    raw = torch.baddbmm(p["quantile_head.bias"].unsqueeze(1), z,
+                        p["quantile_head.weight"].transpose(1, 2))          # (M, B, Q)
+    return out.squeeze(-1), monotone_quantiles(raw, quantile_anchor(cfg.quantiles))
 
 
 # ---------------------------------------------------------------------------------------

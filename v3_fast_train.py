@@ -11,7 +11,8 @@ CUDA graph and replayed for every batch. Nothing in the hot loop reads a value b
 host; the losses of an epoch are read once, after its validation pass.
 
 What stays per model, as in `v3_trainer.train_model`: the initial weights (same seed), the
-batches of every epoch (the same permutation, seeded by (seed, epoch)), the loss, gradient
+batches of every epoch (the same permutation, seeded by (seed, epoch)), the loss (with a
+quantile head: MSE + quantile_weight * mean pinball, and both recorded per epoch), gradient
 accumulation, gradient clipping (one norm per model), AdamW (one step count per model), the
 learning rate (each model's own cosine-with-warm-restarts value, a pure function of its own
 fractional epoch), the validation loss, early stopping and the best weights. Pairs with
@@ -44,8 +45,8 @@ import torch
 
 from v3_common import ConfigError, V3Error, log, progress
 from v3_fast_kernels import (block_layout, cosine_warm_restarts_lr, grouped_adamw_,
-                             grouped_forward, pack_states, pick_cell, unpack_state)
-from v3_lstm_model import ModelConfig, V3LSTMModel
+                             grouped_forward_with_quantiles, pack_states, pick_cell, unpack_state)
+from v3_lstm_model import ModelConfig, V3LSTMModel, quantile_pinball
 from v3_trainer import RESUME_FORMAT, TrainConfig, TrainJob, TrainOutcome
 
 REPACK_IDLE_FRACTION = 0.25   # re-pack a group once this share of its slots has finished
@@ -138,6 +139,9 @@ class _Group:
         self.cell = pick_cell(device)
         self.use_graph = use_graph and device.type == "cuda"
         self.graph = None
+        self.with_q = bool(self.model_cfg.quantiles)          # the quantile head
+        self.q_weight = float(self.model_cfg.quantile_weight)
+        self.q_levels = torch.tensor(self.model_cfg.quantiles, dtype=torch.float32, device=device)
         self.t_start = time.monotonic()
         init_cache: dict = {}
         states, best_states, opt_states = [], [], []
@@ -231,6 +235,7 @@ class _Group:
         self.do_tab = torch.zeros(nb, M, dtype=torch.float64, device=dev)
         self.step_i = torch.zeros(1, dtype=torch.int64, device=dev)
         self.sse = torch.zeros(M, device=dev)
+        self.spin = torch.zeros(M, device=dev)      # summed pinball loss (quantile head)
         self.acc = [torch.zeros_like(t) for t in self.params.values()]
         self._pad_tables()
 
@@ -253,12 +258,19 @@ class _Group:
         lr, do = self.lr_tab.index_select(0, i)[0], self.do_tab.index_select(0, i)[0]  # (M,)
         idx = rows.unsqueeze(1) + self.offsets.view(1, T, 1)                     # (M, T, B)
         x = self.feats.index_select(0, idx.reshape(-1)).view(M, T, B, K)
-        pred = grouped_forward(self.params, x, self.model_cfg, train=True, cell=self.cell)
+        pred, q = grouped_forward_with_quantiles(self.params, x, self.model_cfg, train=True,
+                                                 cell=self.cell)
         err = (pred - y) ** 2                                                    # (M, B)
+        loss = err
+        if self.with_q:
+            pin = quantile_pinball(q, y, self.q_levels).mean(-1)                 # (M, B)
+            loss = err + self.q_weight * pin
         params = list(self.params.values())
-        grads = torch.autograd.grad((err * w).sum(), params)
+        grads = torch.autograd.grad((loss * w).sum(), params)
         with torch.no_grad():
             self.sse.add_((err * valid).sum(1))
+            if self.with_q:
+                self.spin.add_((pin * valid).sum(1))
             torch._foreach_add_(self.acc, grads)
             grouped_adamw_(params, self.acc, list(self.exp_avg.values()),
                            list(self.exp_avg_sq.values()), self.steps, lr, do,
@@ -298,6 +310,7 @@ class _Group:
             if self.device.type == "cuda":
                 _recover_from_failed_capture(self.device, side, graph, self.label)
         self.sse.zero_()
+        self.spin.zero_()
         self.step_i.zero_()
         for a in self.acc:
             a.zero_()
@@ -346,20 +359,26 @@ class _Group:
         return max(self.slots[m].n_batches for m in active)
 
     @torch.no_grad()
-    def _validate(self) -> torch.Tensor:
-        """Validation MSE per model, (M,), in eval mode (no dropout)."""
+    def _validate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validation MSE and mean pinball loss per model, (M,) each (the pinball zeros
+        without a quantile head), in eval mode (no dropout)."""
         M, T, K = len(self.slots), self.seq_len, self.model_cfg.input_size
         V = self.val_rows.shape[1]
         chunk = max(1, min(self.cfg.eval_batch_size, EVAL_ROWS // M))
         total = torch.zeros(M, device=self.device)
+        pin = torch.zeros(M, device=self.device)
         for c0 in range(0, V, chunk):
             rows = self.val_rows[:, c0:c0 + chunk]
             b = rows.shape[1]
             idx = rows.unsqueeze(1) + self.offsets.view(1, T, 1)
             x = self.feats.index_select(0, idx.reshape(-1)).view(M, T, b, K)
-            pred = grouped_forward(self.params, x, self.model_cfg, train=False, cell=self.cell)
-            total += ((pred - self.val_y[:, c0:c0 + chunk]) ** 2 * self.val_w[:, c0:c0 + chunk]).sum(1)
-        return total
+            pred, q = grouped_forward_with_quantiles(self.params, x, self.model_cfg, train=False,
+                                                     cell=self.cell)
+            y, w = self.val_y[:, c0:c0 + chunk], self.val_w[:, c0:c0 + chunk]
+            total += ((pred - y) ** 2 * w).sum(1)
+            if self.with_q:
+                pin += (quantile_pinball(q, y, self.q_levels).mean(-1) * w).sum(1)
+        return total, pin
 
     def run_epoch(self) -> list[int]:
         """Train every unfinished slot for one epoch of its own; returns the slots that
@@ -370,21 +389,27 @@ class _Group:
             self._capture()
         n_steps = self._fill_tables(active)
         self.sse.zero_()
+        self.spin.zero_()
         self.step_i.zero_()
         for _ in range(n_steps):
             if self.graph is not None:
                 self.graph.replay()
             else:
                 self._train_step()
-        val = self._validate()
-        val_host, sse_host = torch.stack([val, self.sse.to(val.dtype)]).cpu().tolist()  # one sync per epoch
+        val, val_pin = self._validate()
+        val_host, sse_host, vpin_host, spin_host = torch.stack(
+            [val, self.sse.to(val.dtype), val_pin, self.spin.to(val.dtype)]).cpu().tolist()  # one sync per epoch
         improved, done = [], []
         for m in active:
             s = self.slots[m]
             s.epoch += 1
             val_loss, train_loss = float(val_host[m]), float(sse_host[m]) / s.n_train
-            s.history.append({"epoch": s.epoch, "train_loss": train_loss, "val_loss": val_loss,
-                              "lr": self._lr(float(s.epoch))})
+            entry = {"epoch": s.epoch, "train_loss": train_loss, "val_loss": val_loss,
+                     "lr": self._lr(float(s.epoch))}
+            if self.with_q:
+                entry.update(train_pinball=float(spin_host[m]) / s.n_train,
+                             val_pinball=float(vpin_host[m]))
+            s.history.append(entry)
             if val_loss < s.best_val - c.min_delta:
                 s.best_val, s.best_epoch, s.bad, s.has_best = val_loss, s.epoch, 0, True
                 improved.append(m)

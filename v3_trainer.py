@@ -8,6 +8,11 @@ gradient clipping at 1.0 (after unscaling), and early stopping that restores the
 Every epoch is seeded by (seed, epoch), so a run resumed from its last state repeats exactly
 what an uninterrupted run would have done.
 
+With a quantile head (ModelConfig.quantiles, on by default) the loss of a batch is
+MSE(point) + quantile_weight * mean pinball loss of the quantiles, both on the standardised
+target; the validation loss (early stopping, val_loss, best_val_loss) stays the point
+forecast's MSE, and each history entry also records train_pinball and val_pinball.
+
 Checkpoints hold only tensors, numbers, strings, lists and dicts, so
 `torch.load(path, weights_only=True)` reads them.
 """
@@ -27,10 +32,12 @@ import torch.nn as nn
 
 from v3_common import CheckpointError, ConfigError, atomic_write_bytes, log, progress
 from v3_data_processor import FEATURE_SET_VERSION, WARMUP_CANDLES, FittedTransform, PreparedData
-from v3_lstm_model import ModelConfig, V3LSTMModel
+from v3_lstm_model import ModelConfig, V3LSTMModel, quantile_pinball
 
-CHECKPOINT_FORMAT = "v3-checkpoint-1"
-RESUME_FORMAT = "v3-resume-1"
+# 2: the quantile head (quantile_head.* weights, ModelConfig.quantiles / quantile_weight,
+# train_pinball / val_pinball in the history). Files of format 1 are refused: re-train.
+CHECKPOINT_FORMAT = "v3-checkpoint-2"
+RESUME_FORMAT = "v3-resume-2"
 
 
 @dataclass(frozen=True)
@@ -256,6 +263,8 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
     train_ends, train_y = ends[tr], target[tr]
     val_ends, val_y = ends[va], target[va]
     n_train = len(train_ends)
+    with_q = model.has_quantiles
+    q_weight = float(model_cfg.quantile_weight)
     n_batches = (n_train + cfg.batch_size - 1) // cfg.batch_size
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
 
@@ -281,15 +290,23 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
             model.train()
             perm = torch.randperm(n_train, device="cpu").to(device)
             loss_sum = torch.zeros((), device=device)
+            pin_sum = torch.zeros((), device=device)
             opt.zero_grad(set_to_none=True)
             for i in range(n_batches):
                 b = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
                 x = _batch_windows(feats, train_ends[b], offsets)  # (B, T, K)
                 with autocast():
-                    pred = model(x)
-                    loss = nn.functional.mse_loss(pred.float(), train_y[b])
+                    if with_q:
+                        pred, q = model.forward_with_quantiles(x)
+                        mse = nn.functional.mse_loss(pred.float(), train_y[b])
+                        pin = quantile_pinball(q.float(), train_y[b], model.quantile_levels).mean()
+                        loss = mse + q_weight * pin
+                    else:
+                        mse = loss = nn.functional.mse_loss(model(x).float(), train_y[b])
                 scaler.scale(loss / cfg.grad_accum_steps).backward()
-                loss_sum += loss.detach() * len(b)
+                loss_sum += mse.detach() * len(b)
+                if with_q:
+                    pin_sum += pin.detach() * len(b)
                 if (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == n_batches:
                     scaler.unscale_(opt)
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -297,11 +314,15 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
                     scaler.update()
                     opt.zero_grad(set_to_none=True)
                 sched.step(ep + (i + 1) / n_batches)
-            val_loss = _mse(model, feats, val_ends, val_y, offsets, cfg.eval_batch_size, autocast)
+            val_loss, val_pin = _mse(model, feats, val_ends, val_y, offsets,
+                                     cfg.eval_batch_size, autocast, with_pinball=True)
             train_loss = float(loss_sum) / n_train  # one host sync per epoch
             epoch = ep + 1
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                            "lr": opt.param_groups[0]["lr"]})
+            entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                     "lr": opt.param_groups[0]["lr"]}
+            if with_q:
+                entry.update(train_pinball=float(pin_sum) / n_train, val_pinball=val_pin)
+            history.append(entry)
             if val_loss < best_val - cfg.min_delta:
                 best_val, best_epoch, bad = val_loss, epoch, 0
                 best_state = _cpu_state(model)
@@ -334,14 +355,28 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
 
 
 @torch.no_grad()
-def _mse(model, feats, ends, y, offsets, batch, autocast) -> float:
+def _mse(model, feats, ends, y, offsets, batch, autocast, *, with_pinball: bool = False):
+    """The validation loss the trainer reports: the point forecast's MSE over the samples
+    `ends`. with_pinball=True: (that MSE, the mean pinball loss of the quantiles or None
+    without a quantile head), in the same pass and one host sync."""
     model.eval()
+    with_q = with_pinball and getattr(model, "has_quantiles", False)
     total = torch.zeros((), device=feats.device)
+    pin = torch.zeros((), device=feats.device)
     for i in range(0, len(ends), batch):
+        x = _batch_windows(feats, ends[i:i + batch], offsets)
         with autocast():
-            p = model(_batch_windows(feats, ends[i:i + batch], offsets)).float()
-        total += ((p - y[i:i + batch]) ** 2).sum()
-    return float(total) / max(1, len(ends))
+            if with_q:
+                p, q = model.forward_with_quantiles(x)
+                pin += quantile_pinball(q.float(), y[i:i + batch], model.quantile_levels).mean(-1).sum()
+            else:
+                p = model(x)
+        total += ((p.float() - y[i:i + batch]) ** 2).sum()
+    n = max(1, len(ends))
+    if not with_q:
+        return (float(total) / n, None) if with_pinball else float(total) / n
+    total, pin = torch.stack([total, pin]).tolist()
+    return (total / n, pin / n) if with_pinball else total / n
 
 
 class _ConstantForecast(nn.Module):
@@ -383,6 +418,25 @@ def predict_standardized(model: V3LSTMModel, data: PreparedData, idx, *, batch: 
     out = [model(_batch_windows(feats, ends[i:i + batch], offsets)).float().cpu()
            for i in range(0, len(ends), batch)]
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+@torch.no_grad()
+def predict_quantiles_standardized(model: V3LSTMModel, data: PreparedData, idx, *,
+                                   batch: int = 1024,
+                                   device: torch.device | str = "cpu") -> np.ndarray | None:
+    """The quantile head's outputs (len(idx), Q) for the samples `idx`, in fp32 and in
+    standardised target units (v3_intervals.standardized_to_returns maps them to log
+    returns), at the levels model.config.quantiles; None when the model has no head."""
+    if not model.has_quantiles:
+        return None
+    model = model.to(device).eval()
+    feats = torch.as_tensor(data.features, device=device)
+    ends = torch.as_tensor(data.ends[idx], device=device)
+    offsets = torch.arange(-(data.seq_len - 1), 1, device=device)
+    out = [model.forward_with_quantiles(_batch_windows(feats, ends[i:i + batch], offsets))[1]
+           .float().cpu() for i in range(0, len(ends), batch)]
+    n_q = len(model.config.quantiles)
+    return torch.cat(out).numpy() if out else np.zeros((0, n_q), np.float32)
 
 
 # ---------------------------------------------------------------------------------------
@@ -429,9 +483,27 @@ def load_checkpoint(path: str | Path) -> dict:
                               f"{str(e)[:200]}). Re-train or re-download it.") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        version = _format_version(fmt, CHECKPOINT_FORMAT)
+        if version is not None and version < _format_version(CHECKPOINT_FORMAT, CHECKPOINT_FORMAT):
+            raise CheckpointError(
+                f"{path} has format {fmt!r}: it was written by an older V3 (before the "
+                f"quantile head), and this V3 reads {CHECKPOINT_FORMAT!r}. Re-train the pair "
+                f"(--retrain, or retrain=True) to get a model file of this version.")
+        if version is not None:
+            raise CheckpointError(f"{path} has format {fmt!r}: it was written by a newer V3 "
+                                  f"than this one (which reads {CHECKPOINT_FORMAT!r}). "
+                                  f"Update V3 to load it.")
         raise CheckpointError(f"{path} has format {fmt!r}, this V3 reads {CHECKPOINT_FORMAT!r}. "
                               f"Re-train the pair with this version.")
     return ckpt
+
+
+def _format_version(fmt, current: str) -> int | None:
+    """N of a format string 'v3-checkpoint-N' (the family of `current`), else None."""
+    family = current.rsplit("-", 1)[0] + "-"
+    if isinstance(fmt, str) and fmt.startswith(family) and fmt[len(family):].isdigit():
+        return int(fmt[len(family):])
+    return None
 
 
 def model_from_checkpoint(ckpt: dict) -> V3LSTMModel:
@@ -463,7 +535,12 @@ def load_resume_state(path: str | Path) -> dict | None:
     except Exception as e:  # a corrupt resume file only costs a fresh start
         log.warning("%s is unreadable (%s); training that pair from scratch", path, type(e).__name__)
         return None
-    return st if isinstance(st, dict) and st.get("format") == RESUME_FORMAT else None
+    if not isinstance(st, dict) or st.get("format") != RESUME_FORMAT:
+        fmt = st.get("format") if isinstance(st, dict) else type(st).__name__
+        log.info("%s has format %r, this V3 resumes %r; training that pair from scratch",
+                 path, fmt, RESUME_FORMAT)
+        return None
+    return st
 
 
 @dataclass
@@ -473,6 +550,8 @@ class LoadedModel:
     `model` takes windows (batch, seq_len, n_components) of PCA scores and returns the next
     candle's standardised log return; `transform` maps raw indicator rows (in `feature_names`
     order) to those scores; predicted close = last_close * exp(target_mean + target_std * out).
+    `model.forward_with_quantiles(windows)` also gives the standardised quantiles at
+    `quantiles` (empty without a head), mapped to closes the same way.
     """
     model: V3LSTMModel             # eval mode, CPU
     transform: FittedTransform     # fitted on the training rows only
@@ -487,6 +566,11 @@ class LoadedModel:
     path: Path                     # the file (a Hub download lives in the huggingface_hub cache)
     repo_id: str | None            # None for a local file
     revision: str | None           # the commit the file came from
+
+    @property
+    def quantiles(self) -> tuple[float, ...]:
+        """The levels of the model's quantile head; () when it has none."""
+        return tuple(self.model.config.quantiles)
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, *, path: Path, repo_id: str | None = None,

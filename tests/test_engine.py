@@ -1,5 +1,7 @@
 """v3_engine: the engine choice (plain / fast / fallback) and torch's CPU threads, in one place."""
 import dataclasses
+import importlib.util
+import json
 import logging
 import subprocess
 import sys
@@ -119,3 +121,23 @@ def test_a_bad_V3_THREADS_fails_every_job_naming_the_variable(data15, monkeypatc
     assert train_jobs([job], TINY_TRAIN, show_progress=False,
                       on_error=lambda j, e: failed.setdefault(j.key, e)) == {}
     assert isinstance(failed["a"], ConfigError) and "V3_THREADS='lots'" in str(failed["a"])
+
+
+def test_quantile_head_benchmark_tiny_run_times_both_engines(tmp_path, capsys):
+    """bench/bench_quantile_head.py keeps working: both engines, with and without the head."""
+    path = ROOT / "bench" / "bench_quantile_head.py"
+    spec = importlib.util.spec_from_file_location("bench_quantile_head", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    n = torch.get_num_threads()
+    try:
+        assert bench.main(["--tiny", "--reps", "1", "--epochs", "2", "--train-batches", "2",
+                           "--json", str(tmp_path / "r.json")]) == 0
+    finally:
+        torch.set_num_threads(n)
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["engine"] for r in rows] == ["plain", "fast"]
+    assert all(r["ms_per_step_with"] > 0 and r["ms_per_step_without"] > 0 for r in rows)
+    out = capsys.readouterr().out
+    assert "| model | engine | ms/step without head (best / median) |" in out
+    assert "command: python bench/bench_quantile_head.py --tiny" in out

@@ -5,7 +5,9 @@ model against separate V3LSTMModels (float64, forward and gradients), the batche
 against torch.optim.AdamW + clip_grad_norm_, the learning rate against
 CosineAnnealingWarmRestarts, and whole multi-epoch trainings (early stopping, re-packing,
 resuming across engines) against v3_trainer.train_model, and the CUDA-graph branch with
-stand-ins for torch.cuda's graph objects. The CUDA-only tests at the end (graph capture, the
+stand-ins for torch.cuda's graph objects. MODEL has the quantile head (on by default), so
+every whole-training comparison covers it too (train_pinball / val_pinball per epoch, the
+head's weights); one test trains the model without it. The CUDA-only tests at the end (graph capture, the
 fused cell, no host syncs, dropout masks in a graph, a failed capture) run on a GPU machine:
 bench/run_gpu_check.sh.
 """
@@ -26,19 +28,20 @@ import v3_fast_kernels as kernels
 import v3_fast_train as fast
 from v3_common import CheckpointError, ConfigError
 from v3_data_processor import FeatureConfig, prepare_dataset
-from v3_lstm_model import ModelConfig, V3LSTMModel
+from v3_lstm_model import ModelConfig, V3LSTMModel, quantile_pinball
 from v3_market_data import synthetic_klines
 from v3_engine import train_jobs
-from v3_trainer import TrainConfig, TrainJob, model_from_checkpoint
+from v3_trainer import (TrainConfig, TrainJob, model_from_checkpoint,
+                        predict_quantiles_standardized, predict_standardized)
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (bench/run_gpu_check.sh)")
 
-MODEL = ModelConfig(input_size=4, hidden_size=4, num_layers=2, dropout=0.0)
+MODEL = ModelConfig(input_size=4, hidden_size=4, num_layers=2, dropout=0.0)   # with quantile head
 FEATURES = FeatureConfig(seq_len=8, n_components=4)
-# lr, patience and T0 chosen so the three pairs stop early at three different epochs (3, 4, 6).
+# lr, patience and T0 chosen so the three pairs stop early at three different epochs (5, 3, 6).
 # device='cpu' even on a GPU machine: these are the CPU equivalence tests (the CUDA ones say so).
-TRAIN = TrainConfig(epochs=8, batch_size=16, patience=2, scheduler_t0=2, learning_rate=0.01,
+TRAIN = TrainConfig(epochs=8, batch_size=16, patience=2, scheduler_t0=2, learning_rate=0.003,
                     checkpoint_every_s=0.0, device="cpu")
 
 
@@ -68,10 +71,12 @@ def assert_same_training(a, b, *, rtol=1e-4, atol=1e-4):
     assert (a.epochs_done, a.stopped_early, a.best_epoch) == (b.epochs_done, b.stopped_early, b.best_epoch)
     assert len(a.history) == len(b.history)
     for ha, hb in zip(a.history, b.history):
+        assert ha.keys() == hb.keys()
         assert ha["epoch"] == hb["epoch"]
         assert ha["lr"] == pytest.approx(hb["lr"], rel=1e-12)
-        assert ha["train_loss"] == pytest.approx(hb["train_loss"], rel=rtol)
-        assert ha["val_loss"] == pytest.approx(hb["val_loss"], rel=rtol)
+        for k in ("train_loss", "val_loss", "train_pinball", "val_pinball"):
+            if k in ha:
+                assert ha[k] == pytest.approx(hb[k], rel=rtol), k
     assert a.best_state.keys() == b.best_state.keys()
     for k in a.best_state:
         torch.testing.assert_close(a.best_state[k], b.best_state[k], rtol=rtol, atol=atol)
@@ -85,22 +90,40 @@ def assert_same_training(a, b, *, rtol=1e-4, atol=1e-4):
     ModelConfig(input_size=5, hidden_size=6, num_layers=3, dropout=0.0),
     ModelConfig(input_size=5, hidden_size=6, num_layers=1, dropout=0.0, bidirectional=False,
                 use_attention=False),
-], ids=["bidirectional-attention-3-layers", "unidirectional-last-step-1-layer"])
+    ModelConfig(input_size=5, hidden_size=6, num_layers=2, dropout=0.0, quantiles=()),
+    ModelConfig(input_size=5, hidden_size=6, num_layers=1, dropout=0.0, quantiles=(0.1, 0.3, 0.9)),
+], ids=["bidirectional-attention-3-layers", "unidirectional-last-step-1-layer", "no-quantile-head",
+        "three-uneven-quantiles"])
 def test_grouped_model_matches_separate_models_forward_and_gradients(cfg):
     torch.manual_seed(0)
     M, B, T = 3, 4, 7
     models = [V3LSTMModel(cfg).double() for _ in range(M)]
     layout = kernels.block_layout(cfg)
+    assert ("quantile_head.weight" in layout) == bool(cfg.quantiles)
     p = kernels.pack_states([m.state_dict() for m in models], layout, device="cpu", dtype=torch.float64)
     for t in p.values():
         t.requires_grad_(True)
     x = torch.randn(M, B, T, cfg.input_size, dtype=torch.float64)    # (M, B, T, K)
     y = torch.randn(M, B, dtype=torch.float64)
-    ref = torch.stack([m(x[i]) for i, m in enumerate(models)])
-    out = kernels.grouped_forward(p, x.transpose(1, 2).contiguous(), cfg, train=True)
+    ref_pq = [m.forward_with_quantiles(x[i]) for i, m in enumerate(models)]
+    ref = torch.stack([pq[0] for pq in ref_pq])
+    torch.testing.assert_close(ref, torch.stack([m(x[i]) for i, m in enumerate(models)]), rtol=0, atol=0)
+    xt = x.transpose(1, 2).contiguous()
+    out, q = kernels.grouped_forward_with_quantiles(p, xt, cfg, train=True)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
-    ((ref - y) ** 2).sum().backward()
-    ((out - y) ** 2).sum().backward()
+    torch.testing.assert_close(kernels.grouped_forward(p, xt, cfg, train=True), ref, rtol=0, atol=1e-12)
+    loss_ref, loss = ((ref - y) ** 2).sum(), ((out - y) ** 2).sum()
+    if cfg.quantiles:
+        ref_q = torch.stack([pq[1] for pq in ref_pq])                  # (M, B, Q)
+        assert q.shape == ref_q.shape == (M, B, len(cfg.quantiles))
+        torch.testing.assert_close(q, ref_q, rtol=0, atol=1e-12)
+        levels = torch.tensor(cfg.quantiles, dtype=torch.float64)
+        loss_ref = loss_ref + quantile_pinball(ref_q, y, levels).sum()
+        loss = loss + quantile_pinball(q, y, levels).sum()
+    else:
+        assert q is None and all(pq[1] is None for pq in ref_pq)
+    loss_ref.backward()
+    loss.backward()
     for i, m in enumerate(models):
         grads = kernels.unpack_state({b: t.grad for b, t in p.items()}, layout, i)
         for name, param in m.named_parameters():
@@ -199,6 +222,45 @@ def test_fast_engine_trains_like_the_plain_loop_with_early_stopping_and_repackin
         assert st["step"] == b["optimizer_state"]["state"][i]["step"]
         torch.testing.assert_close(st["exp_avg_sq"], b["optimizer_state"]["state"][i]["exp_avg_sq"],
                                    rtol=1e-3, atol=1e-9)
+
+
+def test_fast_engine_trains_the_model_without_quantile_head_like_the_plain_loop(pairs):
+    """quantiles=(): the model before the head, in both engines; no pinball in the history."""
+    model = dataclasses.replace(MODEL, quantiles=())
+    cfg = dataclasses.replace(TRAIN, epochs=3, early_stopping=False)
+    two = {k: v for k, v in list(pairs.items())[:2]}
+    plain = train_jobs(make_jobs(two, model), dataclasses.replace(cfg, engine="plain"),
+                       show_progress=False)
+    quick = train_jobs(make_jobs(two, model), dataclasses.replace(cfg, engine="fast"),
+                       show_progress=False)
+    for key in plain:
+        assert_same_training(plain[key], quick[key])
+        assert set(plain[key].history[-1]) == {"epoch", "train_loss", "val_loss", "lr"}
+        assert not any(k.startswith("quantile_head") for k in quick[key].best_state)
+
+
+def test_both_engines_record_the_validation_pinball_of_the_quantile_head(pairs):
+    """val_pinball per epoch is the mean pinball loss of the best weights' quantiles on the
+    validation split (recomputed here), and val_loss stays the point forecast's MSE."""
+    cfg = dataclasses.replace(TRAIN, epochs=2, early_stopping=False)
+    one = dict(list(pairs.items())[:1])
+    for engine in ("plain", "fast"):
+        out = train_jobs(make_jobs(one, MODEL), dataclasses.replace(cfg, engine=engine),
+                         show_progress=False)["BTCUSDT"]
+        data = pairs["BTCUSDT"]
+        h = {e["epoch"]: e for e in out.history}[out.best_epoch]
+        model = V3LSTMModel(MODEL)
+        model.load_state_dict(out.best_state)
+        va = data.split("val")
+        q = predict_quantiles_standardized(model, data, va)
+        y = data.target[va]
+        pin = quantile_pinball(torch.as_tensor(q, dtype=torch.float64),
+                               torch.as_tensor(y, dtype=torch.float64),
+                               torch.tensor(MODEL.quantiles, dtype=torch.float64)).mean()
+        assert h["val_pinball"] == pytest.approx(float(pin), rel=1e-4), engine
+        mse = float(((predict_standardized(model, data, va) - y) ** 2).mean())
+        assert h["val_loss"] == pytest.approx(mse, rel=1e-4) == out.best_val_loss
+        assert all(e["train_pinball"] > 0 for e in out.history)
 
 
 @pytest.mark.parametrize("first,then", [("fast", "plain"), ("plain", "fast")])

@@ -9,6 +9,7 @@ import torch
 from tests.conftest import TINY_FEATURES, TINY_MODEL, TINY_TRAIN
 from v3_common import CheckpointError, ConfigError
 from v3_data_processor import prepare_dataset
+from v3_intervals import pinball_loss
 from v3_market_data import synthetic_klines
 import v3_trainer
 from v3_trainer import (TrainConfig, amp_dtype, check_train_config, load_checkpoint,
@@ -215,3 +216,93 @@ def test_a_truncated_model_file_raises_checkpoint_error(tmp_path, data):
     path.write_bytes(raw[:len(raw) // 2])
     with pytest.raises(CheckpointError, match="not a readable V3 checkpoint"):
         v3_trainer.load_model_file(path)
+
+
+# -- the quantile head: loss, history, predictions, checkpoint format ------------------------
+
+
+def test_checkpoint_and_resume_formats_are_version_2():
+    assert v3_trainer.CHECKPOINT_FORMAT == "v3-checkpoint-2"
+    assert v3_trainer.RESUME_FORMAT == "v3-resume-2"
+
+
+def test_an_old_checkpoint_says_it_was_written_by_an_older_v3_and_to_retrain(tmp_path, data):
+    path = tmp_path / "v3_model_BTCUSDT_1h.pt"
+    no_head = dataclasses.replace(TINY_MODEL, quantiles=())
+    v3_trainer.save_checkpoint(path, model_state=V3LSTMModel(no_head).state_dict(),
+                               model_config=no_head, data=data,
+                               feature_config=TINY_FEATURES.to_dict(),
+                               meta={"symbol": "BTCUSDT", "interval": "1h"})
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["format"] = "v3-checkpoint-1"                   # what V3 wrote before the head
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"has format 'v3-checkpoint-1': it was written by an "
+                                              r"older V3.*Re-train the pair \(--retrain"):
+        v3_trainer.load_model_file(path)
+    ckpt["format"] = "v3-checkpoint-9"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="written by a newer V3"):
+        load_checkpoint(path)
+
+
+def test_an_old_resume_state_means_a_fresh_start(tmp_path, caplog):
+    torch.save({"format": "v3-resume-1", "epoch": 3}, tmp_path / "r.pt")
+    with caplog.at_level(logging.INFO, logger="v3"):
+        assert load_resume_state(tmp_path / "r.pt") is None
+    assert "has format 'v3-resume-1', this V3 resumes 'v3-resume-2'; training that pair from " \
+           "scratch" in caplog.text
+
+
+def test_training_records_the_pinball_loss_and_keeps_val_loss_the_point_mse(data):
+    out = train_model(data, TINY_MODEL, TINY_TRAIN, show_progress=False)
+    assert set(out.history[-1]) == {"epoch", "train_loss", "val_loss", "lr", "train_pinball",
+                                    "val_pinball"}
+    model = V3LSTMModel(TINY_MODEL)
+    model.load_state_dict(out.best_state)
+    va = data.split("val")
+    y = data.target[va].astype(np.float64)
+    q = v3_trainer.predict_quantiles_standardized(model, data, va)
+    assert q.shape == (len(y), 7) and q.dtype == np.float32
+    assert (np.diff(q, axis=1) >= 0).all()
+    best = out.history[out.best_epoch - 1]
+    assert best["val_pinball"] == pytest.approx(float(pinball_loss(y, q).mean()), rel=1e-5)
+    mse = float(np.mean((predict_standardized(model, data, va) - y) ** 2))
+    assert best["val_loss"] == out.best_val_loss == pytest.approx(mse, rel=1e-5)
+    no_head = dataclasses.replace(TINY_MODEL, quantiles=())
+    plain = train_model(data, no_head, TINY_TRAIN, show_progress=False)
+    assert set(plain.history[-1]) == {"epoch", "train_loss", "val_loss", "lr"}
+    assert v3_trainer.predict_quantiles_standardized(V3LSTMModel(no_head), data, va) is None
+
+
+def test_the_quantile_weight_is_the_pinball_share_of_the_loss(data):
+    """Weight 0: the head learns nothing, so the trunk and point head train exactly as the
+    model without a head; weight 1: the pinball loss trains the trunk too, and the
+    quantiles get better than where they started."""
+    cfg = dataclasses.replace(TINY_TRAIN, epochs=3, early_stopping=False)
+    none = train_model(data, dataclasses.replace(TINY_MODEL, quantiles=()), cfg, show_progress=False)
+    zero = train_model(data, dataclasses.replace(TINY_MODEL, quantile_weight=0.0), cfg,
+                       show_progress=False)
+    one = train_model(data, TINY_MODEL, cfg, show_progress=False)
+    for k, v in none.best_state.items():
+        torch.testing.assert_close(zero.best_state[k], v, rtol=0, atol=0)
+    assert [h["val_loss"] for h in zero.history] == [h["val_loss"] for h in none.history]
+    assert not torch.equal(one.best_state["lstm.weight_hh_l0"], none.best_state["lstm.weight_hh_l0"])
+    assert one.history[-1]["val_pinball"] < zero.history[-1]["val_pinball"]
+
+
+def test_a_checkpoint_rebuilds_the_quantile_head(tmp_path, data):
+    outcome = train_model(data, TINY_MODEL, dataclasses.replace(TINY_TRAIN, epochs=1),
+                          show_progress=False)
+    path = tmp_path / "v3_model_BTCUSDT_1h.pt"
+    v3_trainer.save_checkpoint(path, model_state=outcome.best_state, model_config=TINY_MODEL,
+                               data=data, feature_config=TINY_FEATURES.to_dict(),
+                               meta={"symbol": "BTCUSDT", "interval": "1h"})
+    loaded = v3_trainer.load_model_file(path)
+    assert loaded.checkpoint["format"] == "v3-checkpoint-2"
+    assert loaded.quantiles == TINY_MODEL.quantiles and loaded.model.has_quantiles
+    assert loaded.model.config == TINY_MODEL
+    ref = V3LSTMModel(TINY_MODEL)
+    ref.load_state_dict(outcome.best_state)
+    te = data.split("test")
+    np.testing.assert_array_equal(v3_trainer.predict_quantiles_standardized(loaded.model, data, te),
+                                  v3_trainer.predict_quantiles_standardized(ref, data, te))
