@@ -1,8 +1,7 @@
 """Scoring a trained pair honestly: the LSTM's test forecast through the same loop as every
 baseline, re-scoring a saved model without training, and the walk-forward evaluation.
 
-    scored = score_pair(data, model_test_forecast(model, data), "15m", fee_per_side=0.001,
-                        patience=15)
+    scored = score_model(model, data, "15m", fee_per_side=0.001, patience=15)
     fields = rescore_pair(layout, entry, fee_per_side=0.001, patience=15)
 
 Every metric is computed on exactly the samples the LSTM is scored on (the test split of a
@@ -24,12 +23,13 @@ import torch
 from v3_baselines import LinearBaseline, baseline_models
 from v3_common import CheckpointError, ConfigError, V3Error, atomic_write_bytes, log
 from v3_data_processor import PreparedData, prepare_dataset
-from v3_intervals import (INTERVAL_BASELINES, QUANTILE_COLUMNS, evaluate_intervals,
-                          interval_metrics, per_sample_pinball)
+from v3_intervals import (INTERVAL_BASELINES, QUANTILE_COLUMNS, QUANTILES, evaluate_intervals,
+                          interval_metrics, per_sample_pinball, standardized_to_returns)
 from v3_layout import RunLayout
 from v3_lstm_model import V3LSTMModel
 from v3_metrics import backtest_direction, forecast_metrics, naive_mae
-from v3_trainer import load_model_file, predict_standardized, train_model
+from v3_trainer import (load_model_file, predict_quantiles_standardized, predict_standardized,
+                        train_model)
 
 
 def evaluate_pair(data, predicted_test: np.ndarray, *, baselines: list | None = None) -> dict:
@@ -97,6 +97,23 @@ def evaluation_fields(data: PreparedData, scored: dict) -> dict:
                        "test_last_open_time": int(data.target_open_time[te][-1])}}
 
 
+def score_model(model, data: PreparedData, interval: str, *, fee_per_side: float,
+                patience: int) -> dict:
+    """score_pair for a trained model: its test closes and, with a quantile head, its test
+    quantiles of the next log return."""
+    return score_pair(data, model_test_forecast(model, data), interval, fee_per_side=fee_per_side,
+                      patience=patience, quantiles_test=model_test_quantiles(model, data))
+
+
+def model_test_quantiles(model, data: PreparedData) -> np.ndarray | None:
+    """The quantile head's test forecast as log-return quantiles (n_test, 7), or None for a
+    model without a head or with other levels than the ones V3 scores (v3_intervals)."""
+    if tuple(getattr(model.config, "quantiles", ())) != QUANTILES:
+        return None
+    z = predict_quantiles_standardized(model, data, data.split("test"))
+    return None if z is None else standardized_to_returns(data, z)
+
+
 def model_test_forecast(model, data: PreparedData, split: str = "test") -> np.ndarray:
     """A trained model's next-close forecast for the samples of one split."""
     idx = data.split(split)
@@ -143,8 +160,8 @@ def rescore_pair(layout: RunLayout, entry: dict, *, fee_per_side: float, patienc
     ckpt = loaded.checkpoint
     if ckpt.get("data_range", {}).get("last_open_time") != data.last_open_time:
         raise CheckpointError("the features changed since the model was trained")
-    scored = score_pair(data, model_test_forecast(loaded.model, data), interval,
-                        fee_per_side=fee_per_side, patience=patience)
+    scored = score_model(loaded.model, data, interval, fee_per_side=fee_per_side,
+                         patience=patience)
     path = layout.predictions_path(symbol, interval)
     write_predictions(path, data, scored)
     if (ckpt.get("test"), ckpt.get("baseline")) != (scored["test"], scored["baseline"]):
@@ -270,8 +287,8 @@ def _train_fold(data: PreparedData, fold, cfg, interval: str, csv, layout: RunLa
                 desc: str, fingerprint: str, settings: dict) -> dict:
     model_cfg = dataclasses.replace(cfg.model, input_size=data.transform.n_components)
     outcome = train_model(data, model_cfg, cfg.train, desc=desc, show_progress=cfg.show_progress)
-    scored = score_pair(data, model_test_forecast(best_model(model_cfg, outcome.best_state), data),
-                        interval, fee_per_side=cfg.fee_per_side, patience=cfg.train.patience)
+    scored = score_model(best_model(model_cfg, outcome.best_state), data, interval,
+                         fee_per_side=cfg.fee_per_side, patience=cfg.train.patience)
     write_predictions(csv, data, scored, baselines=True)
     tr, te = data.split("train"), data.split("test")
     entry = {"fold": fold.index + 1, "fingerprint": fingerprint, "settings": settings,

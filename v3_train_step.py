@@ -15,13 +15,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from v3_common import CheckpointError, V3Error, atomic_write_bytes, log, utc_minute
+from v3_common import CheckpointError, V3Error, log, utc_minute
 from v3_data_processor import WARMUP_CANDLES, PreparedData, prepare_dataset
 from v3_metrics import regression_metrics
 from v3_layout import RunLayout
 from v3_market_data import read_klines
 from v3_evaluation import (best_model, evaluation_fields, fingerprint, model_test_forecast,
-                            score_pair, write_predictions)
+                            score_model, write_predictions)
 from v3_trainer import (TrainJob, TrainOutcome, load_model_file, load_resume_state,
                         mean_forecast_val_loss, resolve_device, save_checkpoint,
                         save_resume_state)
@@ -129,8 +129,8 @@ def finalize_pair(layout: RunLayout, cfg, job: TrainJob, outcome: TrainOutcome, 
     predictions and the finished training state. Returns the pair's results fields."""
     data, symbol, interval = job.data, job.symbol, job.interval
     model = best_model(job.model_config, outcome.best_state)
-    scored = score_pair(data, model_test_forecast(model, data), interval,
-                        fee_per_side=cfg.fee_per_side, patience=cfg.train.patience)
+    scored = score_model(model, data, interval, fee_per_side=cfg.fee_per_side,
+                         patience=cfg.train.patience)
     va = data.split("val")
     val = regression_metrics(data.actual_close[va], model_test_forecast(model, data, "val"),
                              data.last_close[va])

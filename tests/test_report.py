@@ -15,8 +15,8 @@ import pytest
 from tests.conftest import tiny_config
 from v3_colab_training import V3CoLabPipeline, main
 from v3_data_processor import PreparedData
-from v3_intervals import (INTERVAL_BASELINES, QUANTILE_COLUMNS, EwmaBaseline, evaluate_intervals,
-                          summarize_intervals)
+from v3_intervals import (INTERVAL_BASELINES, INTERVAL_FIELDS, QUANTILE_COLUMNS, EwmaBaseline,
+                          evaluate_intervals, summarize_intervals)
 from v3_metrics import BASELINES, METRIC_FIELDS, forecast_metrics, naive_mae
 from v3_report import summary_sentences, write_report
 from v3_report_intervals import (fan_chart_figure, has_intervals, interval_sentences,
@@ -43,10 +43,15 @@ def test_results_hold_every_baseline_with_the_test_fields(run):
     _, results = run
     for key in PAIRS:
         r = results[key]
-        assert set(r["test"]) == set(METRIC_FIELDS)
+        # the point metrics, and the quantile head's interval block beside them
+        assert set(r["test"]) == set(METRIC_FIELDS) | {"interval"}
+        assert set(r["test"]["interval"]) == set(INTERVAL_FIELDS)
+        assert r["test"]["interval"]["n"] == r["test"]["n"]
         assert set(r["baseline"]) == set(BASELINES) | set(INTERVAL_BASELINES)
+        for name in INTERVAL_BASELINES:
+            assert set(r["baseline"][name]["interval"]) == set(INTERVAL_FIELDS), name
         for name in BASELINES:
-            assert set(r["baseline"][name]) == set(r["test"]), name
+            assert set(r["baseline"][name]) == set(METRIC_FIELDS), name
             assert r["baseline"][name]["n"] == r["test"]["n"] == r["splits"]["test"]
         assert r["baseline"]["persistence"]["skill"] == 0.0
         assert r["tuning"]["linear"]["alpha"] > 0
@@ -101,7 +106,8 @@ def test_walk_forward_folds_and_pooled(run):
         pooled = wf["pooled"]
         assert pooled["test"]["n"] == f1["n_test"] + f2["n_test"]
         assert set(pooled["baseline"]) == set(BASELINES) | set(INTERVAL_BASELINES)
-        assert set(pooled["test"]) == set(METRIC_FIELDS)
+        assert set(pooled["test"]) == set(METRIC_FIELDS) | {"interval"}
+        assert pooled["test"]["interval"]["n"] == pooled["test"]["n"]
         for f in (f1, f2):
             assert (p.base_dir / f["predictions_path"]).exists()
     # the last fold tests exactly the main model's test samples
@@ -172,6 +178,8 @@ def test_report_only_rescores_and_rewrites(run, caplog):
     assert rc == 0
     assert "re-scored 2 pairs from their saved models" in caplog.text
     after = json.loads(p.results_path.read_text())
+    interval = after["BTCUSDT_1h"]["test"].pop("interval")
+    assert interval == before.pop("interval")  # same model, same quantiles
     assert after["BTCUSDT_1h"]["test"] == pytest.approx(before)  # same model, same numbers
     assert set(after["BTCUSDT_1h"]["baseline"]) == set(BASELINES) | set(INTERVAL_BASELINES)
     assert after["BTCUSDT_1h"]["backtest"]["fee_per_side"] == 0.002
@@ -448,11 +456,13 @@ def _scored_intervals(p, key: str, widen: float) -> dict:
 
 def _inject(results: dict, key: str, ev: dict, *, model: bool = True) -> None:
     e = results[key]
+    e["test"].pop("interval", None)  # the pipeline's own block (its model has a head)
     if model:
         e["test"]["interval"] = ev["model"]
     for name, blk in ev["baseline"].items():
         e["baseline"][name] = blk
     for m in e["walk_forward"]["folds"] + [e["walk_forward"]["pooled"]]:
+        m["test"].pop("interval", None)
         if model:
             m["interval"] = ev["model"]
 
@@ -604,6 +614,7 @@ def test_without_a_quantile_head_the_baselines_are_shown(run, scored_intervals, 
     """Results whose model has no interval (no quantile head) but baselines that do."""
     p, _ = run
     results = _results(run)
+    results["_summary"].pop("intervals", None)  # the pipeline's, made with its model's blocks
     for k, ev in scored_intervals.items():
         _inject(results, k, ev, model=False)
     _write_quantile_csvs(p.base_dir, tmp_path, scored_intervals, model=False)
@@ -630,6 +641,9 @@ def test_old_results_have_no_interval_section_or_plots(run, tmp_path):
             b.pop("interval", None)
         for m in results[k]["walk_forward"]["folds"] + [results[k]["walk_forward"]["pooled"]]:
             m.pop("interval", None)
+            m["test"].pop("interval", None)
+            for b in m["baseline"].values():
+                b.pop("interval", None)
     results["_summary"].pop("intervals", None)
     for k in PAIRS:
         df = pd.read_csv(p.base_dir / "results" / "predictions" / f"{k}.csv")
@@ -647,6 +661,7 @@ def test_the_stored_summary_is_used_and_the_literal_interval_field_is_read(
     """`_summary.intervals` when the results have it; a model block under the entry's
     `interval` (the issue's name) is read like one under `test.interval`."""
     results = _results(run)
+    results["_summary"].pop("intervals", None)  # the pipeline's, made with its model's blocks
     for k, ev in scored_intervals.items():
         _inject(results, k, ev, model=False)
         results[k]["interval"] = ev["model"]  # build_blocks only: draw_plots needs the timeframe
