@@ -470,6 +470,8 @@ def _inject(results: dict, key: str, ev: dict, *, model: bool = True) -> None:
 def _write_quantile_csvs(src: Path, dst: Path, evs: dict, *, model: bool = True) -> None:
     for key, ev in evs.items():
         df = pd.read_csv(src / "results" / "predictions" / f"{key}.csv")
+        if not model:  # the pipeline's own model has a head: drop its columns
+            df = df.drop(columns=[c for c in QUANTILE_COLUMNS if c in df.columns])
         for who, prefix in (("model", ""), ("garch", "garch_")):
             if who == "model" and not model:
                 continue
