@@ -141,7 +141,9 @@ def predict_next(symbol: str, interval: str, *, model: str | Path | LoadedModel,
     candles) refuses data whose newest candle closed more than two intervals ago.
     Returns a dict: symbol, interval, open_time (ms, of the predicted candle) and its ISO
     form, last_open_time, last_close, predicted_close, predicted_return (simple, e.g. 0.001 =
-    +0.1 %), predicted_log_return, direction ('up', 'down' or 'flat'), test and baseline (the
+    +0.1 %), predicted_log_return, direction ('up', 'down' or 'flat'), quantiles ({'0.05':
+    close, ..., '0.95': close}), interval_80 and interval_90 ([low, high] close; all three None
+    for a model without a quantile head), test and baseline (the
     model's stored test metrics and the persistence baseline on the same samples), model
     (where it came from), trained_on (data range, source, synthetic).
     """
@@ -165,9 +167,10 @@ def predict_next(symbol: str, interval: str, *, model: str | Path | LoadedModel,
     if check_stale:
         _check_fresh(symbol, interval, last_open, now_ms)
     with torch.inference_mode():
-        out = float(m.model(torch.from_numpy(window)).reshape(-1)[0])
+        point, q = m.model.forward_with_quantiles(torch.from_numpy(window))
+    q_log = None if q is None else [m.target_mean + m.target_std * float(v) for v in q[0]]
     return _forecast(m, symbol, interval, last_open, last_close,
-                     m.target_mean + m.target_std * out)
+                     m.target_mean + m.target_std * float(point.reshape(-1)[0]), q_log)
 
 
 def _check_fresh(symbol: str, interval: str, last_open: int, now_ms: int) -> None:
@@ -182,12 +185,15 @@ def _check_fresh(symbol: str, interval: str, last_open: int, now_ms: int) -> Non
 
 
 def _forecast(m: LoadedModel, symbol: str, interval: str, last_open: int, last_close: float,
-              log_ret: float) -> dict:
-    """predict_next's answer, from the model's log-return forecast."""
+              log_ret: float, q_log: list[float] | None = None) -> dict:
+    """predict_next's answer, from the model's log-return forecast (and its quantiles)."""
     step = INTERVAL_MS[interval]
     predicted = last_close * math.exp(log_ret)
     ck = m.checkpoint
+    closes = None if q_log is None else {f"{lvl:.2f}": last_close * math.exp(v)
+                                         for lvl, v in zip(m.quantiles, q_log)}
     return {
+        **_intervals(closes),
         "symbol": symbol, "interval": interval,
         "open_time": last_open + step, "open_time_utc": utc_minute(last_open + step),
         "last_open_time": last_open, "last_close": last_close,
@@ -199,6 +205,15 @@ def _forecast(m: LoadedModel, symbol: str, interval: str, last_open: int, last_c
         "trained_on": {"data_range": ck.get("data_range"), "source": ck.get("source"),
                        "synthetic": bool(ck.get("synthetic"))},
     }
+
+
+def _intervals(closes: dict[str, float] | None) -> dict:
+    """quantiles {level: close} and the central 80 % and 90 % intervals (low, high close);
+    None for a model without a quantile head."""
+    def central(lo: str, hi: str):
+        return [closes[lo], closes[hi]] if closes and lo in closes and hi in closes else None
+    return {"quantiles": closes, "interval_80": central("0.10", "0.90"),
+            "interval_90": central("0.05", "0.95")}
 
 
 # ---------------------------------------------------------------------------------------
@@ -249,8 +264,8 @@ def _hub_model_names(hub_repo: str | None, *, folder: str, token: str | None,
 # ---------------------------------------------------------------------------------------
 # The command line
 
-TABLE_HEAD = ("pair", "next candle (UTC)", "last close", "predicted", "return %", "dir",
-              "test MAPE %", "persist. MAPE %", "test dir %", "note")
+TABLE_HEAD = ("pair", "next candle (UTC)", "last close", "predicted", "80 % range", "return %",
+              "dir", "test MAPE %", "persist. MAPE %", "test dir %", "note")
 
 
 def format_table(rows: list[dict]) -> str:
@@ -265,10 +280,15 @@ def format_table(rows: list[dict]) -> str:
                                   else "")
         lines.append((pair_key(r["symbol"], r["interval"]), r.get("open_time_utc") or "-",
                       fmt_num(r.get("last_close"), ".6g"), fmt_num(r.get("predicted_close"), ".6g"),
+                      _range(r.get("interval_80")),
                       fmt_num(None if ret is None else 100 * ret, "+.3f"), r.get("direction", "-"),
                       fmt_num(t.get("mape"), ".3f"), fmt_num(b.get("mape"), ".3f"),
                       fmt_num(t.get("directional_accuracy"), ".1f"), note))
     return text_table(TABLE_HEAD, lines, max_width={len(TABLE_HEAD) - 1: NOTE_WIDTH})
+
+
+def _range(iv: list[float] | None) -> str:
+    return "-" if not iv else f"{fmt_num(iv[0], '.6g')} .. {fmt_num(iv[1], '.6g')}"
 
 
 def build_parser() -> argparse.ArgumentParser:

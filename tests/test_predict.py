@@ -8,6 +8,7 @@ import types
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -18,7 +19,7 @@ from v3_colab_training import V3CoLabPipeline
 from v3_common import (INTERVAL_MS, CheckpointError, DownloadError, InsufficientDataError,
                        StaleDataError)
 from v3_market_data import read_klines
-from v3_predict import available_models, load_model, main, predict_next
+from v3_predict import available_models, format_table, load_model, main, predict_next
 
 PAIRS = [("BTCUSDT", "15m"), ("BTCUSDT", "1h")]
 
@@ -53,6 +54,21 @@ def test_last_test_sample_matches_the_saved_prediction(trained, symbol, interval
     ckpt = torch.load(trained / "all_models" / f"v3_model_{symbol}_{interval}.pt", weights_only=True)
     assert p["test"] == ckpt["test"] and p["baseline"]["persistence"]["n"] == ckpt["test"]["n"]
     assert p["trained_on"]["synthetic"] is True
+    # the quantile head: the saved closes at each quantile, and the central intervals
+    cols = ["p05", "p10", "p25", "p50", "p75", "p90", "p95"]
+    got = list(p["quantiles"].values())
+    np.testing.assert_allclose(got, last[cols].to_numpy(float), rtol=1e-5)
+    assert got == sorted(got)
+    assert p["interval_80"] == [p["quantiles"]["0.10"], p["quantiles"]["0.90"]]
+    assert p["interval_90"] == [p["quantiles"]["0.05"], p["quantiles"]["0.95"]]
+
+
+def test_the_table_shows_the_80_percent_range():
+    row = {"symbol": "BTCUSDT", "interval": "1h", "last_close": 100.0, "predicted_close": 100.1,
+           "predicted_return": 0.001, "direction": "up", "interval_80": [99.0, 101.25]}
+    head, line = format_table([row]).splitlines()
+    assert "80 % range" in head and "99 .. 101.25" in line
+    assert "80 % range" in format_table([dict(row, interval_80=None)])
 
 
 def test_an_earlier_test_sample_also_matches(trained):
@@ -255,7 +271,7 @@ def test_table_rows_are_not_padded_and_print_no_negative_zero():
     lines = v3_predict.format_table([ok, failed]).splitlines()
     assert all(not ln.endswith(" ") for ln in lines)
     # the note (last column) is shortened: no line is wider than the header plus NOTE_WIDTH
-    assert len(lines[0]) <= 125 and lines[0].endswith("note")
+    assert len(lines[0]) <= 140 and lines[0].endswith("note")  # one column more: 80 % range
     assert max(len(ln) for ln in lines) <= len(lines[0]) - len("note") + v3_predict.NOTE_WIDTH
     assert lines[2].rstrip().endswith("...") and "DownloadError: the market data could" in lines[2]
     cells = lines[1].split()
