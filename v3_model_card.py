@@ -20,7 +20,8 @@ CONFIG_NAME = CONFIG_FILE                # results/config.json, on the Hub
 CARD_MARKER = "<!-- v3-cpb-models card: written by V3's step 5 -->"
 CARD_LICENSE = "mit"
 CARD_COLUMNS = ["pair", "status", "MAPE %", "persistence MAPE %", "RMSE", "persistence RMSE",
-                "direction %", "test samples", "data"]
+                "direction %", "80 % interval coverage %", "GARCH 80 % coverage %",
+                "pinball skill vs GARCH %", "test samples", "data"]
 CARD_TAGS = ["time-series-forecasting", "cryptocurrency", "lstm", "attention", "pytorch", "v3-cpb"]
 _TRAIN_KEYS = [("epochs", "epochs"), ("batch_size", "batch size"),
                ("learning_rate", "learning rate"), ("weight_decay", "AdamW weight decay"),
@@ -122,7 +123,8 @@ def _card_training(rows: list[dict], config: dict, f0: dict, seq_len, n_comp) ->
         f"only; windows of {seq_len} candles.",
         f"- **Architecture**: input LayerNorm, {lstm} ({n_comp} -> "
         f"{model.get('hidden_size', '?')} x {model.get('num_layers', '?')} layers, dropout "
-        f"{model.get('dropout', '?')}), {pool}, dense head. Target: the next candle's log "
+        f"{model.get('dropout', '?')}), {pool}, dense head, and a quantile head (the 5 % .. 95 % "
+        f"quantiles, non-crossing) beside it. Target: the next candle's log "
         f"return, standardised with the training split's mean and std.",
         f"- **Training**: {hyper or 'not recorded'}."]
 
@@ -132,7 +134,10 @@ def _card_results(pairs: list[str], results: dict) -> list[str]:
     return ["## Results (test split)", "",
             "Persistence is the naive baseline \"next close = last close\", scored on the same "
             "test samples. MAPE and directional accuracy are percentages; directional accuracy "
-            "counts the samples whose actual move is not zero (an honest coin flip scores 50 %).",
+            "counts the samples whose actual move is not zero (an honest coin flip scores 50 %). "
+            "The 80 % interval of the next close (the quantile head) should cover 80 % of the "
+            "test candles; beside it GARCH(1,1)-t, the field's standard, fitted on the training "
+            "split only; pinball skill > 0 means a better interval forecast than GARCH's.",
             "", "| " + " | ".join(CARD_COLUMNS) + " |", "|" + "---|" * len(CARD_COLUMNS),
             *["| " + " | ".join(_card_row(k, results[k])) + " |" for k in pairs]]
 
@@ -141,9 +146,15 @@ def _card_row(key: str, r: dict) -> list[str]:
     t = r.get("test") or {}
     b = (r.get("baseline") or {}).get("persistence") or {}
     source = "synthetic" if _is_synthetic(r) else ((r.get("data") or {}).get("source") or "-")
+    iv = t.get("interval") or {}
+    garch = ((r.get("baseline") or {}).get("garch") or {}).get("interval") or {}
+    pct = lambda v: None if v is None else 100 * v  # noqa: E731
     return [key, str(r.get("status", "-")), fmt_num(t.get("mape"), ".4f"),
             fmt_num(b.get("mape"), ".4f"), fmt_num(t.get("rmse"), ".6g"),
             fmt_num(b.get("rmse"), ".6g"), fmt_num(t.get("directional_accuracy"), ".1f"),
+            fmt_num(pct((iv.get("coverage") or {}).get("80")), ".1f"),
+            fmt_num(pct((garch.get("coverage") or {}).get("80")), ".1f"),
+            fmt_num(pct((iv.get("skill") or {}).get("garch")), "+.2f"),
             fmt_num(t.get("n"), "d"), source]
 
 
