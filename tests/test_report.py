@@ -713,3 +713,18 @@ def test_interval_sentences_on_hand_made_summaries():
     no_garch["coverage_rejected_80"] = dict(no_garch["coverage_rejected_80"],
                                             garch={"count": 0, "of": 0})
     assert "There is no GARCH baseline" in " ".join(interval_sentences(no_garch))
+
+
+def test_interval_table_script_prints_every_trained_pair(run, capsys):
+    import importlib.util
+    p, _ = run
+    spec = importlib.util.spec_from_file_location("interval_table",
+                                                  Path(__file__).resolve().parents[1]
+                                                  / "bench" / "interval_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--base-dir", str(p.base_dir)]) == 0
+    out = capsys.readouterr().out
+    for k in PAIRS:
+        assert f"| {k} |" in out
+    assert "median 80 % coverage garch" in out

@@ -1,0 +1,79 @@
+"""Print a run's interval results as a markdown table (the README's and the closing notes').
+
+    python bench/interval_table.py --base-dir real_run
+
+One row per trained pair: the 80 % interval's coverage for the model and each interval
+baseline, the model's pinball loss and its skill against rolling, ewma and garch with the
+one-sided Diebold-Mariano p-value, and the width of the 80 % interval; then the across-pair
+summary (results `_summary.intervals`). Reads results/v3_training_results.json only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from v3_common import fmt_num  # noqa: E402
+from v3_layout import RunLayout  # noqa: E402
+
+BASELINES = ("rolling", "ewma", "garch")
+
+
+def pct(v):
+    return None if v is None else 100 * v
+
+
+def rows(results: dict) -> list[str]:
+    head = ["pair", "test candles", "80 % coverage % LSTM / rolling / ewma / garch",
+            "80 % width %", "pinball LSTM / garch", "skill vs rolling % (p)",
+            "skill vs ewma % (p)", "skill vs garch % (p)"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, e in sorted(results.items()):
+        if key.startswith("_") or e.get("status") not in ("success", "skipped"):
+            continue
+        m = (e.get("test") or {}).get("interval") or {}
+        b = {n: ((e.get("baseline") or {}).get(n) or {}).get("interval") or {} for n in BASELINES}
+        cov = " / ".join(fmt_num(pct((x.get("coverage") or {}).get("80")), ".1f")
+                         for x in [m, *b.values()])
+        skill = [f"{fmt_num(pct((m.get('skill') or {}).get(n)), '+.1f')} "
+                 f"({fmt_num((m.get('dm_p') or {}).get(n), '.2g')})" for n in BASELINES]
+        out.append("| " + " | ".join([key, fmt_num(m.get("n"), "d"), cov,
+                                      fmt_num(m.get("width_80_pct"), ".2f"),
+                                      f"{fmt_num(m.get('pinball'), '.4f')} / "
+                                      f"{fmt_num(b['garch'].get('pinball'), '.4f')}",
+                                      *skill]) + " |")
+    return out
+
+
+def summary(results: dict) -> list[str]:
+    s = (results.get("_summary") or {}).get("intervals") or {}
+    if not s:
+        return ["(no interval summary in these results)"]
+    rej = s.get("coverage_rejected_80") or {}
+    med = s.get("median_coverage") or {}
+    lines = [f"pairs with a model interval: {s.get('n_pairs')}"]
+    lines += [f"median 80 % coverage {who}: {fmt_num(pct((med.get(who) or {}).get('80')), '.1f')} %"
+              f" (rejected on {(rej.get(who) or {}).get('count')} of {(rej.get(who) or {}).get('of')})"
+              for who in ("model", *BASELINES)]
+    lines += [f"median skill vs {b}: {fmt_num(pct((s.get('median_skill') or {}).get(b)), '+.2f')} %;"
+              f" significantly better (Holm) on {(s.get(f'beat_{b}') or {}).get('count')} pairs"
+              for b in BASELINES]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base-dir", required=True, help="the run's folder")
+    args = ap.parse_args(argv)
+    results = json.loads(RunLayout(Path(args.base_dir)).results_path.read_text())
+    print("\n".join(rows(results)))
+    print()
+    print("\n".join(summary(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
