@@ -23,9 +23,6 @@ the exit code). The token is never printed, logged, written to a file or put in 
 message. The endpoint follows HF_ENDPOINT (huggingface_hub's default otherwise).
 `check_repo_id` and `check_folder` check the settings without a token or the network, so a
 caller can refuse a bad --hf-repo before any work.
-
-huggingface_hub is imported inside the functions that use it, lazily on purpose: importing
-this module (the pipeline does, to check its settings) costs nothing until step 5 runs.
 """
 from __future__ import annotations
 
@@ -39,6 +36,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token, hf_hub_download
+from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, HFValidationError,
+                                    LocalEntryNotFoundError, RepositoryNotFoundError,
+                                    RevisionNotFoundError)
+from huggingface_hub.utils import (are_progress_bars_disabled, disable_progress_bars,
+                                   enable_progress_bars, validate_repo_id)
 
 from v3_common import (CheckpointError, ConfigError, DownloadError, UploadError, check_interval,
                        log, normalize_symbol, plural, read_json, shorten)
@@ -74,7 +78,6 @@ def _find_token(explicit: str | None, *, prompt: bool | None) -> tuple[str | Non
     env = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     if env and env.strip():
         return env.strip(), "HF_TOKEN"
-    from huggingface_hub import constants, get_token
     stored = get_token()  # the stored login, then (inside the Colab UI) the Colab secret
     if stored:
         source = ("the stored login (hf auth login)" if Path(constants.HF_TOKEN_PATH).exists()
@@ -117,7 +120,6 @@ def _scrub(text: str, token: str | None) -> str:
 
 
 def _status(e: BaseException) -> int | None:
-    from huggingface_hub.errors import HfHubHTTPError
     if isinstance(e, HfHubHTTPError) and e.response is not None:
         return e.response.status_code
     return None
@@ -142,7 +144,6 @@ def transport_errors() -> tuple[type[BaseException], ...]:
 
 
 def _transient(e: BaseException) -> bool:
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     if isinstance(e, HfHubHTTPError):
         return _status(e) in TRANSIENT_STATUS
     if isinstance(e, LocalEntryNotFoundError):  # hf_hub_download: the Hub did not answer
@@ -268,8 +269,6 @@ def check_repo_id(repo_id: str | None) -> str | None:
     '<your user>/cpb-models'). ConfigError when it cannot be a Hub model repo id: NAMESPACE/NAME
     or a bare NAME, made of letters, digits, '-', '_' and '.'. Only the format is checked (no
     token, no network), so a caller can refuse a bad --hf-repo before any work."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
     if repo_id is None or not str(repo_id).strip():
         return None
     rid = str(repo_id).strip()
@@ -298,8 +297,6 @@ def hub_endpoint(endpoint: str | None = None) -> str | None:
 @contextmanager
 def _hf_progress(enabled: bool) -> Iterator[None]:
     """Switch huggingface_hub's own transfer bars off for the duration, when asked."""
-    from huggingface_hub.utils import (are_progress_bars_disabled, disable_progress_bars,
-                                       enable_progress_bars)
     was_disabled = are_progress_bars_disabled()
     if not enabled and not was_disabled:
         disable_progress_bars()
@@ -324,7 +321,6 @@ def upload_to_hub(base_dir: str | Path, *, repo_id: str | None = None, token: st
     repo that cannot be created, or a Hub that keeps failing; ConfigError for a bad repo id or
     folder (checked first, token or not).
     """
-    from huggingface_hub import HfApi
 
     folder = check_folder(folder)
     repo_id = check_repo_id(repo_id)
@@ -421,7 +417,6 @@ def _uploads(local: _LocalFiles, folder: str, card_path: str, *, repo_id: str,
 def _commit(hub: _Session, repo_id: str, uploads: list[tuple[str, Path | bytes]], *,
             n_models: int):
     """One create_commit with every file; the Hub drops the files it already has."""
-    from huggingface_hub import CommitOperationAdd
     message = (f"V3: {plural(n_models, 'model')}, {RESULTS_NAME}, {CONFIG_NAME} and the "
                f"model card")
     # Fresh operations on every try: a retry after a lost answer finds the files already
@@ -435,7 +430,6 @@ def _commit(hub: _Session, repo_id: str, uploads: list[tuple[str, Path | bytes]]
 
 def _ensure_repo(api, repo_id: str, *, private: bool, who: _Who, call) -> None:
     """Create the repo unless it exists (create_repo with exist_ok=True covers a race)."""
-    from huggingface_hub.errors import RepositoryNotFoundError
 
     def existing():
         try:
@@ -466,7 +460,6 @@ def _not_your_namespace(e: BaseException, repo_id: str, who: _Who) -> UploadErro
 
 def _check_write(api, repo_id: str, *, call) -> None:
     """Fail before sending any file when the token cannot write to the repo."""
-    from huggingface_hub.errors import HfHubHTTPError
 
     def check() -> None:
         try:
@@ -481,8 +474,6 @@ def _check_write(api, repo_id: str, *, call) -> None:
 
 def _card_path(api, repo_id: str, folder: str, *, call) -> str:
     """'README.md' when the repo's root README is missing or ours, else '<folder>/README.md'."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RevisionNotFoundError
 
     def fetch() -> str | None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -528,9 +519,6 @@ def load_model_from_hub(repo_id: str, symbol: str, interval: str, *, folder: str
     Raises ConfigError (bad symbol/interval/folder), CheckpointError (no such model in the repo,
     or not a V3 checkpoint), DownloadError (repo missing or private, no access, Hub unreachable).
     """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError,
-                                        LocalEntryNotFoundError, RevisionNotFoundError)
 
     symbol, interval = normalize_symbol(symbol), check_interval(interval)
     folder = check_folder(folder)

@@ -322,6 +322,12 @@ def failed_pairs(results: dict) -> list[tuple[str, str, str]]:
             and v.get("status") == "failed"]
 
 
+def not_rescored(results: dict) -> list[tuple[str, str]]:
+    """(pair key, reason) of every trained pair that --report-only could not re-score."""
+    return [(k, str(v["rescore_error"])) for k, v in results.items()
+            if not k.startswith("_") and isinstance(v, dict) and v.get("rescore_error")]
+
+
 def build_blocks(results: dict, plots: dict) -> list[tuple]:
     """The report as blocks: ('h', level, text), ('p', text), ('table', head, rows),
     ('img', path, caption)."""
@@ -344,6 +350,12 @@ def build_blocks(results: dict, plots: dict) -> list[tuple]:
         b += [("h", 2, "Pairs that failed"),
               ("p", "These pairs have no test results; the step that failed and why:"),
               ("table", ["pair", "failed step", "reason"], [list(f) for f in failed])]
+    stale = not_rescored(results)
+    if stale:
+        b += [("h", 2, "Pairs that could not be re-scored"),
+              ("p", "Their numbers below are the ones saved when they were last scored; re-train "
+                    "them (--retrain):"),
+              ("table", ["pair", "why"], [list(x) for x in stale])]
     b.extend(_metrics_blocks(entries, summary))
     b.extend(_forecast_blocks(entries))
     b.extend(interval_table_blocks(entries))

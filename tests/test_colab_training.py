@@ -504,6 +504,9 @@ def test_report_only_marks_pairs_it_could_not_rescore_and_exits_1(trained, tmp_p
     assert "CheckpointError" not in results["BTCUSDT_1h"]["rescore_error"]
     assert "not a readable V3 checkpoint" in results["BTCUSDT_1h"]["rescore_error"]
     assert "rescore_error" not in results["ETHUSDT_1h"]
+    report = (base / "results" / "report.md").read_text()
+    assert "## Pairs that could not be re-scored" in report
+    assert "| BTCUSDT_1h |" in report.split("could not be re-scored")[1].split("##")[0]
 
 
 def test_every_pair_failing_says_so(tmp_path, caplog):
@@ -555,3 +558,26 @@ def test_results_store_the_real_mean_forecast_reference(trained):
     # predicting the training mean = 0 in standardised units: the loss is the mean square
     assert r["val_loss_mean_forecast"] == pytest.approx(float(np.mean(data.target[va] ** 2)),
                                                         rel=1e-5)
+
+
+def test_a_rerun_on_unchanged_data_rewrites_nothing_and_says_so(tmp_path, caplog):
+    """Every re-run on the synthetic source used to print '+2000 new' and rewrite data/ and
+    processed/ although the bytes were identical."""
+    p = V3CoLabPipeline(tmp_path, config=tiny_config(), coins=["BTCUSDT"], timeframes=["1h"])
+    p.step_2_download_binance_data()
+    p.step_3_preprocess_features()
+    files = [p.data_dir / "BTCUSDT_1h.csv", p.processed_path("BTCUSDT", "1h"),
+             p.data_dir / "symbol_renames.json"]
+    before = [f.stat().st_mtime_ns for f in files]
+    caplog.clear()
+    p.step_2_download_binance_data()
+    p.step_3_preprocess_features()
+    assert [f.stat().st_mtime_ns for f in files] == before
+    assert "ok, unchanged" in caplog.text and "+700 new" not in caplog.text
+
+
+def test_threads_flag_reaches_the_training_config(tmp_path):
+    from v3_colab_training import build_parser, pipeline_from_args
+    pipe, _ = pipeline_from_args(build_parser().parse_args(["--demo", "--threads", "2"]))
+    assert pipe.checked_config().train.threads == 2
+    assert main(["--demo", "--base-dir", str(tmp_path), "--threads", "0"]) == 2
