@@ -219,6 +219,160 @@ def _cpu_state(module_or_dict) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
 
 
+@dataclass
+class _PlainRun:
+    """One train_model call: the model, its optimiser and the early-stopping bookkeeping."""
+    cfg: TrainConfig
+    model: V3LSTMModel
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts
+    scaler: torch.amp.GradScaler
+    autocast: Callable
+    q_weight: float
+    start_epoch: int = 0
+    epoch: int = 0
+    best_val: float = float("inf")
+    best_epoch: int = 0             # 1-based
+    bad: int = 0                    # epochs since the best one
+    best_state: dict | None = None
+    history: list = field(default_factory=list)
+    stopped_early: bool = False
+    seconds_before: float = 0.0     # training time of the runs this one resumes
+    t_start: float = 0.0
+
+
+@dataclass
+class _OnDevice:
+    """A pair's samples on the training device: features, window offsets, train/val splits."""
+    feats: torch.Tensor             # (R, K)
+    offsets: torch.Tensor           # (T,)
+    train_ends: torch.Tensor
+    train_y: torch.Tensor
+    val_ends: torch.Tensor
+    val_y: torch.Tensor
+
+
+def _set_up_run(model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device,
+                resume: dict | None) -> _PlainRun:
+    """A fresh model, AdamW, the scheduler and the grad scaler, or all of them (and the
+    early-stopping counters) as `resume` left them."""
+    dtype = amp_dtype(cfg, device)
+    torch.manual_seed(cfg.seed)
+    model = V3LSTMModel(model_cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        opt, T_0=cfg.scheduler_t0, T_mult=cfg.scheduler_t_mult, eta_min=cfg.eta_min)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    run = _PlainRun(cfg=cfg, model=model, opt=opt, sched=sched, scaler=scaler, autocast=autocast,
+                    q_weight=float(model_cfg.quantile_weight))
+    if resume:
+        model.load_state_dict(resume["model_state"])
+        opt.load_state_dict(resume["optimizer_state"])
+        sched.load_state_dict(resume["scheduler_state"])
+        if resume.get("scaler_state"):
+            scaler.load_state_dict(resume["scaler_state"])
+        run.start_epoch = int(resume["epoch"])
+        run.best_val, run.best_epoch = float(resume["best_val_loss"]), int(resume["best_epoch"])
+        run.best_state = resume["best_state"]
+        run.history = list(resume.get("history", []))
+        run.bad = 0 if resume.get("stopped_early") else int(resume.get("bad_epochs", 0))
+        run.seconds_before = float(resume.get("train_seconds", 0.0))
+    run.epoch = run.start_epoch
+    model.lstm.flatten_parameters()
+    return run
+
+
+def _on_device(data: PreparedData, device: torch.device) -> _OnDevice:
+    ends = torch.as_tensor(data.ends, device=device)                       # (N,)
+    target = torch.as_tensor(data.target, device=device)                   # (N,)
+    tr, va = data.split("train"), data.split("val")
+    return _OnDevice(feats=torch.as_tensor(data.features, device=device),
+                     offsets=torch.arange(-(data.seq_len - 1), 1, device=device),
+                     train_ends=ends[tr], train_y=target[tr], val_ends=ends[va], val_y=target[va])
+
+
+def _train_epoch(run: _PlainRun, d: _OnDevice, ep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch over the shuffled training samples (seeded by (seed, epoch)); returns the
+    summed MSE and pinball loss, still on the device."""
+    cfg, model, opt, scaler = run.cfg, run.model, run.opt, run.scaler
+    device, with_q = d.feats.device, model.has_quantiles
+    n_train = len(d.train_ends)
+    n_batches = (n_train + cfg.batch_size - 1) // cfg.batch_size
+    torch.manual_seed(cfg.seed * 100_003 + ep)  # dropout and shuffle depend on (seed, epoch)
+    model.train()
+    perm = torch.randperm(n_train, device="cpu").to(device)
+    loss_sum = torch.zeros((), device=device)
+    pin_sum = torch.zeros((), device=device)
+    opt.zero_grad(set_to_none=True)
+    for i in range(n_batches):
+        b = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        x = _batch_windows(d.feats, d.train_ends[b], d.offsets)  # (B, T, K)
+        with run.autocast():
+            if with_q:
+                pred, q = model.forward_with_quantiles(x)
+                mse = nn.functional.mse_loss(pred.float(), d.train_y[b])
+                pin = quantile_pinball(q.float(), d.train_y[b], model.quantile_levels).mean()
+                loss = mse + run.q_weight * pin
+            else:
+                mse = loss = nn.functional.mse_loss(model(x).float(), d.train_y[b])
+        scaler.scale(loss / cfg.grad_accum_steps).backward()
+        loss_sum += mse.detach() * len(b)
+        if with_q:
+            pin_sum += pin.detach() * len(b)
+        if (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == n_batches:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+        run.sched.step(ep + (i + 1) / n_batches)
+    return loss_sum, pin_sum
+
+
+def _end_epoch(run: _PlainRun, d: _OnDevice, ep: int, loss_sum: torch.Tensor,
+               pin_sum: torch.Tensor, bar, desc: str) -> bool:
+    """Validate, append the history entry, keep the best weights and count the epochs
+    without improvement; True when early stopping ends the training."""
+    cfg, model = run.cfg, run.model
+    val_loss, val_pin = _mse(model, d.feats, d.val_ends, d.val_y, d.offsets,
+                             cfg.eval_batch_size, run.autocast, with_pinball=True)
+    n_train = len(d.train_ends)
+    train_loss = float(loss_sum) / n_train  # one host sync per epoch
+    run.epoch = epoch = ep + 1
+    entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+             "lr": run.opt.param_groups[0]["lr"]}
+    if model.has_quantiles:
+        entry.update(train_pinball=float(pin_sum) / n_train, val_pinball=val_pin)
+    run.history.append(entry)
+    if val_loss < run.best_val - cfg.min_delta:
+        run.best_val, run.best_epoch, run.bad = val_loss, epoch, 0
+        run.best_state = _cpu_state(model)
+    else:
+        run.bad += 1
+    bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}",
+                    best=f"{run.best_val:.4f}@{run.best_epoch}")
+    if cfg.early_stopping and run.bad >= cfg.patience:
+        run.stopped_early = True
+        log.info("%s: early stop at epoch %d (best %.5f at epoch %d)",
+                 desc, epoch, run.best_val, run.best_epoch)
+        return True
+    return False
+
+
+def _resume_state(run: _PlainRun) -> dict:
+    """Everything needed to continue the run (RESUME_FORMAT), on the CPU."""
+    model, scaler, cfg = run.model, run.scaler, run.cfg
+    return {"format": RESUME_FORMAT, "model_state": _cpu_state(model),
+            "optimizer_state": run.opt.state_dict(), "scheduler_state": run.sched.state_dict(),
+            "scaler_state": scaler.state_dict() if scaler.is_enabled() else {},
+            "epoch": run.epoch, "best_val_loss": run.best_val, "best_epoch": run.best_epoch,
+            "best_state": run.best_state if run.best_state is not None else _cpu_state(model),
+            "bad_epochs": run.bad, "stopped_early": run.stopped_early, "history": run.history,
+            "epochs_requested": cfg.epochs, "train_config": cfg.to_dict(),
+            "train_seconds": run.seconds_before + time.monotonic() - run.t_start}
+
+
 def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
                 resume: dict | None = None, desc: str = "train", show_progress: bool = True,
                 checkpoint_fn: Callable[[dict], None] | None = None) -> TrainOutcome:
@@ -230,128 +384,35 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
     """
     check_train_config(cfg)
     device = resolve_device(cfg.device)
-    dtype = amp_dtype(cfg, device)
-    torch.manual_seed(cfg.seed)
-    model = V3LSTMModel(model_cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        opt, T_0=cfg.scheduler_t0, T_mult=cfg.scheduler_t_mult, eta_min=cfg.eta_min)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-
-    start_epoch, best_val, best_epoch, bad, history = 0, float("inf"), 0, 0, []
-    seconds_before = 0.0                   # training time of the runs this one resumes
-    best_state = None
-    if resume:
-        model.load_state_dict(resume["model_state"])
-        opt.load_state_dict(resume["optimizer_state"])
-        sched.load_state_dict(resume["scheduler_state"])
-        if resume.get("scaler_state"):
-            scaler.load_state_dict(resume["scaler_state"])
-        start_epoch = int(resume["epoch"])
-        best_val, best_epoch = float(resume["best_val_loss"]), int(resume["best_epoch"])
-        best_state = resume["best_state"]
-        history = list(resume.get("history", []))
-        bad = 0 if resume.get("stopped_early") else int(resume.get("bad_epochs", 0))
-        seconds_before = float(resume.get("train_seconds", 0.0))
-    model.lstm.flatten_parameters()
-
-    feats = torch.as_tensor(data.features, device=device)                 # (R, K)
-    ends = torch.as_tensor(data.ends, device=device)                       # (N,)
-    target = torch.as_tensor(data.target, device=device)                   # (N,)
-    offsets = torch.arange(-(data.seq_len - 1), 1, device=device)          # (T,)
-    tr, va = data.split("train"), data.split("val")
-    train_ends, train_y = ends[tr], target[tr]
-    val_ends, val_y = ends[va], target[va]
-    n_train = len(train_ends)
-    with_q = model.has_quantiles
-    q_weight = float(model_cfg.quantile_weight)
-    n_batches = (n_train + cfg.batch_size - 1) // cfg.batch_size
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-
-    epoch = start_epoch
-    stopped_early = False
-    t_start = last_save = time.monotonic()
-
-    def state() -> dict:
-        return {"format": RESUME_FORMAT, "model_state": _cpu_state(model),
-                "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict(),
-                "scaler_state": scaler.state_dict() if scaler.is_enabled() else {},
-                "epoch": epoch, "best_val_loss": best_val, "best_epoch": best_epoch,
-                "best_state": best_state if best_state is not None else _cpu_state(model),
-                "bad_epochs": bad, "stopped_early": stopped_early, "history": history,
-                "epochs_requested": cfg.epochs, "train_config": cfg.to_dict(),
-                "train_seconds": seconds_before + time.monotonic() - t_start}
-
+    run = _set_up_run(model_cfg, cfg, device, resume)
+    d = _on_device(data, device)
+    run.t_start = last_save = time.monotonic()
+    start_epoch = run.start_epoch
     bar = progress(range(start_epoch, cfg.epochs), enabled=show_progress, desc=desc, unit="epoch",
                    total=cfg.epochs, initial=start_epoch)
     try:
         for ep in bar:
-            torch.manual_seed(cfg.seed * 100_003 + ep)  # dropout and shuffle depend on (seed, epoch)
-            model.train()
-            perm = torch.randperm(n_train, device="cpu").to(device)
-            loss_sum = torch.zeros((), device=device)
-            pin_sum = torch.zeros((), device=device)
-            opt.zero_grad(set_to_none=True)
-            for i in range(n_batches):
-                b = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                x = _batch_windows(feats, train_ends[b], offsets)  # (B, T, K)
-                with autocast():
-                    if with_q:
-                        pred, q = model.forward_with_quantiles(x)
-                        mse = nn.functional.mse_loss(pred.float(), train_y[b])
-                        pin = quantile_pinball(q.float(), train_y[b], model.quantile_levels).mean()
-                        loss = mse + q_weight * pin
-                    else:
-                        mse = loss = nn.functional.mse_loss(model(x).float(), train_y[b])
-                scaler.scale(loss / cfg.grad_accum_steps).backward()
-                loss_sum += mse.detach() * len(b)
-                if with_q:
-                    pin_sum += pin.detach() * len(b)
-                if (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == n_batches:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
-                    opt.zero_grad(set_to_none=True)
-                sched.step(ep + (i + 1) / n_batches)
-            val_loss, val_pin = _mse(model, feats, val_ends, val_y, offsets,
-                                     cfg.eval_batch_size, autocast, with_pinball=True)
-            train_loss = float(loss_sum) / n_train  # one host sync per epoch
-            epoch = ep + 1
-            entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                     "lr": opt.param_groups[0]["lr"]}
-            if with_q:
-                entry.update(train_pinball=float(pin_sum) / n_train, val_pinball=val_pin)
-            history.append(entry)
-            if val_loss < best_val - cfg.min_delta:
-                best_val, best_epoch, bad = val_loss, epoch, 0
-                best_state = _cpu_state(model)
-            else:
-                bad += 1
-            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}",
-                            best=f"{best_val:.4f}@{best_epoch}")
-            if cfg.early_stopping and bad >= cfg.patience:
-                stopped_early = True
-                log.info("%s: early stop at epoch %d (best %.5f at epoch %d)",
-                         desc, epoch, best_val, best_epoch)
+            loss_sum, pin_sum = _train_epoch(run, d, ep)
+            if _end_epoch(run, d, ep, loss_sum, pin_sum, bar, desc):
                 break
             if checkpoint_fn and time.monotonic() - last_save >= cfg.checkpoint_every_s:
-                checkpoint_fn(state())
+                checkpoint_fn(_resume_state(run))
                 last_save = time.monotonic()
     except KeyboardInterrupt:
-        if checkpoint_fn and epoch > start_epoch:
-            checkpoint_fn(state())
+        if checkpoint_fn and run.epoch > start_epoch:
+            checkpoint_fn(_resume_state(run))
             log.warning("%s: interrupted after epoch %d; its state is saved, re-run to resume",
-                        desc, epoch)
+                        desc, run.epoch)
         raise
     finally:
         bar.close()
-    final = state()
+    final = _resume_state(run)
     if checkpoint_fn:
         checkpoint_fn(final)
-    return TrainOutcome(best_state=final["best_state"], best_val_loss=best_val,
-                        best_epoch=best_epoch, epochs_done=epoch, stopped_early=stopped_early,
-                        history=history, resume_state=final, seconds=final["train_seconds"])
+    return TrainOutcome(best_state=final["best_state"], best_val_loss=run.best_val,
+                        best_epoch=run.best_epoch, epochs_done=run.epoch,
+                        stopped_early=run.stopped_early, history=run.history,
+                        resume_state=final, seconds=final["train_seconds"])
 
 
 @torch.no_grad()
