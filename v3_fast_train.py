@@ -5,9 +5,10 @@ step is a few thousand small kernels and the time goes to launching them, not to
 (REFERENCE.md section 4: 8.0 ms per step eager, 2.7 ms replayed from a CUDA graph).
 So v3_fast_kernels writes the model once more with every weight stacked along a leading
 model axis (M, ...), the LSTM recurrence as batched matrix products over all M models and
-both directions at once, and this module runs the jobs on it: each kernel serves every model
-of a group, and on CUDA the whole training step (forward, backward, clipping, AdamW) is captured once in a
-CUDA graph and replayed for every batch. Nothing in the hot loop reads a value back to the
+both directions at once, and this module runs the jobs on it, one v3_fast_group.TrainGroup
+per group of models: each kernel serves every model of a group, and on CUDA the whole
+training step (forward, backward, clipping, AdamW) is captured once in a CUDA graph and
+replayed for every batch. Nothing in the hot loop reads a value back to the
 host; the losses of an epoch are read once, after its validation pass.
 
 What stays per model, as in `v3_trainer.train_model`: the initial weights (same seed), the
@@ -36,476 +37,23 @@ from __future__ import annotations
 
 import contextlib
 import time
-import warnings
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
 from v3_common import ConfigError, V3Error, log, progress
-from v3_fast_kernels import (block_layout, cosine_warm_restarts_lr, grouped_adamw_,
-                             grouped_forward_with_quantiles, pack_states, pick_cell, unpack_state)
-from v3_lstm_model import ModelConfig, V3LSTMModel, quantile_pinball
-from v3_trainer import RESUME_FORMAT, TrainConfig, TrainJob, TrainOutcome
+from v3_fast_group import TrainGroup
+from v3_lstm_model import V3LSTMModel
+from v3_trainer import TrainConfig, TrainJob
 
 REPACK_IDLE_FRACTION = 0.25   # re-pack a group once this share of its slots has finished
 MAX_GROUP_MODELS = 64         # models per group at most (more are split into several groups)
-EVAL_ROWS = 4096              # validation windows per chunk, over all models of a group
-GRAPH_WARMUP_STEPS = 2        # eager steps on a side stream before capture, as torch's docs do
 # fp32 weights and activations, but matrix products on TF32 tensor cores (Ampere and newer):
 # at 40 models a step is ~0.5 TFLOP of batched matmuls, compute- rather than launch-bound.
 # TF32 is also what PyTorch lets cuDNN use by default (torch.backends.cudnn.allow_tf32), and
 # the benchmark checks quality against the plain loop. The setting is restored afterwards.
 TF32_MATMUL = True
-
-
-# ---------------------------------------------------------------------------------------
-# The engine.
-
-
-@dataclass
-class _Slot:
-    """One job's place in a group, and its early-stopping bookkeeping (as train_model's)."""
-    job: TrainJob
-    n_train: int
-    n_batches: int
-    n_val: int
-    start_epoch: int = 0
-    epoch: int = 0
-    best_val: float = float("inf")
-    best_epoch: int = 0
-    bad: int = 0
-    has_best: bool = False
-    stopped_early: bool = False
-    history: list = field(default_factory=list)
-    finished: bool = False
-    seconds_before: float = 0.0     # training time of the runs this one resumes
-
-
-def _initial_state(job, cfg, cache: dict) -> dict:
-    """The plain loop's initial weights: torch.manual_seed(seed), then V3LSTMModel(config)."""
-    key = (job.model_config, cfg.seed)
-    if key not in cache:
-        torch.manual_seed(cfg.seed)
-        cache[key] = {k: v.detach().clone() for k, v in V3LSTMModel(job.model_config).state_dict().items()}
-    return cache[key]
-
-
-def _recover_from_failed_capture(device: torch.device, side, graph, label: str) -> None:
-    """Put torch's CUDA state back after a failed capture, so eager steps (the fast engine's
-    and the plain loop's) work again.
-
-    When the capture is invalidated (a host sync, an op that cannot be captured), torch's
-    CUDAGraph.capture_end raises at cudaStreamEndCapture, before it (1) tells the caching
-    allocator to stop routing the capture's allocations to the graph's private pool and (2)
-    takes the random generators out of capture mode. (2) is what breaks: every capture
-    registers the device's default CUDA generator (whatever generator the captured ops
-    use), and until a capture ends it raises "Offset increment outside graph capture
-    encountered unexpectedly" at the next eager dropout. One trivial capture on the same
-    stream that succeeds runs the generator's capture prologue and epilogue again and leaves
-    it as it was before; (1) is undone directly, where this torch build offers it."""
-    torch.cuda.synchronize(device)   # a warm-up step may still run on the side stream
-    if graph is not None:
-        try:  # the allocator's entry for the failed capture (a private torch API: best effort)
-            torch._C._cuda_endAllocateToPool(device.index if device.index is not None
-                                             else torch.cuda.current_device(), graph.pool())
-        except Exception:  # noqa: BLE001  (already ended, or capture never began)
-            pass
-    try:
-        probe = torch.zeros(1, device=device)
-        stream = side if side is not None else torch.cuda.Stream(device)
-        with torch.cuda.stream(stream):
-            reset = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(reset, stream=stream):
-                probe.add_(1)
-        torch.cuda.current_stream(device).wait_stream(stream)
-        del reset
-    except Exception as e:  # noqa: BLE001  (captures do not work here at all)
-        log.warning("%s: could not reset the CUDA generator after the failed capture (%s: %s); "
-                    "dropout on this device may fail", label, type(e).__name__, str(e)[:200])
-    torch.cuda.synchronize(device)
-
-
-class _Group:
-    """M jobs trained together. Every per-model quantity is a tensor with a leading M axis."""
-
-    def __init__(self, jobs: list, cfg, device: torch.device, *, use_graph: bool, label: str):
-        self.cfg, self.device, self.label = cfg, device, label
-        self.model_cfg: ModelConfig = jobs[0].model_config
-        self.seq_len = int(jobs[0].data.seq_len)
-        self.layout = block_layout(self.model_cfg)
-        self.param_names = [n for names in self.layout.values() for n in names]
-        self.cell = pick_cell(device)
-        self.use_graph = use_graph and device.type == "cuda"
-        self.graph = None
-        self.with_q = bool(self.model_cfg.quantiles)          # the quantile head
-        self.q_weight = float(self.model_cfg.quantile_weight)
-        self.q_levels = torch.tensor(self.model_cfg.quantiles, dtype=torch.float32, device=device)
-        self.t_start = time.monotonic()
-        init_cache: dict = {}
-        states, best_states, opt_states = [], [], []
-        self.slots: list[_Slot] = []
-        for job in jobs:
-            d = job.data
-            n_train = int(d.n_train)
-            slot = _Slot(job=job, n_train=n_train, n_val=int(d.n_val),
-                         n_batches=(n_train + cfg.batch_size - 1) // cfg.batch_size)
-            r = job.resume
-            if r:
-                states.append(r["model_state"])
-                opt_states.append(r.get("optimizer_state"))
-                slot.start_epoch = slot.epoch = int(r["epoch"])
-                slot.best_val, slot.best_epoch = float(r["best_val_loss"]), int(r["best_epoch"])
-                slot.history = list(r.get("history", []))
-                slot.bad = 0 if r.get("stopped_early") else int(r.get("bad_epochs", 0))
-                slot.has_best = r.get("best_state") is not None
-                slot.seconds_before = float(r.get("train_seconds", 0.0))
-                best_states.append(r["best_state"] if slot.has_best else r["model_state"])
-            else:
-                states.append(_initial_state(job, cfg, init_cache))
-                opt_states.append(None)
-                best_states.append(states[-1])
-            self.slots.append(slot)
-        f32 = torch.float32
-        self.params = pack_states(states, self.layout, device=device, dtype=f32)
-        self.best = pack_states(best_states, self.layout, device=device, dtype=f32)
-        self.exp_avg, self.exp_avg_sq, steps = self._optimizer_blocks(opt_states)
-        self.steps = torch.tensor(steps, dtype=torch.float64, device=device)
-        for t in self.params.values():
-            t.requires_grad_(True)
-        self._load_data()
-        self._alloc_step_buffers()
-
-    # -- set-up ---------------------------------------------------------------------------
-    def _optimizer_blocks(self, opt_states: list):
-        """AdamW moments as blocks, from each job's saved torch AdamW state (or zeros), and
-        each model's step count. torch numbers the state by named_parameters order."""
-        index = {n: i for i, n in enumerate(self.param_names)}
-        avg = {b: torch.zeros_like(t) for b, t in self.params.items()}
-        avg_sq = {b: torch.zeros_like(t) for b, t in self.params.items()}
-        steps = []
-        for m, sd in enumerate(opt_states):
-            st = (sd or {}).get("state", {})
-            steps.append(float(st[0]["step"]) if 0 in st else 0.0)
-            for b, names in self.layout.items():
-                for d, n in enumerate(names):
-                    saved = st.get(index[n])
-                    if saved is None:
-                        continue
-                    for dst, key in ((avg, "exp_avg"), (avg_sq, "exp_avg_sq")):
-                        t = dst[b][m, d] if b.startswith("lstm.") else dst[b][m]
-                        t.copy_(saved[key])
-        return avg, avg_sq, steps
-
-    def _load_data(self):
-        """Every pair's features on the device, one (R_max, K) table per model, flattened."""
-        M, dev = len(self.slots), self.device
-        K = self.model_cfg.input_size
-        R = max(len(s.job.data.features) for s in self.slots)
-        feats = np.zeros((M, R, K), np.float32)
-        for m, s in enumerate(self.slots):
-            feats[m, :len(s.job.data.features)] = s.job.data.features
-        self.R = R
-        self.feats = torch.from_numpy(feats).to(dev).view(M * R, K)
-        self.offsets = torch.arange(-(self.seq_len - 1), 1, device=dev)        # (T,)
-        V = max(1, max(s.n_val for s in self.slots))
-        rows = np.zeros((M, V), np.int64)
-        y = np.zeros((M, V), np.float32)
-        w = np.zeros((M, V), np.float32)
-        for m, s in enumerate(self.slots):
-            d, va = s.job.data, s.job.data.split("val")
-            ends = d.ends[va]
-            rows[m] = m * R + int(d.ends[0])                                   # padding: a valid window
-            rows[m, :len(ends)] = m * R + ends
-            y[m, :len(ends)] = d.target[va]
-            w[m, :len(ends)] = 1.0 / max(1, len(ends))
-        self.val_rows, self.val_y, self.val_w = (torch.from_numpy(a).to(dev) for a in (rows, y, w))
-
-    def _alloc_step_buffers(self):
-        """Static per-batch tables, refilled each epoch; the step reads row `step_i`."""
-        M, B, dev = len(self.slots), self.cfg.batch_size, self.device
-        self.nb_cap = max(s.n_batches for s in self.slots)
-        nb = self.nb_cap
-        self.rows_tab = torch.zeros(nb, M, B, dtype=torch.int64, device=dev)
-        self.y_tab = torch.zeros(nb, M, B, device=dev)
-        self.w_tab = torch.zeros(nb, M, B, device=dev)
-        self.valid_tab = torch.zeros(nb, M, B, device=dev)
-        self.lr_tab = torch.zeros(nb, M, dtype=torch.float64, device=dev)
-        self.do_tab = torch.zeros(nb, M, dtype=torch.float64, device=dev)
-        self.step_i = torch.zeros(1, dtype=torch.int64, device=dev)
-        self.sse = torch.zeros(M, device=dev)
-        self.spin = torch.zeros(M, device=dev)      # summed pinball loss (quantile head)
-        self.acc = [torch.zeros_like(t) for t in self.params.values()]
-        self._pad_tables()
-
-    def _pad_tables(self):
-        """Tables that train nothing: zero weights, no optimizer step, valid window rows."""
-        self.pad_rows = np.array([m * self.R + int(s.job.data.ends[0])
-                                  for m, s in enumerate(self.slots)], np.int64)
-        pad = torch.from_numpy(self.pad_rows).to(self.device)
-        self.rows_tab.copy_(pad.view(1, -1, 1).expand_as(self.rows_tab))
-        for t in (self.y_tab, self.w_tab, self.valid_tab, self.lr_tab, self.do_tab):
-            t.zero_()
-
-    # -- one training step (captured in a CUDA graph on CUDA) -------------------------------
-    def _train_step(self):
-        M, B, T, K = len(self.slots), self.cfg.batch_size, self.seq_len, self.model_cfg.input_size
-        i = self.step_i
-        rows = self.rows_tab.index_select(0, i)[0]                              # (M, B)
-        y, w = self.y_tab.index_select(0, i)[0], self.w_tab.index_select(0, i)[0]
-        valid = self.valid_tab.index_select(0, i)[0]
-        lr, do = self.lr_tab.index_select(0, i)[0], self.do_tab.index_select(0, i)[0]  # (M,)
-        idx = rows.unsqueeze(1) + self.offsets.view(1, T, 1)                     # (M, T, B)
-        x = self.feats.index_select(0, idx.reshape(-1)).view(M, T, B, K)
-        pred, q = grouped_forward_with_quantiles(self.params, x, self.model_cfg, train=True,
-                                                 cell=self.cell)
-        err = (pred - y) ** 2                                                    # (M, B)
-        loss = err
-        if self.with_q:
-            pin = quantile_pinball(q, y, self.q_levels).mean(-1)                 # (M, B)
-            loss = err + self.q_weight * pin
-        params = list(self.params.values())
-        grads = torch.autograd.grad((loss * w).sum(), params)
-        with torch.no_grad():
-            self.sse.add_((err * valid).sum(1))
-            if self.with_q:
-                self.spin.add_((pin * valid).sum(1))
-            torch._foreach_add_(self.acc, grads)
-            grouped_adamw_(params, self.acc, list(self.exp_avg.values()),
-                           list(self.exp_avg_sq.values()), self.steps, lr, do,
-                           weight_decay=self.cfg.weight_decay, max_norm=self.cfg.grad_clip)
-            keep = (1 - do).to(self.acc[0].dtype).unsqueeze(1)
-            for a in self.acc:                       # models that stepped start a new accumulation
-                a.view(M, -1).mul_(keep)
-            self.step_i.add_(1)
-
-    def _capture(self):
-        """Capture _train_step in a CUDA graph; on any failure, run eagerly (and say so).
-
-        Warm-up and capture run on one side stream made on this group's device, given to
-        torch.cuda.graph explicitly: its default capture stream is made once, on whichever
-        device was current then. The outer stream context puts the caller's stream back even
-        when capture_end raises (torch.cuda.graph then skips restoring it). A failed capture
-        also leaves torch's CUDA state half-way: see _recover_from_failed_capture."""
-        self._pad_tables()
-        side, graph = None, None
-        try:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(GRAPH_WARMUP_STEPS):
-                    self.step_i.zero_()   # row 0 of the padded tables: nothing is trained
-                    self._train_step()
-                self.step_i.zero_()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=side):
-                    self._train_step()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            self.graph = graph
-        except Exception as e:  # capture is an optimisation: eager gives the same results
-            self.graph, self.use_graph = None, False
-            log.warning("%s: CUDA graph capture failed (%s: %s); running the fast engine "
-                        "eagerly", self.label, type(e).__name__, str(e)[:200])
-            if self.device.type == "cuda":
-                _recover_from_failed_capture(self.device, side, graph, self.label)
-        self.sse.zero_()
-        self.spin.zero_()
-        self.step_i.zero_()
-        for a in self.acc:
-            a.zero_()
-
-    # -- epochs -----------------------------------------------------------------------------
-    def _lr(self, epoch: float) -> float:
-        c = self.cfg
-        return cosine_warm_restarts_lr(epoch, base_lr=c.learning_rate, t0=c.scheduler_t0,
-                                       t_mult=c.scheduler_t_mult, eta_min=c.eta_min)
-
-    def _fill_tables(self, active: list[int]) -> int:
-        """This epoch's batches for the active slots (each its own epoch and permutation, as
-        train_model draws it); other slots train nothing. Returns the number of steps."""
-        c, M, B, nb = self.cfg, len(self.slots), self.cfg.batch_size, self.nb_cap
-        rows = np.broadcast_to(self.pad_rows.reshape(1, M, 1), (nb, M, B)).copy()
-        y = np.zeros((nb, M, B), np.float32)
-        w = np.zeros((nb, M, B), np.float32)
-        valid = np.zeros((nb, M, B), np.float32)
-        lr = np.zeros((nb, M), np.float64)
-        do = np.zeros((nb, M), np.float64)
-        perms: dict = {}
-        for m in active:
-            s = self.slots[m]
-            d, ep = s.job.data, s.epoch
-            if (s.n_train, ep) not in perms:
-                torch.manual_seed(c.seed * 100_003 + ep)  # as train_model: (seed, epoch)
-                perms[(s.n_train, ep)] = torch.randperm(s.n_train, device="cpu").numpy()
-            perm = perms[(s.n_train, ep)]
-            tr, nb_m = d.split("train"), s.n_batches
-            ends, target = d.ends[tr][perm], d.target[tr][perm]        # in batch order
-            pos = np.arange(s.n_train)
-            i, j = pos // B, pos % B                                   # batch, place in batch
-            sizes = np.minimum(B, s.n_train - np.arange(nb_m) * B)     # the last may be short
-            rows[i, m, j] = m * self.R + ends
-            y[i, m, j] = target
-            w[i, m, j] = 1.0 / (sizes[i] * c.grad_accum_steps)
-            valid[i, m, j] = 1.0
-            lr[:nb_m, m] = [self._lr(ep + k / nb_m) for k in range(nb_m)]
-            k = np.arange(nb_m)
-            do[:nb_m, m] = ((k + 1) % c.grad_accum_steps == 0) | (k + 1 == nb_m)
-        for dst, src in ((self.rows_tab, rows), (self.y_tab, y), (self.w_tab, w),
-                         (self.valid_tab, valid), (self.lr_tab, lr), (self.do_tab, do)):
-            dst.copy_(torch.from_numpy(src))
-        # dropout masks: one stream for the group, seeded by (seed, epoch) like the shuffles
-        torch.manual_seed(c.seed * 100_003 + min(self.slots[m].epoch for m in active) + 7919)
-        return max(self.slots[m].n_batches for m in active)
-
-    @torch.no_grad()
-    def _validate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validation MSE and mean pinball loss per model, (M,) each (the pinball zeros
-        without a quantile head), in eval mode (no dropout)."""
-        M, T, K = len(self.slots), self.seq_len, self.model_cfg.input_size
-        V = self.val_rows.shape[1]
-        chunk = max(1, min(self.cfg.eval_batch_size, EVAL_ROWS // M))
-        total = torch.zeros(M, device=self.device)
-        pin = torch.zeros(M, device=self.device)
-        for c0 in range(0, V, chunk):
-            rows = self.val_rows[:, c0:c0 + chunk]
-            b = rows.shape[1]
-            idx = rows.unsqueeze(1) + self.offsets.view(1, T, 1)
-            x = self.feats.index_select(0, idx.reshape(-1)).view(M, T, b, K)
-            pred, q = grouped_forward_with_quantiles(self.params, x, self.model_cfg, train=False,
-                                                     cell=self.cell)
-            y, w = self.val_y[:, c0:c0 + chunk], self.val_w[:, c0:c0 + chunk]
-            total += ((pred - y) ** 2 * w).sum(1)
-            if self.with_q:
-                pin += (quantile_pinball(q, y, self.q_levels).mean(-1) * w).sum(1)
-        return total, pin
-
-    def run_epoch(self) -> list[int]:
-        """Train every unfinished slot for one epoch of its own; returns the slots that
-        finished (early stop or last epoch)."""
-        c = self.cfg
-        active = [m for m, s in enumerate(self.slots) if not s.finished]
-        if self.use_graph and self.graph is None:
-            self._capture()
-        n_steps = self._fill_tables(active)
-        self.sse.zero_()
-        self.spin.zero_()
-        self.step_i.zero_()
-        for _ in range(n_steps):
-            if self.graph is not None:
-                self.graph.replay()
-            else:
-                self._train_step()
-        val, val_pin = self._validate()
-        val_host, sse_host, vpin_host, spin_host = torch.stack(
-            [val, self.sse.to(val.dtype), val_pin, self.spin.to(val.dtype)]).cpu().tolist()  # one sync per epoch
-        improved, done = [], []
-        for m in active:
-            s = self.slots[m]
-            s.epoch += 1
-            val_loss, train_loss = float(val_host[m]), float(sse_host[m]) / s.n_train
-            entry = {"epoch": s.epoch, "train_loss": train_loss, "val_loss": val_loss,
-                     "lr": self._lr(float(s.epoch))}
-            if self.with_q:
-                entry.update(train_pinball=float(spin_host[m]) / s.n_train,
-                             val_pinball=float(vpin_host[m]))
-            s.history.append(entry)
-            if val_loss < s.best_val - c.min_delta:
-                s.best_val, s.best_epoch, s.bad, s.has_best = val_loss, s.epoch, 0, True
-                improved.append(m)
-            else:
-                s.bad += 1
-            if c.early_stopping and s.bad >= c.patience:
-                s.stopped_early = True
-                log.info("%s: early stop at epoch %d (best %.5f at epoch %d)",
-                         s.job.desc, s.epoch, s.best_val, s.best_epoch)
-            if s.stopped_early or s.epoch >= c.epochs:
-                s.finished = True
-                done.append(m)
-        if improved:
-            idx = torch.tensor(improved, device=self.device)
-            with torch.no_grad():
-                for b, t in self.params.items():
-                    self.best[b].index_copy_(0, idx, t.detach().index_select(0, idx))
-        return done
-
-    # -- leaving the group ------------------------------------------------------------------
-    def idle_fraction(self) -> float:
-        return sum(s.finished for s in self.slots) / len(self.slots)
-
-    def repack(self):
-        """Keep only the unfinished slots (smaller tensors, a new graph at the next epoch)."""
-        keep = [m for m, s in enumerate(self.slots) if not s.finished]
-        idx = torch.tensor(keep, device=self.device)
-        M_old, R = len(self.slots), self.R
-        with torch.no_grad():
-            for d in (self.params, self.best, self.exp_avg, self.exp_avg_sq):
-                for b in d:
-                    d[b] = d[b].detach().index_select(0, idx).contiguous()
-            for t in self.params.values():
-                t.requires_grad_(True)
-            self.steps = self.steps.index_select(0, idx)
-            K = self.feats.shape[1]
-            self.feats = self.feats.view(M_old, R, K).index_select(0, idx).reshape(len(keep) * R, K)
-            new_base = (torch.arange(len(keep), device=self.device) * R).view(-1, 1)
-            self.val_rows = self.val_rows.index_select(0, idx) % R + new_base
-            self.val_y = self.val_y.index_select(0, idx)
-            self.val_w = self.val_w.index_select(0, idx)
-        self.slots = [self.slots[m] for m in keep]
-        self.graph = None
-        self._alloc_step_buffers()
-        log.info("%s: %d of %d models still training; re-packed the group", self.label,
-                 len(keep), M_old)
-
-    # -- results ----------------------------------------------------------------------------
-    def cpu_blocks(self, ms: list[int]) -> dict:
-        """Weights, best weights, AdamW moments and step counts of slots `ms`, copied to the
-        CPU once per block; resume_state(m, cpu) slices them."""
-        idx = torch.tensor(ms, device=self.device)
-        cpu = {"row": {m: r for r, m in enumerate(ms)}, "steps": self.steps.index_select(0, idx).cpu()}
-        with torch.no_grad():
-            for name, d in (("params", self.params), ("best", self.best),
-                            ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
-                cpu[name] = {b: t.detach().index_select(0, idx).cpu() for b, t in d.items()}
-        return cpu
-
-    def resume_state(self, m: int, cpu: dict) -> dict:
-        """Slot m's training state in train_model's resume format (RESUME_FORMAT)."""
-        c, s, r = self.cfg, self.slots[m], cpu["row"][m]
-        model_state = unpack_state(cpu["params"], self.layout, r)
-        model = V3LSTMModel(self.model_cfg)
-        model.load_state_dict(model_state)
-        opt = torch.optim.AdamW(model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-            opt, T_0=c.scheduler_t0, T_mult=c.scheduler_t_mult, eta_min=c.eta_min)
-        if s.epoch > 0:
-            with warnings.catch_warnings():  # stepping the scheduler with no optimizer step
-                warnings.simplefilter("ignore")
-                sched.step(float(s.epoch))
-        step = float(cpu["steps"][r])
-        if step > 0:
-            avg = unpack_state(cpu["exp_avg"], self.layout, r)
-            avg_sq = unpack_state(cpu["exp_avg_sq"], self.layout, r)
-            for name, p in model.named_parameters():
-                opt.state[p] = {"step": torch.tensor(step), "exp_avg": avg[name],
-                                "exp_avg_sq": avg_sq[name]}
-        best = unpack_state(cpu["best"], self.layout, r) if s.has_best else model_state
-        return {"format": RESUME_FORMAT, "model_state": model_state,
-                "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict(),
-                "scaler_state": {}, "epoch": s.epoch, "best_val_loss": s.best_val,
-                "best_epoch": s.best_epoch, "best_state": best, "bad_epochs": s.bad,
-                "stopped_early": s.stopped_early, "history": list(s.history),
-                "epochs_requested": c.epochs, "train_config": c.to_dict(),
-                "train_seconds": s.seconds_before + time.monotonic() - self.t_start}
-
-    def outcome(self, m: int, cpu: dict) -> TrainOutcome:
-        s = self.slots[m]
-        state = self.resume_state(m, cpu)
-        return TrainOutcome(best_state=state["best_state"], best_val_loss=s.best_val,
-                            best_epoch=s.best_epoch, epochs_done=s.epoch,
-                            stopped_early=s.stopped_early, history=list(s.history),
-                            resume_state=state, seconds=state["train_seconds"],
-                            engine="fast-graph" if self.graph is not None else "fast-eager")
 
 
 def _group_jobs(jobs: list, cfg, device: torch.device) -> list[list]:
@@ -590,7 +138,7 @@ def _train_groups(groups, cfg, device, *, use_graph, show_progress, on_done, on_
         label = f"fast engine, group {gi}/{len(groups)}" if len(groups) > 1 else "fast engine"
         group = None
         try:
-            group = _Group(group_jobs, cfg, device, use_graph=use_graph, label=label)
+            group = TrainGroup(group_jobs, cfg, device, use_graph=use_graph, label=label)
             _run_group(group, cfg, show_progress=show_progress, on_done=on_done,
                        on_error=on_error, out=out, on_epoch=on_epoch)
         except V3Error as e:
@@ -623,43 +171,66 @@ def _callback(fn: Callable, *args):
         raise
 
 
-def _run_group(group: _Group, cfg, *, show_progress: bool, on_done, on_error, out: dict,
+def _finish(group: TrainGroup, ms: list[int], *, on_done, on_error, out: dict) -> None:
+    """Hand the finished slots `ms` over: their final checkpoint, on_done, and `out`."""
+    if not ms:
+        return
+    cpu = group.cpu_blocks(ms)
+    for m in ms:
+        job = group.slots[m].job
+        outcome = group.outcome(m, cpu)
+        try:
+            if job.checkpoint_fn:
+                _callback(job.checkpoint_fn, outcome.resume_state)
+            if on_done:
+                _callback(on_done, job, outcome)
+            out[job.key] = outcome
+        except V3Error as e:
+            if on_error is None:
+                raise
+            _callback(on_error, job, e)
+
+
+def _save_running(group: TrainGroup) -> None:
+    """The resume state of every unfinished slot that has a checkpoint_fn."""
+    ms = [m for m, s in enumerate(group.slots) if not s.finished and s.job.checkpoint_fn]
+    if ms:
+        cpu = group.cpu_blocks(ms)
+        for m in ms:
+            _callback(group.slots[m].job.checkpoint_fn, group.resume_state(m, cpu))
+
+
+def _save_interrupted(group: TrainGroup) -> None:
+    """On KeyboardInterrupt: save the unfinished slots that trained an epoch in this run."""
+    ms = [m for m, s in enumerate(group.slots)
+          if not s.finished and s.job.checkpoint_fn and s.epoch > s.start_epoch]
+    cpu = group.cpu_blocks(ms) if ms else {}
+    for m in ms:
+        s = group.slots[m]
+        _callback(s.job.checkpoint_fn, group.resume_state(m, cpu))
+        log.warning("%s: interrupted after epoch %d; its state is saved, re-run to "
+                    "resume", s.job.desc, s.epoch)
+
+
+def _run_group(group: TrainGroup, cfg, *, show_progress: bool, on_done, on_error, out: dict,
                on_epoch=None) -> None:
     last_save = time.monotonic()
     save_every_s = cfg.checkpoint_every_s
     first = min(s.epoch for s in group.slots)
     bar = progress(total=max(0, cfg.epochs - first), enabled=show_progress, unit="epoch",
                    desc=f"train {len(group.slots)} models (fast)")
-
-    def finish(ms: list[int]) -> None:
-        if not ms:
-            return
-        cpu = group.cpu_blocks(ms)
-        for m in ms:
-            job = group.slots[m].job
-            outcome = group.outcome(m, cpu)
-            try:
-                if job.checkpoint_fn:
-                    _callback(job.checkpoint_fn, outcome.resume_state)
-                if on_done:
-                    _callback(on_done, job, outcome)
-                out[job.key] = outcome
-            except V3Error as e:
-                if on_error is None:
-                    raise
-                _callback(on_error, job, e)
-
     try:
         for s in group.slots:  # resumed jobs that have nothing left to train
             if s.epoch >= cfg.epochs:
                 s.finished = True
-        finish([m for m, s in enumerate(group.slots) if s.finished])
+        _finish(group, [m for m, s in enumerate(group.slots) if s.finished],
+                on_done=on_done, on_error=on_error, out=out)
         while any(not s.finished for s in group.slots):
             if group.idle_fraction() >= REPACK_IDLE_FRACTION:
                 group.repack()
             before = min(s.epoch for s in group.slots if not s.finished)
             done = group.run_epoch()
-            finish(done)
+            _finish(group, done, on_done=on_done, on_error=on_error, out=out)
             live = [s for s in group.slots if not s.finished]
             bar.update(min((s.epoch for s in live), default=cfg.epochs) - before)
             vals = [s.history[-1]["val_loss"] for s in group.slots if s.history]
@@ -668,25 +239,14 @@ def _run_group(group: _Group, cfg, *, show_progress: bool, on_done, on_error, ou
                 _callback(on_epoch, min((s.epoch for s in live), default=cfg.epochs), len(live))
             if live and time.monotonic() - last_save >= save_every_s:
                 t_save = time.monotonic()
-                ms = [m for m, s in enumerate(group.slots) if not s.finished and s.job.checkpoint_fn]
-                if ms:
-                    cpu = group.cpu_blocks(ms)
-                    for m in ms:
-                        _callback(group.slots[m].job.checkpoint_fn, group.resume_state(m, cpu))
+                _save_running(group)
                 last_save = time.monotonic()
                 # saving M models' states at once can be slow (disk): keep that under ~10 %
                 # of the time (0 means after every epoch, as in train_model)
                 if cfg.checkpoint_every_s > 0:
                     save_every_s = max(cfg.checkpoint_every_s, 10 * (last_save - t_save))
     except KeyboardInterrupt:
-        ms = [m for m, s in enumerate(group.slots)
-              if not s.finished and s.job.checkpoint_fn and s.epoch > s.start_epoch]
-        cpu = group.cpu_blocks(ms) if ms else {}
-        for m in ms:
-            s = group.slots[m]
-            _callback(s.job.checkpoint_fn, group.resume_state(m, cpu))
-            log.warning("%s: interrupted after epoch %d; its state is saved, re-run to "
-                        "resume", s.job.desc, s.epoch)
+        _save_interrupted(group)
         raise
     finally:
         bar.close()

@@ -13,31 +13,31 @@ MSE(point) + quantile_weight * mean pinball loss of the quantiles, both on the s
 target; the validation loss (early stopping, val_loss, best_val_loss) stays the point
 forecast's MSE, and each history entry also records train_pinball and val_pinball.
 
-Checkpoints hold only tensors, numbers, strings, lists and dicts, so
-`torch.load(path, weights_only=True)` reads them.
+Saving and loading model and resume files is v3_checkpoint's job; its public names
+(save_checkpoint, load_checkpoint, load_model_file, LoadedModel, ...) are importable from
+here too.
 """
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from v3_common import CheckpointError, ConfigError, atomic_write_bytes, log, progress
-from v3_data_processor import FEATURE_SET_VERSION, WARMUP_CANDLES, FittedTransform, PreparedData
+# the checkpoint names are re-exported: v3_hub, v3_evaluation, v3_train_step, v3_predict and
+# bench/ import them from v3_trainer
+from v3_checkpoint import (CHECKPOINT_FORMAT, RESUME_FORMAT, LoadedModel,  # noqa: F401
+                           load_checkpoint, load_model_file, load_resume_state,
+                           model_from_checkpoint, save_checkpoint, save_resume_state,
+                           transform_from_checkpoint)
+from v3_common import ConfigError, log, progress
+from v3_data_processor import PreparedData
 from v3_lstm_model import ModelConfig, V3LSTMModel, quantile_pinball
-
-# 2: the quantile head (quantile_head.* weights, ModelConfig.quantiles / quantile_weight,
-# train_pinball / val_pinball in the history). Files of format 1 are refused: re-train.
-CHECKPOINT_FORMAT = "v3-checkpoint-2"
-RESUME_FORMAT = "v3-resume-2"
 
 
 @dataclass(frozen=True)
@@ -219,6 +219,160 @@ def _cpu_state(module_or_dict) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
 
 
+@dataclass
+class _PlainRun:
+    """One train_model call: the model, its optimiser and the early-stopping bookkeeping."""
+    cfg: TrainConfig
+    model: V3LSTMModel
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts
+    scaler: torch.amp.GradScaler
+    autocast: Callable
+    q_weight: float
+    start_epoch: int = 0
+    epoch: int = 0
+    best_val: float = float("inf")
+    best_epoch: int = 0             # 1-based
+    bad: int = 0                    # epochs since the best one
+    best_state: dict | None = None
+    history: list = field(default_factory=list)
+    stopped_early: bool = False
+    seconds_before: float = 0.0     # training time of the runs this one resumes
+    t_start: float = 0.0
+
+
+@dataclass
+class _OnDevice:
+    """A pair's samples on the training device: features, window offsets, train/val splits."""
+    feats: torch.Tensor             # (R, K)
+    offsets: torch.Tensor           # (T,)
+    train_ends: torch.Tensor
+    train_y: torch.Tensor
+    val_ends: torch.Tensor
+    val_y: torch.Tensor
+
+
+def _set_up_run(model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device,
+                resume: dict | None) -> _PlainRun:
+    """A fresh model, AdamW, the scheduler and the grad scaler, or all of them (and the
+    early-stopping counters) as `resume` left them."""
+    dtype = amp_dtype(cfg, device)
+    torch.manual_seed(cfg.seed)
+    model = V3LSTMModel(model_cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        opt, T_0=cfg.scheduler_t0, T_mult=cfg.scheduler_t_mult, eta_min=cfg.eta_min)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    run = _PlainRun(cfg=cfg, model=model, opt=opt, sched=sched, scaler=scaler, autocast=autocast,
+                    q_weight=float(model_cfg.quantile_weight))
+    if resume:
+        model.load_state_dict(resume["model_state"])
+        opt.load_state_dict(resume["optimizer_state"])
+        sched.load_state_dict(resume["scheduler_state"])
+        if resume.get("scaler_state"):
+            scaler.load_state_dict(resume["scaler_state"])
+        run.start_epoch = int(resume["epoch"])
+        run.best_val, run.best_epoch = float(resume["best_val_loss"]), int(resume["best_epoch"])
+        run.best_state = resume["best_state"]
+        run.history = list(resume.get("history", []))
+        run.bad = 0 if resume.get("stopped_early") else int(resume.get("bad_epochs", 0))
+        run.seconds_before = float(resume.get("train_seconds", 0.0))
+    run.epoch = run.start_epoch
+    model.lstm.flatten_parameters()
+    return run
+
+
+def _on_device(data: PreparedData, device: torch.device) -> _OnDevice:
+    ends = torch.as_tensor(data.ends, device=device)                       # (N,)
+    target = torch.as_tensor(data.target, device=device)                   # (N,)
+    tr, va = data.split("train"), data.split("val")
+    return _OnDevice(feats=torch.as_tensor(data.features, device=device),
+                     offsets=torch.arange(-(data.seq_len - 1), 1, device=device),
+                     train_ends=ends[tr], train_y=target[tr], val_ends=ends[va], val_y=target[va])
+
+
+def _train_epoch(run: _PlainRun, d: _OnDevice, ep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch over the shuffled training samples (seeded by (seed, epoch)); returns the
+    summed MSE and pinball loss, still on the device."""
+    cfg, model, opt, scaler = run.cfg, run.model, run.opt, run.scaler
+    device, with_q = d.feats.device, model.has_quantiles
+    n_train = len(d.train_ends)
+    n_batches = (n_train + cfg.batch_size - 1) // cfg.batch_size
+    torch.manual_seed(cfg.seed * 100_003 + ep)  # dropout and shuffle depend on (seed, epoch)
+    model.train()
+    perm = torch.randperm(n_train, device="cpu").to(device)
+    loss_sum = torch.zeros((), device=device)
+    pin_sum = torch.zeros((), device=device)
+    opt.zero_grad(set_to_none=True)
+    for i in range(n_batches):
+        b = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        x = _batch_windows(d.feats, d.train_ends[b], d.offsets)  # (B, T, K)
+        with run.autocast():
+            if with_q:
+                pred, q = model.forward_with_quantiles(x)
+                mse = nn.functional.mse_loss(pred.float(), d.train_y[b])
+                pin = quantile_pinball(q.float(), d.train_y[b], model.quantile_levels).mean()
+                loss = mse + run.q_weight * pin
+            else:
+                mse = loss = nn.functional.mse_loss(model(x).float(), d.train_y[b])
+        scaler.scale(loss / cfg.grad_accum_steps).backward()
+        loss_sum += mse.detach() * len(b)
+        if with_q:
+            pin_sum += pin.detach() * len(b)
+        if (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == n_batches:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+        run.sched.step(ep + (i + 1) / n_batches)
+    return loss_sum, pin_sum
+
+
+def _end_epoch(run: _PlainRun, d: _OnDevice, ep: int, loss_sum: torch.Tensor,
+               pin_sum: torch.Tensor, bar, desc: str) -> bool:
+    """Validate, append the history entry, keep the best weights and count the epochs
+    without improvement; True when early stopping ends the training."""
+    cfg, model = run.cfg, run.model
+    val_loss, val_pin = _mse(model, d.feats, d.val_ends, d.val_y, d.offsets,
+                             cfg.eval_batch_size, run.autocast, with_pinball=True)
+    n_train = len(d.train_ends)
+    train_loss = float(loss_sum) / n_train  # one host sync per epoch
+    run.epoch = epoch = ep + 1
+    entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+             "lr": run.opt.param_groups[0]["lr"]}
+    if model.has_quantiles:
+        entry.update(train_pinball=float(pin_sum) / n_train, val_pinball=val_pin)
+    run.history.append(entry)
+    if val_loss < run.best_val - cfg.min_delta:
+        run.best_val, run.best_epoch, run.bad = val_loss, epoch, 0
+        run.best_state = _cpu_state(model)
+    else:
+        run.bad += 1
+    bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}",
+                    best=f"{run.best_val:.4f}@{run.best_epoch}")
+    if cfg.early_stopping and run.bad >= cfg.patience:
+        run.stopped_early = True
+        log.info("%s: early stop at epoch %d (best %.5f at epoch %d)",
+                 desc, epoch, run.best_val, run.best_epoch)
+        return True
+    return False
+
+
+def _resume_state(run: _PlainRun) -> dict:
+    """Everything needed to continue the run (RESUME_FORMAT), on the CPU."""
+    model, scaler, cfg = run.model, run.scaler, run.cfg
+    return {"format": RESUME_FORMAT, "model_state": _cpu_state(model),
+            "optimizer_state": run.opt.state_dict(), "scheduler_state": run.sched.state_dict(),
+            "scaler_state": scaler.state_dict() if scaler.is_enabled() else {},
+            "epoch": run.epoch, "best_val_loss": run.best_val, "best_epoch": run.best_epoch,
+            "best_state": run.best_state if run.best_state is not None else _cpu_state(model),
+            "bad_epochs": run.bad, "stopped_early": run.stopped_early, "history": run.history,
+            "epochs_requested": cfg.epochs, "train_config": cfg.to_dict(),
+            "train_seconds": run.seconds_before + time.monotonic() - run.t_start}
+
+
 def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
                 resume: dict | None = None, desc: str = "train", show_progress: bool = True,
                 checkpoint_fn: Callable[[dict], None] | None = None) -> TrainOutcome:
@@ -230,128 +384,35 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
     """
     check_train_config(cfg)
     device = resolve_device(cfg.device)
-    dtype = amp_dtype(cfg, device)
-    torch.manual_seed(cfg.seed)
-    model = V3LSTMModel(model_cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        opt, T_0=cfg.scheduler_t0, T_mult=cfg.scheduler_t_mult, eta_min=cfg.eta_min)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-
-    start_epoch, best_val, best_epoch, bad, history = 0, float("inf"), 0, 0, []
-    seconds_before = 0.0                   # training time of the runs this one resumes
-    best_state = None
-    if resume:
-        model.load_state_dict(resume["model_state"])
-        opt.load_state_dict(resume["optimizer_state"])
-        sched.load_state_dict(resume["scheduler_state"])
-        if resume.get("scaler_state"):
-            scaler.load_state_dict(resume["scaler_state"])
-        start_epoch = int(resume["epoch"])
-        best_val, best_epoch = float(resume["best_val_loss"]), int(resume["best_epoch"])
-        best_state = resume["best_state"]
-        history = list(resume.get("history", []))
-        bad = 0 if resume.get("stopped_early") else int(resume.get("bad_epochs", 0))
-        seconds_before = float(resume.get("train_seconds", 0.0))
-    model.lstm.flatten_parameters()
-
-    feats = torch.as_tensor(data.features, device=device)                 # (R, K)
-    ends = torch.as_tensor(data.ends, device=device)                       # (N,)
-    target = torch.as_tensor(data.target, device=device)                   # (N,)
-    offsets = torch.arange(-(data.seq_len - 1), 1, device=device)          # (T,)
-    tr, va = data.split("train"), data.split("val")
-    train_ends, train_y = ends[tr], target[tr]
-    val_ends, val_y = ends[va], target[va]
-    n_train = len(train_ends)
-    with_q = model.has_quantiles
-    q_weight = float(model_cfg.quantile_weight)
-    n_batches = (n_train + cfg.batch_size - 1) // cfg.batch_size
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-
-    epoch = start_epoch
-    stopped_early = False
-    t_start = last_save = time.monotonic()
-
-    def state() -> dict:
-        return {"format": RESUME_FORMAT, "model_state": _cpu_state(model),
-                "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict(),
-                "scaler_state": scaler.state_dict() if scaler.is_enabled() else {},
-                "epoch": epoch, "best_val_loss": best_val, "best_epoch": best_epoch,
-                "best_state": best_state if best_state is not None else _cpu_state(model),
-                "bad_epochs": bad, "stopped_early": stopped_early, "history": history,
-                "epochs_requested": cfg.epochs, "train_config": cfg.to_dict(),
-                "train_seconds": seconds_before + time.monotonic() - t_start}
-
+    run = _set_up_run(model_cfg, cfg, device, resume)
+    d = _on_device(data, device)
+    run.t_start = last_save = time.monotonic()
+    start_epoch = run.start_epoch
     bar = progress(range(start_epoch, cfg.epochs), enabled=show_progress, desc=desc, unit="epoch",
                    total=cfg.epochs, initial=start_epoch)
     try:
         for ep in bar:
-            torch.manual_seed(cfg.seed * 100_003 + ep)  # dropout and shuffle depend on (seed, epoch)
-            model.train()
-            perm = torch.randperm(n_train, device="cpu").to(device)
-            loss_sum = torch.zeros((), device=device)
-            pin_sum = torch.zeros((), device=device)
-            opt.zero_grad(set_to_none=True)
-            for i in range(n_batches):
-                b = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                x = _batch_windows(feats, train_ends[b], offsets)  # (B, T, K)
-                with autocast():
-                    if with_q:
-                        pred, q = model.forward_with_quantiles(x)
-                        mse = nn.functional.mse_loss(pred.float(), train_y[b])
-                        pin = quantile_pinball(q.float(), train_y[b], model.quantile_levels).mean()
-                        loss = mse + q_weight * pin
-                    else:
-                        mse = loss = nn.functional.mse_loss(model(x).float(), train_y[b])
-                scaler.scale(loss / cfg.grad_accum_steps).backward()
-                loss_sum += mse.detach() * len(b)
-                if with_q:
-                    pin_sum += pin.detach() * len(b)
-                if (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == n_batches:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
-                    opt.zero_grad(set_to_none=True)
-                sched.step(ep + (i + 1) / n_batches)
-            val_loss, val_pin = _mse(model, feats, val_ends, val_y, offsets,
-                                     cfg.eval_batch_size, autocast, with_pinball=True)
-            train_loss = float(loss_sum) / n_train  # one host sync per epoch
-            epoch = ep + 1
-            entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                     "lr": opt.param_groups[0]["lr"]}
-            if with_q:
-                entry.update(train_pinball=float(pin_sum) / n_train, val_pinball=val_pin)
-            history.append(entry)
-            if val_loss < best_val - cfg.min_delta:
-                best_val, best_epoch, bad = val_loss, epoch, 0
-                best_state = _cpu_state(model)
-            else:
-                bad += 1
-            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}",
-                            best=f"{best_val:.4f}@{best_epoch}")
-            if cfg.early_stopping and bad >= cfg.patience:
-                stopped_early = True
-                log.info("%s: early stop at epoch %d (best %.5f at epoch %d)",
-                         desc, epoch, best_val, best_epoch)
+            loss_sum, pin_sum = _train_epoch(run, d, ep)
+            if _end_epoch(run, d, ep, loss_sum, pin_sum, bar, desc):
                 break
             if checkpoint_fn and time.monotonic() - last_save >= cfg.checkpoint_every_s:
-                checkpoint_fn(state())
+                checkpoint_fn(_resume_state(run))
                 last_save = time.monotonic()
     except KeyboardInterrupt:
-        if checkpoint_fn and epoch > start_epoch:
-            checkpoint_fn(state())
+        if checkpoint_fn and run.epoch > start_epoch:
+            checkpoint_fn(_resume_state(run))
             log.warning("%s: interrupted after epoch %d; its state is saved, re-run to resume",
-                        desc, epoch)
+                        desc, run.epoch)
         raise
     finally:
         bar.close()
-    final = state()
+    final = _resume_state(run)
     if checkpoint_fn:
         checkpoint_fn(final)
-    return TrainOutcome(best_state=final["best_state"], best_val_loss=best_val,
-                        best_epoch=best_epoch, epochs_done=epoch, stopped_early=stopped_early,
-                        history=history, resume_state=final, seconds=final["train_seconds"])
+    return TrainOutcome(best_state=final["best_state"], best_val_loss=run.best_val,
+                        best_epoch=run.best_epoch, epochs_done=run.epoch,
+                        stopped_early=run.stopped_early, history=run.history,
+                        resume_state=final, seconds=final["train_seconds"])
 
 
 @torch.no_grad()
@@ -437,154 +498,3 @@ def predict_quantiles_standardized(model: V3LSTMModel, data: PreparedData, idx, 
            .float().cpu() for i in range(0, len(ends), batch)]
     n_q = len(model.config.quantiles)
     return torch.cat(out).numpy() if out else np.zeros((0, n_q), np.float32)
-
-
-# ---------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def _save(obj: dict, path: str | Path) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def save_checkpoint(path: str | Path, *, model_state: dict, model_config: ModelConfig,
-                    data: PreparedData, feature_config: dict, meta: dict) -> None:
-    """The model file a user keeps: best weights + everything needed to predict."""
-    obj = {
-        "format": CHECKPOINT_FORMAT,
-        "model_state": model_state,
-        "model_config": model_config.to_dict(),
-        "feature_config": dict(feature_config),
-        "transform": {k: torch.as_tensor(v, dtype=torch.float64)
-                      for k, v in data.transform.to_arrays().items()},
-        "feature_names": list(data.feature_names),
-        "seq_len": int(data.seq_len),
-        "warmup_candles": int(WARMUP_CANDLES),
-        "feature_set_version": int(FEATURE_SET_VERSION),
-        "target_mean": float(data.target_mean),
-        "target_std": float(data.target_std),
-        "torch_version": str(torch.__version__),  # a plain str: weights_only refuses TorchVersion
-        **meta,
-    }
-    _save(obj, path)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a model checkpoint with weights_only=True; CheckpointError if it is not one."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}: train that pair first (step 4).")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a corrupt file; translate them all
-        raise CheckpointError(f"{path} is not a readable V3 checkpoint ({type(e).__name__}: "
-                              f"{str(e)[:200]}). Re-train or re-download it.") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        version = _format_version(fmt, CHECKPOINT_FORMAT)
-        if version is not None and version < _format_version(CHECKPOINT_FORMAT, CHECKPOINT_FORMAT):
-            raise CheckpointError(
-                f"{path} has format {fmt!r}: it was written by an older V3 (before the "
-                f"quantile head), and this V3 reads {CHECKPOINT_FORMAT!r}. Re-train the pair "
-                f"(--retrain, or retrain=True) to get a model file of this version.")
-        if version is not None:
-            raise CheckpointError(f"{path} has format {fmt!r}: it was written by a newer V3 "
-                                  f"than this one (which reads {CHECKPOINT_FORMAT!r}). "
-                                  f"Update V3 to load it.")
-        raise CheckpointError(f"{path} has format {fmt!r}, this V3 reads {CHECKPOINT_FORMAT!r}. "
-                              f"Re-train the pair with this version.")
-    return ckpt
-
-
-def _format_version(fmt, current: str) -> int | None:
-    """N of a format string 'v3-checkpoint-N' (the family of `current`), else None."""
-    family = current.rsplit("-", 1)[0] + "-"
-    if isinstance(fmt, str) and fmt.startswith(family) and fmt[len(family):].isdigit():
-        return int(fmt[len(family):])
-    return None
-
-
-def model_from_checkpoint(ckpt: dict) -> V3LSTMModel:
-    """A ready model (eval mode, CPU) from a loaded checkpoint."""
-    model = V3LSTMModel(ModelConfig.from_dict(ckpt["model_config"]))
-    try:
-        model.load_state_dict(ckpt["model_state"])
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint weights do not fit the stored model config: {e}") from e
-    model.lstm.flatten_parameters()
-    return model.eval()
-
-
-def transform_from_checkpoint(ckpt: dict) -> FittedTransform:
-    return FittedTransform.from_arrays({k: v.numpy() for k, v in ckpt["transform"].items()})
-
-
-def save_resume_state(state: dict, path: str | Path) -> None:
-    _save(state, path)
-
-
-def load_resume_state(path: str | Path) -> dict | None:
-    """The saved training state, or None when there is none or it is unreadable."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        st = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt resume file only costs a fresh start
-        log.warning("%s is unreadable (%s); training that pair from scratch", path, type(e).__name__)
-        return None
-    if not isinstance(st, dict) or st.get("format") != RESUME_FORMAT:
-        fmt = st.get("format") if isinstance(st, dict) else type(st).__name__
-        log.info("%s has format %r, this V3 resumes %r; training that pair from scratch",
-                 path, fmt, RESUME_FORMAT)
-        return None
-    return st
-
-
-@dataclass
-class LoadedModel:
-    """One pair's saved model (a local file or one from the Hub), ready to predict.
-
-    `model` takes windows (batch, seq_len, n_components) of PCA scores and returns the next
-    candle's standardised log return; `transform` maps raw indicator rows (in `feature_names`
-    order) to those scores; predicted close = last_close * exp(target_mean + target_std * out).
-    `model.forward_with_quantiles(windows)` also gives the standardised quantiles at
-    `quantiles` (empty without a head), mapped to closes the same way.
-    """
-    model: V3LSTMModel             # eval mode, CPU
-    transform: FittedTransform     # fitted on the training rows only
-    symbol: str
-    interval: str
-    feature_names: list[str]
-    seq_len: int
-    warmup_candles: int
-    target_mean: float
-    target_std: float
-    checkpoint: dict               # everything in the file: configs, data range, metrics
-    path: Path                     # the file (a Hub download lives in the huggingface_hub cache)
-    repo_id: str | None            # None for a local file
-    revision: str | None           # the commit the file came from
-
-    @property
-    def quantiles(self) -> tuple[float, ...]:
-        """The levels of the model's quantile head; () when it has none."""
-        return tuple(self.model.config.quantiles)
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: dict, *, path: Path, repo_id: str | None = None,
-                        revision: str | None = None) -> "LoadedModel":
-        """Rebuild the model and its preprocessing from a checkpoint read by load_checkpoint."""
-        return cls(model=model_from_checkpoint(ckpt), transform=transform_from_checkpoint(ckpt),
-                   symbol=str(ckpt["symbol"]), interval=str(ckpt["interval"]),
-                   feature_names=list(ckpt["feature_names"]), seq_len=int(ckpt["seq_len"]),
-                   warmup_candles=int(ckpt["warmup_candles"]),
-                   target_mean=float(ckpt["target_mean"]), target_std=float(ckpt["target_std"]),
-                   checkpoint=ckpt, path=Path(path), repo_id=repo_id, revision=revision)
-
-
-def load_model_file(path: str | Path) -> LoadedModel:
-    """A saved model file, checked (weights_only=True, weights fit the config) and rebuilt.
-    Raises CheckpointError for a missing, truncated or foreign file."""
-    return LoadedModel.from_checkpoint(load_checkpoint(path), path=Path(path))

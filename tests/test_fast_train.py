@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import v3_fast_group as fast_group
 import v3_fast_kernels as kernels
 import v3_fast_train as fast
 from v3_common import CheckpointError, ConfigError
@@ -31,8 +32,8 @@ from v3_data_processor import FeatureConfig, prepare_dataset
 from v3_lstm_model import ModelConfig, V3LSTMModel, quantile_pinball
 from v3_market_data import synthetic_klines
 from v3_engine import train_jobs
-from v3_trainer import (TrainConfig, TrainJob, model_from_checkpoint,
-                        predict_quantiles_standardized, predict_standardized)
+from v3_checkpoint import load_checkpoint, model_from_checkpoint
+from v3_trainer import TrainConfig, TrainJob, predict_quantiles_standardized, predict_standardized
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (bench/run_gpu_check.sh)")
@@ -319,7 +320,7 @@ def test_checkpoints_during_training_and_on_interrupt(pairs, monkeypatch, caplog
     jobs = [dataclasses.replace(j, checkpoint_fn=lambda st, k=j.key: saved.setdefault(k, []).append(st))
             for j in jobs]
     calls = {"n": 0}
-    real = fast._Group.run_epoch
+    real = fast_group.TrainGroup.run_epoch
 
     def run_then_interrupt(self):
         calls["n"] += 1
@@ -327,14 +328,14 @@ def test_checkpoints_during_training_and_on_interrupt(pairs, monkeypatch, caplog
             raise KeyboardInterrupt
         return real(self)
 
-    monkeypatch.setattr(fast._Group, "run_epoch", run_then_interrupt)
+    monkeypatch.setattr(fast_group.TrainGroup, "run_epoch", run_then_interrupt)
     cfg = dataclasses.replace(TRAIN, epochs=6, early_stopping=False, engine="fast")
     with caplog.at_level(logging.WARNING, logger="v3"), pytest.raises(KeyboardInterrupt):
         train_jobs(jobs, cfg, show_progress=False)
     # checkpoint_every_s=0: a state after epochs 1 and 2, then one more on the interrupt
     assert [st["epoch"] for st in saved["BTCUSDT"]] == [1, 2, 2]
     assert "BTCUSDT: interrupted after epoch 2; its state is saved, re-run to resume" in caplog.text
-    monkeypatch.setattr(fast._Group, "run_epoch", real)
+    monkeypatch.setattr(fast_group.TrainGroup, "run_epoch", real)
     resumed = [dataclasses.replace(j, resume=saved[j.key][-1], checkpoint_fn=None) for j in jobs]
     out = train_jobs(resumed, cfg, show_progress=False)
     whole = train_jobs(make_jobs(pairs), cfg, show_progress=False)
@@ -346,7 +347,7 @@ def test_checkpoints_during_training_and_on_interrupt(pairs, monkeypatch, caplog
 def test_a_step_on_padded_tables_changes_nothing(pairs):
     """What CUDA-graph warm-up and capture rely on: with the padded tables (zero loss
     weights, no optimizer step) a training step leaves every model exactly as it was."""
-    group = fast._Group(make_jobs(pairs, dataclasses.replace(MODEL, dropout=0.3)), TRAIN,
+    group = fast_group.TrainGroup(make_jobs(pairs, dataclasses.replace(MODEL, dropout=0.3)), TRAIN,
                         torch.device("cpu"), use_graph=False, label="t")
     group._fill_tables([0, 1, 2])
     for _ in range(2):                       # train a little, so moments and steps are not zero
@@ -364,7 +365,8 @@ def test_a_step_on_padded_tables_changes_nothing(pairs):
 
 def test_failed_graph_capture_falls_back_to_eager_and_says_so(pairs, caplog):
     cfg = dataclasses.replace(TRAIN, epochs=3, early_stopping=False)
-    group = fast._Group(make_jobs(pairs), cfg, torch.device("cpu"), use_graph=False, label="group 1/1")
+    group = fast_group.TrainGroup(make_jobs(pairs), cfg, torch.device("cpu"), use_graph=False,
+                                  label="group 1/1")
     group.use_graph = True                   # as on CUDA: on this CPU build capture must fail
     with caplog.at_level(logging.WARNING, logger="v3"):
         for _ in range(cfg.epochs):
@@ -411,7 +413,7 @@ def test_a_failed_capture_is_followed_by_one_that_succeeds_on_the_same_stream(mo
     monkeypatch.setattr(torch.cuda, "graph", Capture)
     side = Stream()
     side.name = "side"
-    fast._recover_from_failed_capture(torch.device("cpu"), side, None, "t")
+    fast_group.recover_from_failed_capture(torch.device("cpu"), side, None, "t")
     assert gen["capturing"] is False
     assert [s.name for s in captures] == ["side"]
     assert events[0] == "sync"                 # the side stream's work is done first
@@ -423,7 +425,7 @@ def test_graph_branch_replaying_bindings_frozen_at_capture(pairs, monkeypatch, c
     replay runs the step on those, as a real graph replays on the addresses it captured. A
     tensor rebound (re-pack, resume) without a new capture would train a stale copy here, as on
     a GPU, and the comparison with the plain loop would fail."""
-    real_step, capturing, graphs = fast._Group._train_step, [], []
+    real_step, capturing, graphs = fast_group.TrainGroup._train_step, [], []
 
     class Stream:
         def __init__(self, device=None):
@@ -456,13 +458,14 @@ def test_graph_branch_replaying_bindings_frozen_at_capture(pairs, monkeypatch, c
         capturing[0].frozen = frozen
         graphs.append(capturing[0])
 
-    monkeypatch.setattr(fast._Group, "_train_step", step)
+    monkeypatch.setattr(fast_group.TrainGroup, "_train_step", step)
     for name, fake in (("Stream", Stream), ("current_stream", lambda device=None: Stream()),
                        ("stream", lambda s: contextlib.nullcontext()), ("CUDAGraph", Graph),
                        ("graph", Capture)):
         monkeypatch.setattr(torch.cuda, name, fake)
     plain = train_jobs(make_jobs(pairs), dataclasses.replace(TRAIN, engine="plain"), show_progress=False)
-    group = fast._Group(make_jobs(pairs), TRAIN, torch.device("cpu"), use_graph=False, label="g")
+    group = fast_group.TrainGroup(make_jobs(pairs), TRAIN, torch.device("cpu"), use_graph=False,
+                                  label="g")
     group.use_graph = True                        # as on CUDA
     out: dict = {}
     with caplog.at_level(logging.INFO, logger="v3"):
@@ -477,14 +480,14 @@ def test_graph_branch_replaying_bindings_frozen_at_capture(pairs, monkeypatch, c
 def test_a_failure_inside_torch_hands_unfinished_models_to_the_plain_loop(pairs, monkeypatch, caplog):
     """What a CUDA out-of-memory does: the group's unfinished jobs are trained by the plain loop."""
     cfg = dataclasses.replace(TRAIN, epochs=3, early_stopping=False, engine="fast")
-    real = fast._Group.run_epoch
+    real = fast_group.TrainGroup.run_epoch
 
     def oom_in_epoch_2(self):
         if min(s.epoch for s in self.slots) == 1:
             raise RuntimeError("CUDA out of memory (test)")
         return real(self)
 
-    monkeypatch.setattr(fast._Group, "run_epoch", oom_in_epoch_2)
+    monkeypatch.setattr(fast_group.TrainGroup, "run_epoch", oom_in_epoch_2)
     with caplog.at_level(logging.WARNING, logger="v3"):
         out = train_jobs(make_jobs(pairs), cfg, show_progress=False)
     assert "fast engine failed (RuntimeError: CUDA out of memory (test)); training its 3 " \
@@ -513,7 +516,6 @@ def test_a_runtime_error_from_a_callback_reaches_the_caller(pairs, where, caplog
 def test_pipeline_step_4_with_the_fast_engine(tmp_path):
     from conftest import tiny_config
     from v3_colab_training import V3CoLabPipeline
-    from v3_trainer import load_checkpoint
     cfg = tiny_config()
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, engine="fast", device="cpu"))
     pipe = V3CoLabPipeline(tmp_path / "out", config=cfg, coins=["BTCUSDT"], timeframes=["15m", "1h"])
@@ -609,7 +611,8 @@ def test_cuda_graph_engine_trains_like_the_plain_loop(pairs, monkeypatch, caplog
 @needs_cuda
 def test_cuda_training_step_never_waits_for_the_gpu(pairs):
     cfg = dataclasses.replace(TRAIN, device="cuda")
-    group = fast._Group(make_jobs(pairs), cfg, torch.device("cuda"), use_graph=False, label="t")
+    group = fast_group.TrainGroup(make_jobs(pairs), cfg, torch.device("cuda"), use_graph=False,
+                                  label="t")
     group._fill_tables([0, 1, 2])
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")   # any host sync in the step raises
@@ -628,7 +631,8 @@ def test_cuda_graph_dropout_masks_change_from_replay_to_replay_and_repeat_with_t
     And replaying, as run_epoch does once per step, must not wait for the GPU."""
     model = dataclasses.replace(MODEL, dropout=0.3)
     cfg = dataclasses.replace(TRAIN, device="cuda")
-    group = fast._Group(make_jobs(pairs, model), cfg, torch.device("cuda"), use_graph=True, label="t")
+    group = fast_group.TrainGroup(make_jobs(pairs, model), cfg, torch.device("cuda"), use_graph=True,
+                                  label="t")
     group._capture()
     assert group.graph is not None
 
@@ -660,14 +664,14 @@ def test_cuda_graph_dropout_masks_change_from_replay_to_replay_and_repeat_with_t
 def test_cuda_failed_capture_restores_the_stream_and_trains_eagerly(pairs, monkeypatch, caplog):
     """A host sync inside the captured step invalidates the capture; torch.cuda.graph then
     raises from capture_end without putting the caller's stream back. The engine must."""
-    real = fast._Group._train_step
+    real = fast_group.TrainGroup._train_step
 
     def syncs_while_capturing(self):
         if torch.cuda.is_current_stream_capturing():
             self.sse.sum().item()                  # not allowed during capture: it raises
         return real(self)
 
-    monkeypatch.setattr(fast._Group, "_train_step", syncs_while_capturing)
+    monkeypatch.setattr(fast_group.TrainGroup, "_train_step", syncs_while_capturing)
     cfg = dataclasses.replace(TRAIN, epochs=2, early_stopping=False, device="cuda")
     stream = torch.cuda.current_stream()
     with caplog.at_level(logging.WARNING, logger="v3"):
@@ -686,14 +690,14 @@ def test_cuda_failed_capture_with_dropout_leaves_eager_and_plain_training_workin
     generator in capture mode, so the next eager dropout raised "Offset increment outside
     graph capture encountered unexpectedly" (the fast engine's eager epoch, then the plain
     loop it fell back to). Both must train now."""
-    real = fast._Group._train_step
+    real = fast_group.TrainGroup._train_step
 
     def syncs_while_capturing(self):
         if torch.cuda.is_current_stream_capturing():
             self.sse.sum().item()                  # not allowed during capture: it raises
         return real(self)
 
-    monkeypatch.setattr(fast._Group, "_train_step", syncs_while_capturing)
+    monkeypatch.setattr(fast_group.TrainGroup, "_train_step", syncs_while_capturing)
     model = dataclasses.replace(MODEL, dropout=0.3)
     cfg = dataclasses.replace(TRAIN, epochs=2, early_stopping=False, device="cuda")
     with caplog.at_level(logging.WARNING, logger="v3"):

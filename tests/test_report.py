@@ -304,7 +304,7 @@ def _results(run) -> dict:
 
 
 def test_learning_curves_reference_is_the_mean_forecast_loss_with_integer_epochs():
-    from v3_report import learning_curves_figure
+    from v3_report_plots import learning_curves_figure
     history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 0.6 + 0.01 * e} for e in (1, 2, 3)]
     fig = learning_curves_figure(history, title="t", mean_forecast_loss=0.58)
     ax = fig.axes[0]
@@ -320,7 +320,7 @@ def test_learning_curves_reference_is_the_mean_forecast_loss_with_integer_epochs
 
 
 def test_draw_plots_passes_the_stored_mean_forecast_loss(run, monkeypatch, tmp_path):
-    import v3_report
+    import v3_report_plots
     p, _ = run
     results = _results(run)
     results["BTCUSDT_1h"]["val_loss_mean_forecast"] = 0.58
@@ -330,16 +330,16 @@ def test_draw_plots_passes_the_stored_mean_forecast_loss(run, monkeypatch, tmp_p
     def fake_curves(history, path, *, title, mean_forecast_loss=None):
         seen[title.split(":")[0]] = mean_forecast_loss
         return path
-    monkeypatch.setattr(v3_report, "plot_learning_curves", fake_curves)
-    monkeypatch.setattr(v3_report, "plot_predictions", lambda *a, **k: None)
-    monkeypatch.setattr(v3_report, "plot_equity", lambda *a, **k: None)
-    v3_report.draw_plots(p.base_dir, results)
+    monkeypatch.setattr(v3_report_plots, "plot_learning_curves", fake_curves)
+    monkeypatch.setattr(v3_report_plots, "plot_predictions", lambda *a, **k: None)
+    monkeypatch.setattr(v3_report_plots, "plot_equity", lambda *a, **k: None)
+    v3_report_plots.draw_plots(p.base_dir, results)
     assert seen == {"BTCUSDT_15m": None, "BTCUSDT_1h": 0.58}
 
 
 def test_direction_histogram_is_marked_synthetic_with_integer_counts(run):
     from v3_metrics import summarize_pairs
-    from v3_report import direction_figure
+    from v3_report_plots import direction_figure
     results = _results(run)
     entries = {k: results[k] for k in PAIRS}
     entries["BTCUSDT_1h"]["test"].update(constant_direction=True, up_share=0.0, sign_changes=0)

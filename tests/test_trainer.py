@@ -11,9 +11,10 @@ from v3_common import CheckpointError, ConfigError
 from v3_data_processor import prepare_dataset
 from v3_intervals import pinball_loss
 from v3_market_data import synthetic_klines
+import v3_checkpoint
 import v3_trainer
-from v3_trainer import (TrainConfig, amp_dtype, check_train_config, load_checkpoint,
-                        load_resume_state, predict_standardized, train_model)
+from v3_checkpoint import load_checkpoint, load_resume_state
+from v3_trainer import TrainConfig, amp_dtype, check_train_config, predict_standardized, train_model
 from v3_lstm_model import V3LSTMModel
 
 
@@ -67,7 +68,7 @@ def test_checkpoint_fn_gets_a_resumable_state(data, tmp_path):
     assert saved and saved[-1]["epoch"] == out.epochs_done
     for key in ("model_state", "optimizer_state", "scheduler_state", "best_state", "history"):
         assert key in saved[-1]
-    from v3_trainer import save_resume_state
+    from v3_checkpoint import save_resume_state
     save_resume_state(saved[-1], tmp_path / "r.pt")
     st = load_resume_state(tmp_path / "r.pt")  # weights_only=True inside
     assert st["epoch"] == out.epochs_done
@@ -135,11 +136,11 @@ def test_checkpoints_load_with_weights_only(tmp_path, data15):
     outcome = v3_trainer.train_model(data15, TINY_MODEL, dataclasses.replace(TINY_TRAIN, epochs=1),
                                      show_progress=False)
     path = tmp_path / "m.pt"
-    v3_trainer.save_checkpoint(path, model_state=outcome.best_state, model_config=TINY_MODEL,
+    v3_checkpoint.save_checkpoint(path, model_state=outcome.best_state, model_config=TINY_MODEL,
                                data=data15, feature_config=TINY_FEATURES.to_dict(), meta={})
     ckpt = load_checkpoint(path)                     # torch.load(weights_only=True) inside
     assert type(ckpt["torch_version"]) is str
-    model = v3_trainer.model_from_checkpoint(ckpt)
+    model = v3_checkpoint.model_from_checkpoint(ckpt)
     assert model(torch.zeros(2, TINY_FEATURES.seq_len, TINY_MODEL.input_size)).shape == (2,)
 
 
@@ -207,29 +208,29 @@ def test_mean_forecast_val_loss_is_the_trainers_loss_of_the_constant_forecast(da
 
 def test_a_truncated_model_file_raises_checkpoint_error(tmp_path, data):
     path = tmp_path / "v3_model_BTCUSDT_1h.pt"
-    v3_trainer.save_checkpoint(path, model_state=V3LSTMModel(TINY_MODEL).state_dict(),
+    v3_checkpoint.save_checkpoint(path, model_state=V3LSTMModel(TINY_MODEL).state_dict(),
                                model_config=TINY_MODEL, data=data,
                                feature_config=TINY_FEATURES.to_dict(),
                                meta={"symbol": "BTCUSDT", "interval": "1h"})
-    assert v3_trainer.load_model_file(path).symbol == "BTCUSDT"   # the whole file loads
+    assert v3_checkpoint.load_model_file(path).symbol == "BTCUSDT"   # the whole file loads
     raw = path.read_bytes()
     path.write_bytes(raw[:len(raw) // 2])
     with pytest.raises(CheckpointError, match="not a readable V3 checkpoint"):
-        v3_trainer.load_model_file(path)
+        v3_checkpoint.load_model_file(path)
 
 
 # -- the quantile head: loss, history, predictions, checkpoint format ------------------------
 
 
 def test_checkpoint_and_resume_formats_are_version_2():
-    assert v3_trainer.CHECKPOINT_FORMAT == "v3-checkpoint-2"
-    assert v3_trainer.RESUME_FORMAT == "v3-resume-2"
+    assert v3_checkpoint.CHECKPOINT_FORMAT == "v3-checkpoint-2"
+    assert v3_checkpoint.RESUME_FORMAT == "v3-resume-2"
 
 
 def test_an_old_checkpoint_says_it_was_written_by_an_older_v3_and_to_retrain(tmp_path, data):
     path = tmp_path / "v3_model_BTCUSDT_1h.pt"
     no_head = dataclasses.replace(TINY_MODEL, quantiles=())
-    v3_trainer.save_checkpoint(path, model_state=V3LSTMModel(no_head).state_dict(),
+    v3_checkpoint.save_checkpoint(path, model_state=V3LSTMModel(no_head).state_dict(),
                                model_config=no_head, data=data,
                                feature_config=TINY_FEATURES.to_dict(),
                                meta={"symbol": "BTCUSDT", "interval": "1h"})
@@ -238,7 +239,7 @@ def test_an_old_checkpoint_says_it_was_written_by_an_older_v3_and_to_retrain(tmp
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match=r"has format 'v3-checkpoint-1': it was written by an "
                                               r"older V3.*Re-train the pair \(--retrain"):
-        v3_trainer.load_model_file(path)
+        v3_checkpoint.load_model_file(path)
     ckpt["format"] = "v3-checkpoint-9"
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match="written by a newer V3"):
@@ -294,10 +295,10 @@ def test_a_checkpoint_rebuilds_the_quantile_head(tmp_path, data):
     outcome = train_model(data, TINY_MODEL, dataclasses.replace(TINY_TRAIN, epochs=1),
                           show_progress=False)
     path = tmp_path / "v3_model_BTCUSDT_1h.pt"
-    v3_trainer.save_checkpoint(path, model_state=outcome.best_state, model_config=TINY_MODEL,
+    v3_checkpoint.save_checkpoint(path, model_state=outcome.best_state, model_config=TINY_MODEL,
                                data=data, feature_config=TINY_FEATURES.to_dict(),
                                meta={"symbol": "BTCUSDT", "interval": "1h"})
-    loaded = v3_trainer.load_model_file(path)
+    loaded = v3_checkpoint.load_model_file(path)
     assert loaded.checkpoint["format"] == "v3-checkpoint-2"
     assert loaded.quantiles == TINY_MODEL.quantiles and loaded.model.has_quantiles
     assert loaded.model.config == TINY_MODEL

@@ -1,0 +1,174 @@
+"""Model files and resume files: save and load them, and rebuild a ready model from one.
+
+A model file (save_checkpoint) is what a user keeps: the best weights, the model config, the
+fitted PCA transform and everything else needed to predict; `LoadedModel` is one read back
+(load_model_file for a local file, v3_hub for one from the Hub). A resume file
+(save_resume_state) is v3_trainer.train_model's training state, so an interrupted run
+continues where it stopped.
+
+Checkpoints hold only tensors, numbers, strings, lists and dicts, so
+`torch.load(path, weights_only=True)` reads them.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from v3_common import CheckpointError, atomic_write_bytes, log
+from v3_data_processor import FEATURE_SET_VERSION, WARMUP_CANDLES, FittedTransform, PreparedData
+from v3_lstm_model import ModelConfig, V3LSTMModel
+
+# 2: the quantile head (quantile_head.* weights, ModelConfig.quantiles / quantile_weight,
+# train_pinball / val_pinball in the history). Files of format 1 are refused: re-train.
+CHECKPOINT_FORMAT = "v3-checkpoint-2"
+RESUME_FORMAT = "v3-resume-2"
+
+
+def _save(obj: dict, path: str | Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_checkpoint(path: str | Path, *, model_state: dict, model_config: ModelConfig,
+                    data: PreparedData, feature_config: dict, meta: dict) -> None:
+    """The model file a user keeps: best weights + everything needed to predict."""
+    obj = {
+        "format": CHECKPOINT_FORMAT,
+        "model_state": model_state,
+        "model_config": model_config.to_dict(),
+        "feature_config": dict(feature_config),
+        "transform": {k: torch.as_tensor(v, dtype=torch.float64)
+                      for k, v in data.transform.to_arrays().items()},
+        "feature_names": list(data.feature_names),
+        "seq_len": int(data.seq_len),
+        "warmup_candles": int(WARMUP_CANDLES),
+        "feature_set_version": int(FEATURE_SET_VERSION),
+        "target_mean": float(data.target_mean),
+        "target_std": float(data.target_std),
+        "torch_version": str(torch.__version__),  # a plain str: weights_only refuses TorchVersion
+        **meta,
+    }
+    _save(obj, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a model checkpoint with weights_only=True; CheckpointError if it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}: train that pair first (step 4).")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt file; translate them all
+        raise CheckpointError(f"{path} is not a readable V3 checkpoint ({type(e).__name__}: "
+                              f"{str(e)[:200]}). Re-train or re-download it.") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        version = _format_version(fmt, CHECKPOINT_FORMAT)
+        if version is not None and version < _format_version(CHECKPOINT_FORMAT, CHECKPOINT_FORMAT):
+            raise CheckpointError(
+                f"{path} has format {fmt!r}: it was written by an older V3 (before the "
+                f"quantile head), and this V3 reads {CHECKPOINT_FORMAT!r}. Re-train the pair "
+                f"(--retrain, or retrain=True) to get a model file of this version.")
+        if version is not None:
+            raise CheckpointError(f"{path} has format {fmt!r}: it was written by a newer V3 "
+                                  f"than this one (which reads {CHECKPOINT_FORMAT!r}). "
+                                  f"Update V3 to load it.")
+        raise CheckpointError(f"{path} has format {fmt!r}, this V3 reads {CHECKPOINT_FORMAT!r}. "
+                              f"Re-train the pair with this version.")
+    return ckpt
+
+
+def _format_version(fmt, current: str) -> int | None:
+    """N of a format string 'v3-checkpoint-N' (the family of `current`), else None."""
+    family = current.rsplit("-", 1)[0] + "-"
+    if isinstance(fmt, str) and fmt.startswith(family) and fmt[len(family):].isdigit():
+        return int(fmt[len(family):])
+    return None
+
+
+def model_from_checkpoint(ckpt: dict) -> V3LSTMModel:
+    """A ready model (eval mode, CPU) from a loaded checkpoint."""
+    model = V3LSTMModel(ModelConfig.from_dict(ckpt["model_config"]))
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not fit the stored model config: {e}") from e
+    model.lstm.flatten_parameters()
+    return model.eval()
+
+
+def transform_from_checkpoint(ckpt: dict) -> FittedTransform:
+    return FittedTransform.from_arrays({k: v.numpy() for k, v in ckpt["transform"].items()})
+
+
+def save_resume_state(state: dict, path: str | Path) -> None:
+    _save(state, path)
+
+
+def load_resume_state(path: str | Path) -> dict | None:
+    """The saved training state, or None when there is none or it is unreadable."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt resume file only costs a fresh start
+        log.warning("%s is unreadable (%s); training that pair from scratch", path, type(e).__name__)
+        return None
+    if not isinstance(st, dict) or st.get("format") != RESUME_FORMAT:
+        fmt = st.get("format") if isinstance(st, dict) else type(st).__name__
+        log.info("%s has format %r, this V3 resumes %r; training that pair from scratch",
+                 path, fmt, RESUME_FORMAT)
+        return None
+    return st
+
+
+@dataclass
+class LoadedModel:
+    """One pair's saved model (a local file or one from the Hub), ready to predict.
+
+    `model` takes windows (batch, seq_len, n_components) of PCA scores and returns the next
+    candle's standardised log return; `transform` maps raw indicator rows (in `feature_names`
+    order) to those scores; predicted close = last_close * exp(target_mean + target_std * out).
+    `model.forward_with_quantiles(windows)` also gives the standardised quantiles at
+    `quantiles` (empty without a head), mapped to closes the same way.
+    """
+    model: V3LSTMModel             # eval mode, CPU
+    transform: FittedTransform     # fitted on the training rows only
+    symbol: str
+    interval: str
+    feature_names: list[str]
+    seq_len: int
+    warmup_candles: int
+    target_mean: float
+    target_std: float
+    checkpoint: dict               # everything in the file: configs, data range, metrics
+    path: Path                     # the file (a Hub download lives in the huggingface_hub cache)
+    repo_id: str | None            # None for a local file
+    revision: str | None           # the commit the file came from
+
+    @property
+    def quantiles(self) -> tuple[float, ...]:
+        """The levels of the model's quantile head; () when it has none."""
+        return tuple(self.model.config.quantiles)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, *, path: Path, repo_id: str | None = None,
+                        revision: str | None = None) -> "LoadedModel":
+        """Rebuild the model and its preprocessing from a checkpoint read by load_checkpoint."""
+        return cls(model=model_from_checkpoint(ckpt), transform=transform_from_checkpoint(ckpt),
+                   symbol=str(ckpt["symbol"]), interval=str(ckpt["interval"]),
+                   feature_names=list(ckpt["feature_names"]), seq_len=int(ckpt["seq_len"]),
+                   warmup_candles=int(ckpt["warmup_candles"]),
+                   target_mean=float(ckpt["target_mean"]), target_std=float(ckpt["target_std"]),
+                   checkpoint=ckpt, path=Path(path), repo_id=repo_id, revision=revision)
+
+
+def load_model_file(path: str | Path) -> LoadedModel:
+    """A saved model file, checked (weights_only=True, weights fit the config) and rebuilt.
+    Raises CheckpointError for a missing, truncated or foreign file."""
+    return LoadedModel.from_checkpoint(load_checkpoint(path), path=Path(path))
