@@ -24,8 +24,7 @@ import pandas as pd
 from v3_common import (INTERVAL_MS, REQUIRED_COLUMNS, CheckpointError, ConfigError,
                        DataValidationError, InsufficientDataError, atomic_write_bytes,
                        check_interval, log, plural, utc_minute)
-# FEATURE_DOCS and feature_names are re-exported: tests and bench/ import them from here
-from v3_indicators import FEATURE_DOCS, feature_names, indicator_table  # noqa: F401
+from v3_indicators import FEATURE_DOCS, feature_names, indicator_table
 
 # Rows dropped (NaN) at the start of every series. Recursive indicators forget where they
 # started as (1 - alpha)^k: EMA(26) and Wilder(14) lose a factor 10 every ~31 candles, ADX

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from v3_baselines import LinearBaseline, baseline_models
+from v3_checkpoint import load_model_file
 from v3_common import CheckpointError, ConfigError, V3Error, atomic_write_bytes, log
 from v3_data_processor import PreparedData, prepare_dataset
 from v3_intervals import (INTERVAL_BASELINES, QUANTILE_COLUMNS, QUANTILES, evaluate_intervals,
@@ -28,8 +29,7 @@ from v3_intervals import (INTERVAL_BASELINES, QUANTILE_COLUMNS, QUANTILES, evalu
 from v3_layout import RunLayout
 from v3_lstm_model import V3LSTMModel
 from v3_metrics import backtest_direction, forecast_metrics, naive_mae
-from v3_trainer import (load_model_file, predict_quantiles_standardized, predict_standardized,
-                        train_model)
+from v3_trainer import predict_quantiles_standardized, predict_standardized, train_model
 
 
 def evaluate_pair(data, predicted_test: np.ndarray, *, baselines: list | None = None) -> dict:

@@ -44,12 +44,12 @@ from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, HFValida
 from huggingface_hub.utils import (are_progress_bars_disabled, disable_progress_bars,
                                    enable_progress_bars, validate_repo_id)
 
+from v3_checkpoint import LoadedModel, load_checkpoint, load_model_file
 from v3_common import (CheckpointError, ConfigError, DownloadError, UploadError, check_interval,
                        log, normalize_symbol, plural, read_json, shorten)
 from v3_layout import RunLayout, model_filename
 from v3_model_card import (CARD_LICENSE, CARD_MARKER, CONFIG_NAME, DEFAULT_FOLDER, RESULTS_NAME,
                            build_model_card)
-from v3_trainer import LoadedModel, load_checkpoint, load_model_file
 
 DEFAULT_REPO_NAME = "cpb-models"
 MAX_ATTEMPTS = 3          # tries per Hub call when the failure is transient

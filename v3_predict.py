@@ -40,7 +40,7 @@ from v3_model_card import DEFAULT_FOLDER
 if TYPE_CHECKING:
     import pandas as pd
 
-    from v3_trainer import LoadedModel
+    from v3_checkpoint import LoadedModel
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 STALE_AFTER_INTERVALS = 2  # market data older than this many intervals is refused
@@ -69,7 +69,7 @@ def load_model(model: str | Path, symbol: str, interval: str, *, folder: str = D
     Raises CheckpointError when there is no model for the pair, the file is corrupt, or it
     was trained by an incompatible version of V3.
     """
-    from v3_trainer import load_model_file  # lazy: torch (see the top)
+    from v3_checkpoint import load_model_file  # lazy: torch (see the top)
     symbol, interval = normalize_symbol(symbol), check_interval(interval)
     path = model_file(model, symbol, interval)
     if path is not None:
@@ -87,7 +87,8 @@ def load_model(model: str | Path, symbol: str, interval: str, *, folder: str = D
 
 
 def _check_compatible(m: LoadedModel, symbol: str, interval: str) -> None:
-    from v3_data_processor import FEATURE_SET_VERSION, feature_names  # lazy: pandas
+    from v3_data_processor import FEATURE_SET_VERSION  # lazy: pandas
+    from v3_indicators import feature_names
     where = m.repo_id or m.path
     if (m.symbol, m.interval) != (symbol, interval):
         raise CheckpointError(f"{where} holds a model for {m.symbol} {m.interval}, not "
@@ -150,7 +151,7 @@ def predict_next(symbol: str, interval: str, *, model: str | Path | LoadedModel,
     import torch  # lazy (see the top)
 
     from v3_data_processor import latest_window
-    from v3_trainer import LoadedModel
+    from v3_checkpoint import LoadedModel
     symbol, interval = normalize_symbol(symbol), check_interval(interval)
     m = model if isinstance(model, LoadedModel) else load_model(model, symbol, interval,
                                                                 folder=folder, token=token)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from v3_checkpoint import load_model_file, load_resume_state, save_checkpoint, save_resume_state
 from v3_common import CheckpointError, V3Error, log, utc_minute
 from v3_data_processor import WARMUP_CANDLES, PreparedData, prepare_dataset
 from v3_metrics import regression_metrics
@@ -22,9 +23,7 @@ from v3_layout import RunLayout
 from v3_market_data import read_klines
 from v3_evaluation import (best_model, evaluation_fields, fingerprint, model_test_forecast,
                             score_model, write_predictions)
-from v3_trainer import (TrainJob, TrainOutcome, load_model_file, load_resume_state,
-                        mean_forecast_val_loss, resolve_device, save_checkpoint,
-                        save_resume_state)
+from v3_trainer import TrainJob, TrainOutcome, mean_forecast_val_loss, resolve_device
 
 
 @dataclass

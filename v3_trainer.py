@@ -13,9 +13,8 @@ MSE(point) + quantile_weight * mean pinball loss of the quantiles, both on the s
 target; the validation loss (early stopping, val_loss, best_val_loss) stays the point
 forecast's MSE, and each history entry also records train_pinball and val_pinball.
 
-Saving and loading model and resume files is v3_checkpoint's job; its public names
-(save_checkpoint, load_checkpoint, load_model_file, LoadedModel, ...) are importable from
-here too.
+Saving and loading model and resume files (and `LoadedModel`) is v3_checkpoint's job,
+beside this module.
 """
 from __future__ import annotations
 
@@ -29,12 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-# the checkpoint names are re-exported: v3_hub, v3_evaluation, v3_train_step, v3_predict and
-# bench/ import them from v3_trainer
-from v3_checkpoint import (CHECKPOINT_FORMAT, RESUME_FORMAT, LoadedModel,  # noqa: F401
-                           load_checkpoint, load_model_file, load_resume_state,
-                           model_from_checkpoint, save_checkpoint, save_resume_state,
-                           transform_from_checkpoint)
+from v3_checkpoint import RESUME_FORMAT
 from v3_common import ConfigError, log, progress
 from v3_data_processor import PreparedData
 from v3_lstm_model import ModelConfig, V3LSTMModel, quantile_pinball

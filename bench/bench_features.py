@@ -24,7 +24,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from v3_common import DEFAULT_COINS, DEFAULT_TIMEFRAMES, plural  # noqa: E402
-from v3_data_processor import FEATURE_DOCS, WARMUP_CANDLES, compute_indicators  # noqa: E402
+from v3_data_processor import WARMUP_CANDLES, compute_indicators  # noqa: E402
+from v3_indicators import FEATURE_DOCS  # noqa: E402
 from v3_market_data import synthetic_klines  # noqa: E402
 
 NAN = float("nan")

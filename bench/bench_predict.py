@@ -26,13 +26,13 @@ import torch  # noqa: E402
 
 import benchlib  # noqa: E402
 
+from v3_checkpoint import save_checkpoint  # noqa: E402
 from v3_common import DEFAULT_COINS, INTERVAL_MS  # noqa: E402
 from v3_data_processor import FeatureConfig, latest_window, prepare_dataset  # noqa: E402
 from v3_layout import model_filename  # noqa: E402
 from v3_lstm_model import ModelConfig, V3LSTMModel  # noqa: E402
 from v3_market_data import synthetic_klines  # noqa: E402
 from v3_predict import load_model, predict_next  # noqa: E402
-from v3_trainer import save_checkpoint  # noqa: E402
 
 
 def machine() -> str:

@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import v3_data_processor as dp  # noqa: E402
+from v3_indicators import feature_names  # noqa: E402
 from v3_common import INTERVAL_MS, V3Error  # noqa: E402
 from v3_market_data import read_klines  # noqa: E402
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     saved_warmup = dp.WARMUP_CANDLES
-    names = dp.feature_names()
+    names = feature_names()
     worst = np.zeros((600, len(names)))
     problems = 0
     print(f"{'file':22s} {'rows':>6s} {'gaps':>4s} {'vol=0':>5s} {'flat':>4s} "

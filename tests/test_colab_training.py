@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from tests.conftest import TINY_MODEL, TINY_TRAIN, tiny_config
+from v3_checkpoint import load_checkpoint, model_from_checkpoint
 from v3_colab_training import PipelineConfig, V3CoLabPipeline, demo_config, main
 from v3_common import (DEFAULT_COINS, KLINE_COLUMNS, ConfigError, DataValidationError,
                        InsufficientDataError, V3Error)
 from v3_data_processor import PreparedData
 from v3_metrics import regression_metrics
 from v3_market_data import read_klines, synthetic_klines, write_klines
-from v3_trainer import load_checkpoint, model_from_checkpoint, predict_standardized
+from v3_trainer import predict_standardized
 
 REPO = Path(__file__).resolve().parents[1]
 

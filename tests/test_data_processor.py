@@ -28,9 +28,9 @@ import v3_data_processor as dp
 from conftest import tiny_config
 from v3_colab_training import V3CoLabPipeline
 from v3_common import (INTERVAL_MS, CheckpointError, DataValidationError, InsufficientDataError)
-from v3_data_processor import (FEATURE_DOCS, WARMUP_CANDLES, FeatureConfig, PreparedData,
-                               compute_indicators, feature_names, latest_window, prepare_dataset,
-                               validate_klines)
+from v3_data_processor import (WARMUP_CANDLES, FeatureConfig, PreparedData, compute_indicators,
+                               latest_window, prepare_dataset, validate_klines)
+from v3_indicators import FEATURE_DOCS, feature_names
 from v3_market_data import synthetic_klines, write_klines
 
 ROOT = Path(__file__).resolve().parents[1]

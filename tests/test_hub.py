@@ -423,7 +423,8 @@ def test_card_replaces_a_root_readme_that_we_wrote(trained, hub):
 
 def test_uploaded_model_predicts_exactly_like_the_local_one(trained, hub, tmp_path):
     from v3_data_processor import PreparedData
-    from v3_trainer import load_checkpoint, model_from_checkpoint, predict_standardized
+    from v3_checkpoint import load_checkpoint, model_from_checkpoint
+    from v3_trainer import predict_standardized
     up = upload(trained, hub)
     for symbol, interval in PAIRS:
         m = load_model_from_hub(REPO, symbol, interval, endpoint=hub.url,

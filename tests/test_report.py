@@ -213,7 +213,7 @@ def test_rescoring_to_the_same_numbers_leaves_the_model_files_alone(tmp_path):
     assert p.rescore_pairs() and path.read_bytes() == before
     # a checkpoint whose numbers differ from the re-scored ones is still brought in step
     import torch
-    from v3_trainer import load_checkpoint
+    from v3_checkpoint import load_checkpoint
     ckpt = load_checkpoint(path)
     ckpt["test"] = dict(ckpt["test"], mape=-1.0)
     torch.save(ckpt, path)
