@@ -377,7 +377,10 @@ class V3CoLabPipeline:
         """Score trained pairs (all, or `keys`) again from their saved model and features, with
         no training. A pair that cannot be re-scored keeps its old numbers and gets a
         `rescore_error` (shown in the report)."""
-        c, done = self.config, {}
+        return self._rescore(self.checked_config(), keys)
+
+    def _rescore(self, c: PipelineConfig, keys: list[str] | None) -> dict:
+        done = {}
         for key, entry in self.store.trained().items():
             if keys is not None and key not in keys:
                 continue
@@ -434,13 +437,13 @@ class V3CoLabPipeline:
         results/report.md + report.html with plots. `rescore` first re-scores every pair;
         pairs scored by an older V3 (no baselines or backtest yet) or with another fee are
         re-scored anyway."""
-        return self._report(self.config, rescore=rescore)
+        return self._report(self.checked_config(), rescore=rescore)
 
     def _report(self, c: PipelineConfig, *, rescore: bool = False) -> dict:
         old = [k for k, v in self.store.trained().items()
                if (v.get("backtest") or {}).get("fee_per_side") != c.fee_per_side]
         if rescore or old:
-            self.rescore_pairs(None if rescore else old)
+            self._rescore(c, None if rescore else old)
         results = self.store.load()
         entries = {k: v for k, v in self.store.trained().items() if (v.get("test") or {}).get("n")}
         summary = summarize_pairs(entries)
