@@ -1,6 +1,6 @@
 """Run the indicators on real Binance candles and report what could go wrong on real data.
 
-    python bench/check_real_data.py --data-dir ../shared/data/binance-dev
+    python bench/check_real_data.py --data-dir path/to/binance-csvs
 
 For every SYMBOL_INTERVAL.csv[.gz] file: validation, gaps, zero-volume and flat candles;
 indicator columns that are constant, NaN after the warm-up, or inf; the largest |value| in

@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-# Binance's answer to a restricted location, byte for byte (REFERENCE.md section 1).
+# Binance's answer to a restricted location, byte for byte (as Binance sends it).
 GEO_BLOCK_BODY = ('{"code":0,"msg":"Service unavailable from a restricted location according to '
                   "'b. Eligibility' in https://www.binance.com/en/terms. Please contact customer "
                   'service if you believe you received this message in error."}')
