@@ -37,7 +37,7 @@ from v3_binance_data import RENAMED_SYMBOLS, BinanceDownloader, format_download_
 from v3_common import (ConfigError, V3Error, atomic_write_json, default_base_dir,  # noqa: E402
                        json_default, log, pair_key, plural, progress, read_json, setup_logging,
                        shorten, text_table, fmt_num)
-from v3_config import (DEMO_COINS, SOURCES, PipelineConfig, check_config,  # noqa: E402,F401
+from v3_config import (DEMO_COINS, PipelineConfig, check_config,  # noqa: E402,F401
                        check_pairs, demo_config)
 from v3_data_processor import WARMUP_CANDLES, prepare_dataset  # noqa: E402
 from v3_engine import train_jobs  # noqa: E402

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from v3_binance_data import api_urls_from_env
+from v3_cli import SOURCES
 from v3_common import (DEFAULT_COINS, DEFAULT_TIMEFRAMES, ConfigError, check_interval,
                        normalize_symbol)
 from v3_data_processor import WARMUP_CANDLES, FeatureConfig, check_feature_config
@@ -21,7 +22,6 @@ from v3_hub import check_folder, check_repo_id
 from v3_lstm_model import ModelConfig, check_model_config
 from v3_trainer import TrainConfig, check_train_config, resolve_device
 
-SOURCES = ("binance", "binance-archive", "csv", "synthetic")
 PRESETS = ("guide", "demo")
 DEMO_COINS = ("BTCUSDT", "ETHUSDT")
 

@@ -83,7 +83,7 @@ def _verdict_sentence(summary: dict) -> str:
     beat, worse = summary["beat_persistence"]["count"], summary["worse_than_persistence"]["count"]
     alpha, corr = summary["significance"]["alpha"], summary["significance"]["correction"].capitalize()
     if beat == 0:
-        verdict = (f"**No: the models do not beat persistence** (\"next close = last close\"). "
+        verdict = ("**No: the models do not beat persistence** (\"next close = last close\"). "
                    + ("The pair does not beat it significantly" if n == 1 else
                       f"None of the {n} pairs beats it significantly"))
     elif beat == n:

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         torch.set_num_threads(default)
     print()
-    print(f"| machine state | model | " + " | ".join(f"{t} thread(s) ms/step" for t in counts)
+    print("| machine state | model | " + " | ".join(f"{t} thread(s) ms/step" for t in counts)
           + " | best |")
     print("|---|---|" + "---|" * (len(counts) + 1))
     for state in dict.fromkeys(r[0] for r in rows):

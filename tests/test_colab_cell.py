@@ -10,7 +10,6 @@ The cells are plain Python, so the other tests run one cell with `python -c`.
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
 import os
 import shutil
