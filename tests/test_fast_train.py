@@ -660,10 +660,9 @@ def test_cuda_graph_dropout_masks_change_from_replay_to_replay_and_repeat_with_t
     assert not torch.equal(a[0], c[0])
 
 
-@needs_cuda
-def test_cuda_failed_capture_restores_the_stream_and_trains_eagerly(pairs, monkeypatch, caplog):
-    """A host sync inside the captured step invalidates the capture; torch.cuda.graph then
-    raises from capture_end without putting the caller's stream back. The engine must."""
+@pytest.fixture
+def failing_capture(monkeypatch):
+    """A host sync inside the captured training step: the CUDA-graph capture fails."""
     real = fast_group.TrainGroup._train_step
 
     def syncs_while_capturing(self):
@@ -672,6 +671,13 @@ def test_cuda_failed_capture_restores_the_stream_and_trains_eagerly(pairs, monke
         return real(self)
 
     monkeypatch.setattr(fast_group.TrainGroup, "_train_step", syncs_while_capturing)
+
+
+@needs_cuda
+def test_cuda_failed_capture_restores_the_stream_and_trains_eagerly(pairs, failing_capture,
+                                                                    caplog):
+    """A host sync inside the captured step invalidates the capture; torch.cuda.graph then
+    raises from capture_end without putting the caller's stream back. The engine must."""
     cfg = dataclasses.replace(TRAIN, epochs=2, early_stopping=False, device="cuda")
     stream = torch.cuda.current_stream()
     with caplog.at_level(logging.WARNING, logger="v3"):
@@ -684,20 +690,12 @@ def test_cuda_failed_capture_restores_the_stream_and_trains_eagerly(pairs, monke
 
 
 @needs_cuda
-def test_cuda_failed_capture_with_dropout_leaves_eager_and_plain_training_working(pairs, monkeypatch,
-                                                                                 caplog):
+def test_cuda_failed_capture_with_dropout_leaves_eager_and_plain_training_working(
+        pairs, failing_capture, caplog):
     """The guide's dropout (0.3) after a failed capture: the capture left the default CUDA
     generator in capture mode, so the next eager dropout raised "Offset increment outside
     graph capture encountered unexpectedly" (the fast engine's eager epoch, then the plain
     loop it fell back to). Both must train now."""
-    real = fast_group.TrainGroup._train_step
-
-    def syncs_while_capturing(self):
-        if torch.cuda.is_current_stream_capturing():
-            self.sse.sum().item()                  # not allowed during capture: it raises
-        return real(self)
-
-    monkeypatch.setattr(fast_group.TrainGroup, "_train_step", syncs_while_capturing)
     model = dataclasses.replace(MODEL, dropout=0.3)
     cfg = dataclasses.replace(TRAIN, epochs=2, early_stopping=False, device="cuda")
     with caplog.at_level(logging.WARNING, logger="v3"):
