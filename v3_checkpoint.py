@@ -23,8 +23,11 @@ from v3_lstm_model import ModelConfig, V3LSTMModel
 
 # 2: the quantile head (quantile_head.* weights, ModelConfig.quantiles / quantile_weight,
 # train_pinball / val_pinball in the history). Files of format 1 are refused: re-train.
-CHECKPOINT_FORMAT = "v3-checkpoint-2"
-RESUME_FORMAT = "v3-resume-2"
+# 3: ModelConfig.quantile_scale (the head's quantiles in units of the recent volatility).
+# A format-2 file is read as it was trained: quantile_scale "none".
+CHECKPOINT_FORMAT = "v3-checkpoint-3"
+READABLE_FORMATS = {"v3-checkpoint-2": {"quantile_scale": "none"}, CHECKPOINT_FORMAT: {}}
+RESUME_FORMAT = "v3-resume-3"
 
 
 def _save(obj: dict, path: str | Path) -> None:
@@ -65,7 +68,7 @@ def load_checkpoint(path: str | Path) -> dict:
     except Exception as e:  # torch raises many types for a corrupt file; translate them all
         raise CheckpointError(f"{path} is not a readable V3 checkpoint ({type(e).__name__}: "
                               f"{str(e)[:200]}). Re-train or re-download it.") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE_FORMATS:
         fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         version = _format_version(fmt, CHECKPOINT_FORMAT)
         if version is not None and version < _format_version(CHECKPOINT_FORMAT, CHECKPOINT_FORMAT):
@@ -79,6 +82,11 @@ def load_checkpoint(path: str | Path) -> dict:
                                   f"Update V3 to load it.")
         raise CheckpointError(f"{path} has format {fmt!r}, this V3 reads {CHECKPOINT_FORMAT!r}. "
                               f"Re-train the pair with this version.")
+    # an older readable format: its model config as it was trained (the fields added
+    # since take their values of then, not today's defaults)
+    upgrade = READABLE_FORMATS[ckpt["format"]]
+    if isinstance(ckpt.get("model_config"), dict):
+        ckpt["model_config"] = {**upgrade, **ckpt["model_config"]}
     return ckpt
 
 

@@ -9,6 +9,8 @@ The rules that keep every number honest:
   and kept as plain arrays (`FittedTransform`) that go into the checkpoint.
 - Sample i predicts candle t+1 from the window of rows t-seq_len+1 .. t (all closed).
 - Live prediction (`latest_window`) goes through the same functions as training.
+- The quantile head's unit (`vol_scale`, see `recent_volatility`) is the volatility of the
+  returns up to candle t only: an EWMA over the last VOL_WINDOW closes, no fitting at all.
 """
 from __future__ import annotations
 
@@ -40,6 +42,16 @@ WARMUP_CANDLES = 300
 # The version of the indicator set: bumped whenever a column is added, removed or redefined,
 # so a checkpoint is only used with the features it was trained on (v3_predict checks it).
 FEATURE_SET_VERSION = 2
+
+# The quantile head predicts the next return in units of the recent volatility (ModelConfig.
+# quantile_scale = "ewma"): RiskMetrics weights lambda^j (lambda 0.94, as the `ewma` interval
+# baseline) on the last VOL_WINDOW squared log returns up to candle t, normalised to sum to 1
+# (the weights left out past 100 candles are 0.94^100 = 0.2 %). A pure function of the last
+# VOL_WINDOW + 1 closes, so live prediction gets exactly the training value. The unit is
+# floored at VOL_FLOOR x the training returns' std (a flat price series has no volatility).
+VOL_LAMBDA = 0.94
+VOL_WINDOW = 100
+VOL_FLOOR = 0.05
 
 
 @dataclass(frozen=True)
@@ -220,6 +232,7 @@ class PreparedData:
     features: np.ndarray        # (R, K) float32 PCA scores, one row per candle
     ends: np.ndarray            # (N,) int64 row index of each sample's last window candle
     target: np.ndarray          # (N,) float32 standardised log return of the next candle
+    vol_scale: np.ndarray       # (N,) float32 recent volatility at t / target_std (>= VOL_FLOOR)
     last_close: np.ndarray      # (N,) close of candle t
     actual_close: np.ndarray    # (N,) close of candle t+1
     target_open_time: np.ndarray  # (N,) int64 open time (ms) of candle t+1
@@ -250,6 +263,11 @@ class PreparedData:
         rows = ends[:, None] - np.arange(self.seq_len - 1, -1, -1)[None, :]
         return self.features[rows]
 
+    def quantile_target(self, scale: str) -> np.ndarray:
+        """(N,) what the quantile head learns: the standardised target in units of the recent
+        volatility (scale 'ewma', see ModelConfig.quantile_scale), or as it is ('none')."""
+        return self.target / self.vol_scale if scale == "ewma" else self.target
+
     def to_close(self, standardized_return: np.ndarray, idx) -> np.ndarray:
         """Model output -> predicted close: last_close * exp(predicted log return)."""
         r = self.target_mean + self.target_std * np.asarray(standardized_return, np.float64)
@@ -258,7 +276,8 @@ class PreparedData:
     def _arrays(self) -> dict[str, np.ndarray]:
         """What `save` writes: every array, the transform's and the scalars (as one repr)."""
         arrays = {k: np.asarray(getattr(self, k)) for k in (
-            "features", "ends", "target", "last_close", "actual_close", "target_open_time")}
+            "features", "ends", "target", "vol_scale", "last_close", "actual_close",
+            "target_open_time")}
         arrays.update({f"transform_{k}": v for k, v in self.transform.to_arrays().items()})
         arrays["feature_names"] = np.array(self.feature_names)
         scalars = {k: getattr(self, k) for k in ("n_train", "n_val", "target_mean", "target_std",
@@ -281,10 +300,15 @@ class PreparedData:
     @classmethod
     def load(cls, path: str | Path) -> "PreparedData":
         with np.load(path, allow_pickle=False) as z:
+            if "vol_scale" not in z.files:
+                raise DataValidationError(
+                    f"{path} was written by an older V3 (no vol_scale, the quantile head's "
+                    f"unit). Run step 3 again (--steps preprocess,train) to rebuild it.")
             scalars = ast.literal_eval(str(z["scalars"][0]))
             transform = FittedTransform.from_arrays(
                 {k[len("transform_"):]: z[k] for k in z.files if k.startswith("transform_")})
             return cls(features=z["features"], ends=z["ends"], target=z["target"],
+                       vol_scale=z["vol_scale"],
                        last_close=z["last_close"], actual_close=z["actual_close"],
                        target_open_time=z["target_open_time"], transform=transform,
                        feature_names=[str(s) for s in z["feature_names"]], **scalars)
@@ -373,11 +397,32 @@ def prepare_dataset(klines: pd.DataFrame, cfg: FeatureConfig = FeatureConfig(), 
     return PreparedData(
         features=scores, ends=t.astype(np.int64),
         target=((log_ret - mu) / sd).astype(np.float32),
+        vol_scale=volatility_unit(close, sd)[t].astype(np.float32),
         last_close=close[t], actual_close=close[t + 1],
         target_open_time=t_open[t + 1], n_train=n_train, n_val=n_val,
         transform=transform, target_mean=mu, target_std=sd, feature_names=feature_names(),
         seq_len=T, gap_windows_dropped=gap_dropped,
         first_open_time=int(t_open[0]), last_open_time=int(t_open[-1]))
+
+
+def recent_volatility(close: np.ndarray) -> np.ndarray:
+    """(n,) float64 volatility of the log returns up to each candle: sqrt of the
+    VOL_LAMBDA^j-weighted mean (j = 0 the newest) of the last VOL_WINDOW squared log returns
+    ending at that candle, the weights normalised over the returns there are. Row t uses
+    closes t - VOL_WINDOW .. t only; row 0 (no return yet) is NaN."""
+    c = np.asarray(close, np.float64)
+    r2 = np.r_[np.nan, np.diff(np.log(c))] ** 2
+    w = VOL_LAMBDA ** np.arange(VOL_WINDOW)
+    num = np.convolve(np.nan_to_num(r2[1:]), w)[:len(c) - 1]
+    den = np.convolve(np.ones(len(c) - 1), w)[:len(c) - 1]
+    return np.r_[np.nan, np.sqrt(num / den)] if len(c) > 1 else np.full(len(c), np.nan)
+
+
+def volatility_unit(close: np.ndarray, target_std: float) -> np.ndarray:
+    """(n,) the quantile head's unit at each candle: recent_volatility / target_std, floored
+    at VOL_FLOOR (and VOL_FLOOR where undefined)."""
+    v = recent_volatility(close) / float(target_std)
+    return np.maximum(np.nan_to_num(v, nan=VOL_FLOOR), VOL_FLOOR)
 
 
 def _sample_ends(ok_row: np.ndarray, t_open: np.ndarray, T: int, step: int, name: str
@@ -457,6 +502,15 @@ def latest_window(klines: pd.DataFrame, transform: FittedTransform, *, seq_len: 
                                   f"check the candles for broken values.")
     window = feature_scores(raw, ok, transform)[-seq_len:]   # (T, K)
     return window[None], int(t_open[-1]), float(df["close"].iloc[-1])
+
+
+def latest_unit(klines: pd.DataFrame, last_open_time: int, target_std: float, *,
+                name: str = "candles") -> float:
+    """The quantile head's unit (volatility_unit) at the candle opening at `last_open_time`
+    (latest_window's last one), from the closes up to it, as PreparedData.vol_scale."""
+    df = validate_klines(klines, name)
+    close = df["close"].to_numpy(np.float64)[df["open_time"].to_numpy(np.int64) <= last_open_time]
+    return float(volatility_unit(close, target_std)[-1])
 
 
 def check_feature_config(cfg: FeatureConfig) -> None:

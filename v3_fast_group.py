@@ -175,6 +175,7 @@ class TrainGroup:
         V = max(1, max(s.n_val for s in self.slots))
         rows = np.zeros((M, V), np.int64)
         y = np.zeros((M, V), np.float32)
+        yq = np.zeros((M, V), np.float32)   # the quantile head's target (quantile_target)
         w = np.zeros((M, V), np.float32)
         for m, s in enumerate(self.slots):
             d, va = s.job.data, s.job.data.split("val")
@@ -182,8 +183,10 @@ class TrainGroup:
             rows[m] = m * R + int(d.ends[0])                                   # padding: a valid window
             rows[m, :len(ends)] = m * R + ends
             y[m, :len(ends)] = d.target[va]
+            yq[m, :len(ends)] = d.quantile_target(self.model_cfg.quantile_scale)[va]
             w[m, :len(ends)] = 1.0 / max(1, len(ends))
-        self.val_rows, self.val_y, self.val_w = (torch.from_numpy(a).to(dev) for a in (rows, y, w))
+        self.val_rows, self.val_y, self.val_yq, self.val_w = (
+            torch.from_numpy(a).to(dev) for a in (rows, y, yq, w))
 
     def _alloc_step_buffers(self):
         """Static per-batch tables, refilled each epoch; the step reads row `step_i`."""
@@ -192,6 +195,7 @@ class TrainGroup:
         nb = self.nb_cap
         self.rows_tab = torch.zeros(nb, M, B, dtype=torch.int64, device=dev)
         self.y_tab = torch.zeros(nb, M, B, device=dev)
+        self.yq_tab = torch.zeros(nb, M, B, device=dev)
         self.w_tab = torch.zeros(nb, M, B, device=dev)
         self.valid_tab = torch.zeros(nb, M, B, device=dev)
         self.lr_tab = torch.zeros(nb, M, dtype=torch.float64, device=dev)
@@ -208,7 +212,7 @@ class TrainGroup:
                                   for m, s in enumerate(self.slots)], np.int64)
         pad = torch.from_numpy(self.pad_rows).to(self.device)
         self.rows_tab.copy_(pad.view(1, -1, 1).expand_as(self.rows_tab))
-        for t in (self.y_tab, self.w_tab, self.valid_tab, self.lr_tab, self.do_tab):
+        for t in (self.y_tab, self.yq_tab, self.w_tab, self.valid_tab, self.lr_tab, self.do_tab):
             t.zero_()
 
     # -- one training step (captured in a CUDA graph on CUDA) -------------------------------
@@ -217,6 +221,7 @@ class TrainGroup:
         i = self.step_i
         rows = self.rows_tab.index_select(0, i)[0]                              # (M, B)
         y, w = self.y_tab.index_select(0, i)[0], self.w_tab.index_select(0, i)[0]
+        yq = self.yq_tab.index_select(0, i)[0]
         valid = self.valid_tab.index_select(0, i)[0]
         lr, do = self.lr_tab.index_select(0, i)[0], self.do_tab.index_select(0, i)[0]  # (M,)
         idx = rows.unsqueeze(1) + self.offsets.view(1, T, 1)                     # (M, T, B)
@@ -226,7 +231,7 @@ class TrainGroup:
         err = (pred - y) ** 2                                                    # (M, B)
         loss = err
         if self.with_q:
-            pin = quantile_pinball(q, y, self.q_levels).mean(-1)                 # (M, B)
+            pin = quantile_pinball(q, yq, self.q_levels).mean(-1)                # (M, B)
             loss = err + self.q_weight * pin
         params = list(self.params.values())
         grads = torch.autograd.grad((loss * w).sum(), params)
@@ -290,6 +295,7 @@ class TrainGroup:
         c, M, B, nb = self.cfg, len(self.slots), self.cfg.batch_size, self.nb_cap
         rows = np.broadcast_to(self.pad_rows.reshape(1, M, 1), (nb, M, B)).copy()
         y = np.zeros((nb, M, B), np.float32)
+        yq = np.zeros((nb, M, B), np.float32)
         w = np.zeros((nb, M, B), np.float32)
         valid = np.zeros((nb, M, B), np.float32)
         lr = np.zeros((nb, M), np.float64)
@@ -304,18 +310,21 @@ class TrainGroup:
             perm = perms[(s.n_train, ep)]
             tr, nb_m = d.split("train"), s.n_batches
             ends, target = d.ends[tr][perm], d.target[tr][perm]        # in batch order
+            target_q = d.quantile_target(self.model_cfg.quantile_scale)[tr][perm]
             pos = np.arange(s.n_train)
             i, j = pos // B, pos % B                                   # batch, place in batch
             sizes = np.minimum(B, s.n_train - np.arange(nb_m) * B)     # the last may be short
             rows[i, m, j] = m * self.R + ends
             y[i, m, j] = target
+            yq[i, m, j] = target_q
             w[i, m, j] = 1.0 / (sizes[i] * c.grad_accum_steps)
             valid[i, m, j] = 1.0
             lr[:nb_m, m] = [self._lr(ep + k / nb_m) for k in range(nb_m)]
             k = np.arange(nb_m)
             do[:nb_m, m] = ((k + 1) % c.grad_accum_steps == 0) | (k + 1 == nb_m)
-        for dst, src in ((self.rows_tab, rows), (self.y_tab, y), (self.w_tab, w),
-                         (self.valid_tab, valid), (self.lr_tab, lr), (self.do_tab, do)):
+        for dst, src in ((self.rows_tab, rows), (self.y_tab, y), (self.yq_tab, yq),
+                         (self.w_tab, w), (self.valid_tab, valid), (self.lr_tab, lr),
+                         (self.do_tab, do)):
             dst.copy_(torch.from_numpy(src))
         # dropout masks: one stream for the group, seeded by (seed, epoch) like the shuffles
         torch.manual_seed(c.seed * 100_003 + min(self.slots[m].epoch for m in active) + 7919)
@@ -340,7 +349,8 @@ class TrainGroup:
             y, w = self.val_y[:, c0:c0 + chunk], self.val_w[:, c0:c0 + chunk]
             total += ((pred - y) ** 2 * w).sum(1)
             if self.with_q:
-                pin += (quantile_pinball(q, y, self.q_levels).mean(-1) * w).sum(1)
+                yq = self.val_yq[:, c0:c0 + chunk]
+                pin += (quantile_pinball(q, yq, self.q_levels).mean(-1) * w).sum(1)
         return total, pin
 
     def run_epoch(self) -> list[int]:
@@ -413,6 +423,7 @@ class TrainGroup:
             new_base = (torch.arange(len(keep), device=self.device) * R).view(-1, 1)
             self.val_rows = self.val_rows.index_select(0, idx) % R + new_base
             self.val_y = self.val_y.index_select(0, idx)
+            self.val_yq = self.val_yq.index_select(0, idx)
             self.val_w = self.val_w.index_select(0, idx)
         self.slots = [self.slots[m] for m in keep]
         self.graph = None

@@ -13,7 +13,12 @@ output nearest the median is the anchor, every other output is a softplus gap to
 neighbour towards the anchor, added one at a time. `model(x)` still returns the point
 forecast (B,); `model.forward_with_quantiles(x)` returns (point (B,), quantiles (B, Q)).
 Training minimises MSE(point) + quantile_weight * mean pinball loss over the levels, both
-on the standardised target (quantile_pinball).
+on the standardised target (quantile_pinball). With quantile_scale "ewma" (the default) the
+head's quantiles are in units of the recent volatility at the window's last candle
+(PreparedData.vol_scale: an EWMA of the last 100 squared returns, known at t): the head
+learns the shape and the correction, the EWMA carries the volatility regime, and the
+quantiles of the standardised target are head output x vol_scale (v3_trainer and
+v3_predict multiply). "none" gives the head's outputs as they are.
 """
 from __future__ import annotations
 
@@ -27,6 +32,9 @@ import torch.nn.functional as F
 
 from v3_common import ConfigError
 from v3_intervals import QUANTILES
+
+
+QUANTILE_SCALES = ("ewma", "none")
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,9 @@ class ModelConfig:
     # training loss = MSE(point) + quantile_weight * mean pinball loss over the levels (both
     # on the standardised target; validation loss and early stopping: the MSE alone)
     quantile_weight: float = 1.0
+    # the quantile head's unit: "ewma" = the recent volatility at t (see the module's
+    # docstring), "none" = the standardised target itself
+    quantile_scale: str = "ewma"
 
     def __post_init__(self):
         # a list (from JSON) becomes a tuple: the config stays hashable and compares equal
@@ -79,6 +90,10 @@ def check_model_config(cfg: ModelConfig) -> None:
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not (0 <= w < math.inf):
         raise ConfigError(f"model quantile_weight={w!r}: need a finite number >= 0 (the weight of "
                           f"the mean pinball loss beside the point forecast's MSE; default 1.0).")
+    if cfg.quantile_scale not in QUANTILE_SCALES:
+        raise ConfigError(f"model quantile_scale={cfg.quantile_scale!r}: need one of "
+                          f"{', '.join(map(repr, QUANTILE_SCALES))} (the quantile head's unit: "
+                          f"the recent volatility, or the standardised target itself).")
 
 
 def quantile_anchor(levels) -> int:

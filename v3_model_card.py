@@ -99,6 +99,8 @@ def _card_training(rows: list[dict], config: dict, f0: dict, seq_len, n_comp) ->
           if (r.get("features") or {}).get("explained_variance") is not None]
     ev_text = (f", keeping {100 * min(ev):.1f}-{100 * max(ev):.1f} % of the training variance"
                if ev else "")
+    scale_text = (", in units of the recent volatility: an EWMA of the last 100 squared "
+                  "returns" if model.get("quantile_scale", "ewma") == "ewma" else "")
     firsts = [(r.get("data") or {}).get("first") for r in rows]
     lasts = [(r.get("data") or {}).get("last") for r in rows]
     firsts, lasts = [x for x in firsts if x], [x for x in lasts if x]
@@ -124,7 +126,7 @@ def _card_training(rows: list[dict], config: dict, f0: dict, seq_len, n_comp) ->
         f"- **Architecture**: input LayerNorm, {lstm} ({n_comp} -> "
         f"{model.get('hidden_size', '?')} x {model.get('num_layers', '?')} layers, dropout "
         f"{model.get('dropout', '?')}), {pool}, dense head, and a quantile head (the 5 % .. 95 % "
-        f"quantiles, non-crossing) beside it. Target: the next candle's log "
+        f"quantiles, non-crossing{scale_text}) beside it. Target: the next candle's log "
         f"return, standardised with the training split's mean and std.",
         f"- **Training**: {hyper or 'not recorded'}."]
 

@@ -150,7 +150,7 @@ def predict_next(symbol: str, interval: str, *, model: str | Path | LoadedModel,
     """
     import torch  # lazy (see the top)
 
-    from v3_data_processor import latest_window
+    from v3_data_processor import latest_unit, latest_window
     from v3_checkpoint import LoadedModel
     symbol, interval = normalize_symbol(symbol), check_interval(interval)
     m = model if isinstance(model, LoadedModel) else load_model(model, symbol, interval,
@@ -169,7 +169,10 @@ def predict_next(symbol: str, interval: str, *, model: str | Path | LoadedModel,
         _check_fresh(symbol, interval, last_open, now_ms)
     with torch.inference_mode():
         point, q = m.model.forward_with_quantiles(torch.from_numpy(window))
-    q_log = None if q is None else [m.target_mean + m.target_std * float(v) for v in q[0]]
+    unit = 1.0  # the quantile head's unit at the window's last candle (as in training)
+    if q is not None and m.model.config.quantile_scale == "ewma":
+        unit = latest_unit(candles, last_open, m.target_std, name=f"{symbol} {interval}")
+    q_log = None if q is None else [m.target_mean + m.target_std * unit * float(v) for v in q[0]]
     return _forecast(m, symbol, interval, last_open, last_close,
                      m.target_mean + m.target_std * float(point.reshape(-1)[0]), q_log)
 

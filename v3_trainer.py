@@ -11,7 +11,10 @@ what an uninterrupted run would have done.
 With a quantile head (ModelConfig.quantiles, on by default) the loss of a batch is
 MSE(point) + quantile_weight * mean pinball loss of the quantiles, both on the standardised
 target; the validation loss (early stopping, val_loss, best_val_loss) stays the point
-forecast's MSE, and each history entry also records train_pinball and val_pinball.
+forecast's MSE, and each history entry also records train_pinball and val_pinball. The
+quantiles are learnt in the unit ModelConfig.quantile_scale names (PreparedData.
+quantile_target); `predict_quantiles_standardized` gives them back on the standardised
+target, for every scale.
 
 Saving and loading model and resume files (and `LoadedModel`) is v3_checkpoint's job,
 beside this module.
@@ -244,6 +247,8 @@ class _OnDevice:
     train_y: torch.Tensor
     val_ends: torch.Tensor
     val_y: torch.Tensor
+    train_yq: torch.Tensor          # what the quantile head learns (PreparedData.quantile_target)
+    val_yq: torch.Tensor
 
 
 def _set_up_run(model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device,
@@ -277,13 +282,15 @@ def _set_up_run(model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device,
     return run
 
 
-def _on_device(data: PreparedData, device: torch.device) -> _OnDevice:
+def _on_device(data: PreparedData, device: torch.device, quantile_scale: str) -> _OnDevice:
     ends = torch.as_tensor(data.ends, device=device)                       # (N,)
     target = torch.as_tensor(data.target, device=device)                   # (N,)
+    yq = torch.as_tensor(data.quantile_target(quantile_scale), device=device)
     tr, va = data.split("train"), data.split("val")
     return _OnDevice(feats=torch.as_tensor(data.features, device=device),
                      offsets=torch.arange(-(data.seq_len - 1), 1, device=device),
-                     train_ends=ends[tr], train_y=target[tr], val_ends=ends[va], val_y=target[va])
+                     train_ends=ends[tr], train_y=target[tr], val_ends=ends[va], val_y=target[va],
+                     train_yq=yq[tr], val_yq=yq[va])
 
 
 def _train_epoch(run: _PlainRun, d: _OnDevice, ep: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,7 +313,7 @@ def _train_epoch(run: _PlainRun, d: _OnDevice, ep: int) -> tuple[torch.Tensor, t
             if with_q:
                 pred, q = model.forward_with_quantiles(x)
                 mse = nn.functional.mse_loss(pred.float(), d.train_y[b])
-                pin = quantile_pinball(q.float(), d.train_y[b], model.quantile_levels).mean()
+                pin = quantile_pinball(q.float(), d.train_yq[b], model.quantile_levels).mean()
                 loss = mse + run.q_weight * pin
             else:
                 mse = loss = nn.functional.mse_loss(model(x).float(), d.train_y[b])
@@ -330,7 +337,7 @@ def _end_epoch(run: _PlainRun, d: _OnDevice, ep: int, loss_sum: torch.Tensor,
     without improvement; True when early stopping ends the training."""
     cfg, model = run.cfg, run.model
     val_loss, val_pin = _mse(model, d.feats, d.val_ends, d.val_y, d.offsets,
-                             cfg.eval_batch_size, run.autocast, with_pinball=True)
+                             cfg.eval_batch_size, run.autocast, with_pinball=True, yq=d.val_yq)
     n_train = len(d.train_ends)
     train_loss = float(loss_sum) / n_train  # one host sync per epoch
     run.epoch = epoch = ep + 1
@@ -379,7 +386,7 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
     check_train_config(cfg)
     device = resolve_device(cfg.device)
     run = _set_up_run(model_cfg, cfg, device, resume)
-    d = _on_device(data, device)
+    d = _on_device(data, device, model_cfg.quantile_scale)
     run.t_start = last_save = time.monotonic()
     start_epoch = run.start_epoch
     bar = progress(range(start_epoch, cfg.epochs), enabled=show_progress, desc=desc, unit="epoch",
@@ -410,10 +417,12 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
 
 
 @torch.no_grad()
-def _mse(model, feats, ends, y, offsets, batch, autocast, *, with_pinball: bool = False):
+def _mse(model, feats, ends, y, offsets, batch, autocast, *, with_pinball: bool = False,
+         yq=None):
     """The validation loss the trainer reports: the point forecast's MSE over the samples
-    `ends`. with_pinball=True: (that MSE, the mean pinball loss of the quantiles or None
-    without a quantile head), in the same pass and one host sync."""
+    `ends`. with_pinball=True: (that MSE, the mean pinball loss of the quantiles against `yq`
+    (default y) or None without a quantile head), in the same pass and one host sync."""
+    yq = y if yq is None else yq
     model.eval()
     with_q = with_pinball and getattr(model, "has_quantiles", False)
     total = torch.zeros((), device=feats.device)
@@ -423,7 +432,7 @@ def _mse(model, feats, ends, y, offsets, batch, autocast, *, with_pinball: bool 
         with autocast():
             if with_q:
                 p, q = model.forward_with_quantiles(x)
-                pin += quantile_pinball(q.float(), y[i:i + batch], model.quantile_levels).mean(-1).sum()
+                pin += quantile_pinball(q.float(), yq[i:i + batch], model.quantile_levels).mean(-1).sum()
             else:
                 p = model(x)
         total += ((p.float() - y[i:i + batch]) ** 2).sum()
@@ -481,7 +490,8 @@ def predict_quantiles_standardized(model: V3LSTMModel, data: PreparedData, idx, 
                                    device: torch.device | str = "cpu") -> np.ndarray | None:
     """The quantile head's outputs (len(idx), Q) for the samples `idx`, in fp32 and in
     standardised target units (v3_intervals.standardized_to_returns maps them to log
-    returns), at the levels model.config.quantiles; None when the model has no head."""
+    returns), at the levels model.config.quantiles; None when the model has no head. With
+    quantile_scale 'ewma' the head's outputs are multiplied by the samples' vol_scale."""
     if not model.has_quantiles:
         return None
     model = model.to(device).eval()
@@ -491,4 +501,7 @@ def predict_quantiles_standardized(model: V3LSTMModel, data: PreparedData, idx, 
     out = [model.forward_with_quantiles(_batch_windows(feats, ends[i:i + batch], offsets))[1]
            .float().cpu() for i in range(0, len(ends), batch)]
     n_q = len(model.config.quantiles)
-    return torch.cat(out).numpy() if out else np.zeros((0, n_q), np.float32)
+    z = torch.cat(out).numpy() if out else np.zeros((0, n_q), np.float32)
+    if model.config.quantile_scale == "ewma":
+        z = z * data.vol_scale[idx][:, None]
+    return z

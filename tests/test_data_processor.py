@@ -382,6 +382,7 @@ def _assert_training_side_equal(a: PreparedData, b: PreparedData) -> None:
         np.testing.assert_array_equal(arr, b.transform.to_arrays()[key], err_msg=key)
     np.testing.assert_array_equal(a.features[:last_train_row + 1], b.features[:last_train_row + 1])
     np.testing.assert_array_equal(a.target[:a.n_train], b.target[:b.n_train])
+    np.testing.assert_array_equal(a.vol_scale[:a.n_train], b.vol_scale[:b.n_train])
     assert (a.target_mean, a.target_std) == (b.target_mean, b.target_std)
 
 
@@ -413,6 +414,66 @@ def test_any_single_validation_or_test_row_change_is_invisible_to_training(offse
     first_val_only = base.ends[base.n_train - 1] + 2
     row = first_val_only + offset % (len(k) - first_val_only)
     _assert_training_side_equal(base, _prepared(_perturb_rows(k, [row], factor)))
+
+
+# ---------------------------------------------------------------------------------------
+# The quantile head's unit: the recent volatility
+
+
+def test_recent_volatility_is_the_normalised_ewma_of_the_last_100_squared_returns():
+    rng = np.random.default_rng(3)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, 400)))
+    got = dp.recent_volatility(close)
+    r = np.diff(np.log(close))
+    for t in (1, 2, 50, 100, 101, 399):
+        j = np.arange(min(t, dp.VOL_WINDOW))           # returns r_t .. r_(t-99), newest first
+        w = 0.94 ** j
+        assert got[t] == pytest.approx(np.sqrt(np.sum(w * r[t - 1 - j] ** 2) / w.sum()), rel=1e-12)
+    assert np.isnan(got[0])
+    # by hand, two returns: sqrt((r2^2 + 0.94 r1^2) / 1.94)
+    c = np.array([100.0, 110.0, 99.0])
+    r1, r2 = np.log(1.1), np.log(0.9)
+    assert dp.recent_volatility(c)[2] == pytest.approx(np.sqrt((r2 ** 2 + 0.94 * r1 ** 2) / 1.94))
+
+
+def test_recent_volatility_uses_only_the_last_101_closes_up_to_each_row():
+    rng = np.random.default_rng(4)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, 500)))
+    base = dp.recent_volatility(close)
+    later = close.copy()
+    later[300:] *= 1.5                                    # a jump at row 300
+    np.testing.assert_array_equal(dp.recent_volatility(later)[:300], base[:300])
+    assert dp.recent_volatility(later)[300] != base[300]
+    earlier = close.copy()
+    earlier[:199] *= 0.5                                   # rows 0..198: forgotten at row 299
+    np.testing.assert_allclose(dp.recent_volatility(earlier)[299:], base[299:], rtol=1e-12)
+    # the tail alone gives the same values (what live prediction sees)
+    np.testing.assert_allclose(dp.recent_volatility(close[-150:])[-1], base[-1], rtol=1e-12)
+
+
+def test_vol_scale_is_the_unit_at_each_sample_end_floored(btc):
+    data = _prepared(btc)
+    unit = dp.volatility_unit(btc["close"].to_numpy(np.float64), data.target_std)
+    np.testing.assert_allclose(data.vol_scale, unit[data.ends], rtol=1e-6)
+    assert data.vol_scale.dtype == np.float32 and (data.vol_scale >= dp.VOL_FLOOR).all()
+    np.testing.assert_allclose(data.quantile_target("ewma"), data.target / data.vol_scale)
+    np.testing.assert_array_equal(data.quantile_target("none"), data.target)
+    flat = dp.volatility_unit(np.full(300, 5.0), 0.01)
+    assert (flat == dp.VOL_FLOOR).all()
+    last = len(data.ends) - 1
+    assert dp.latest_unit(btc, int(btc["open_time"].iloc[data.ends[last]]), data.target_std) == \
+        pytest.approx(float(data.vol_scale[last]), rel=1e-6)
+
+
+def test_a_processed_file_without_vol_scale_says_to_run_step_3_again(btc, tmp_path):
+    data = _prepared(btc)
+    path = tmp_path / "p.npz"
+    data.save(path)
+    arrays = dict(np.load(path))
+    del arrays["vol_scale"]
+    np.savez(path, **arrays)
+    with pytest.raises(DataValidationError, match=r"older V3 .*--steps preprocess,train"):
+        PreparedData.load(path)
 
 
 def test_fitted_transform_is_plain_arrays_and_applies_to_all_rows(btc, tmp_path):

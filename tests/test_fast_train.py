@@ -21,6 +21,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -242,7 +243,8 @@ def test_fast_engine_trains_the_model_without_quantile_head_like_the_plain_loop(
 
 def test_both_engines_record_the_validation_pinball_of_the_quantile_head(pairs):
     """val_pinball per epoch is the mean pinball loss of the best weights' quantiles on the
-    validation split (recomputed here), and val_loss stays the point forecast's MSE."""
+    validation split (recomputed here, in the head's unit: the recent volatility), and
+    val_loss stays the point forecast's MSE."""
     cfg = dataclasses.replace(TRAIN, epochs=2, early_stopping=False)
     one = dict(list(pairs.items())[:1])
     for engine in ("plain", "fast"):
@@ -253,10 +255,11 @@ def test_both_engines_record_the_validation_pinball_of_the_quantile_head(pairs):
         model = V3LSTMModel(MODEL)
         model.load_state_dict(out.best_state)
         va = data.split("val")
-        q = predict_quantiles_standardized(model, data, va)
+        unit = data.vol_scale[va].astype(np.float64)
+        q = predict_quantiles_standardized(model, data, va) / unit[:, None]
         y = data.target[va]
         pin = quantile_pinball(torch.as_tensor(q, dtype=torch.float64),
-                               torch.as_tensor(y, dtype=torch.float64),
+                               torch.as_tensor(y / unit, dtype=torch.float64),
                                torch.tensor(MODEL.quantiles, dtype=torch.float64)).mean()
         assert h["val_pinball"] == pytest.approx(float(pin), rel=1e-4), engine
         mse = float(((predict_standardized(model, data, va) - y) ** 2).mean())

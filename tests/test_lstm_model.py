@@ -159,6 +159,12 @@ def test_check_model_config_refuses_a_bad_quantile_weight(w):
         check_model_config(dataclasses.replace(ModelConfig(), quantile_weight=w))
 
 
+@pytest.mark.parametrize("scale", ["EWMA", "garch", None, 1])
+def test_check_model_config_refuses_an_unknown_quantile_scale(scale):
+    with pytest.raises(ConfigError, match="quantile_scale=.*need one of 'ewma', 'none'"):
+        check_model_config(dataclasses.replace(ModelConfig(), quantile_scale=scale))
+
+
 def test_quantile_config_round_trips_through_json_and_stays_hashable():
     import json
     c = ModelConfig(quantiles=(0.1, 0.5, 0.9), quantile_weight=0.5)

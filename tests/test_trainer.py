@@ -222,9 +222,26 @@ def test_a_truncated_model_file_raises_checkpoint_error(tmp_path, data):
 # -- the quantile head: loss, history, predictions, checkpoint format ------------------------
 
 
-def test_checkpoint_and_resume_formats_are_version_2():
-    assert v3_checkpoint.CHECKPOINT_FORMAT == "v3-checkpoint-2"
-    assert v3_checkpoint.RESUME_FORMAT == "v3-resume-2"
+def test_checkpoint_and_resume_formats_are_version_3():
+    assert v3_checkpoint.CHECKPOINT_FORMAT == "v3-checkpoint-3"
+    assert v3_checkpoint.RESUME_FORMAT == "v3-resume-3"
+
+
+def test_a_format_2_checkpoint_loads_as_trained_with_unscaled_quantiles(tmp_path, data):
+    """Format 2 (the quantile head before quantile_scale) had the head's outputs on the
+    standardised target: it loads with quantile_scale 'none', not today's default."""
+    path = tmp_path / "v3_model_BTCUSDT_1h.pt"
+    v3_checkpoint.save_checkpoint(path, model_state=V3LSTMModel(TINY_MODEL).state_dict(),
+                                  model_config=TINY_MODEL, data=data,
+                                  feature_config=TINY_FEATURES.to_dict(),
+                                  meta={"symbol": "BTCUSDT", "interval": "1h"})
+    assert v3_checkpoint.load_model_file(path).model.config.quantile_scale == "ewma"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["format"] = "v3-checkpoint-2"
+    del ckpt["model_config"]["quantile_scale"]
+    torch.save(ckpt, path)
+    loaded = v3_checkpoint.load_model_file(path)
+    assert loaded.model.config == dataclasses.replace(TINY_MODEL, quantile_scale="none")
 
 
 def test_an_old_checkpoint_says_it_was_written_by_an_older_v3_and_to_retrain(tmp_path, data):
@@ -250,7 +267,7 @@ def test_an_old_resume_state_means_a_fresh_start(tmp_path, caplog):
     torch.save({"format": "v3-resume-1", "epoch": 3}, tmp_path / "r.pt")
     with caplog.at_level(logging.INFO, logger="v3"):
         assert load_resume_state(tmp_path / "r.pt") is None
-    assert "has format 'v3-resume-1', this V3 resumes 'v3-resume-2'; training that pair from " \
+    assert "has format 'v3-resume-1', this V3 resumes 'v3-resume-3'; training that pair from " \
            "scratch" in caplog.text
 
 
@@ -265,14 +282,36 @@ def test_training_records_the_pinball_loss_and_keeps_val_loss_the_point_mse(data
     q = v3_trainer.predict_quantiles_standardized(model, data, va)
     assert q.shape == (len(y), 7) and q.dtype == np.float32
     assert (np.diff(q, axis=1) >= 0).all()
+    # the head learns, and the history records, in units of the recent volatility
+    unit = data.vol_scale[va].astype(np.float64)[:, None]
     best = out.history[out.best_epoch - 1]
-    assert best["val_pinball"] == pytest.approx(float(pinball_loss(y, q).mean()), rel=1e-5)
+    assert best["val_pinball"] == pytest.approx(float(pinball_loss(y / unit[:, 0], q / unit)
+                                                      .mean()), rel=1e-5)
     mse = float(np.mean((predict_standardized(model, data, va) - y) ** 2))
     assert best["val_loss"] == out.best_val_loss == pytest.approx(mse, rel=1e-5)
     no_head = dataclasses.replace(TINY_MODEL, quantiles=())
     plain = train_model(data, no_head, TINY_TRAIN, show_progress=False)
     assert set(plain.history[-1]) == {"epoch", "train_loss", "val_loss", "lr"}
     assert v3_trainer.predict_quantiles_standardized(V3LSTMModel(no_head), data, va) is None
+
+
+def test_with_quantile_scale_none_the_head_learns_the_standardised_target(data):
+    cfg = dataclasses.replace(TINY_MODEL, quantile_scale="none")
+    out = train_model(data, cfg, TINY_TRAIN, show_progress=False)
+    model = V3LSTMModel(cfg)
+    model.load_state_dict(out.best_state)
+    va = data.split("val")
+    q = v3_trainer.predict_quantiles_standardized(model, data, va)
+    raw = model.forward_with_quantiles(torch.as_tensor(data.windows(va)))[1].detach().numpy()
+    np.testing.assert_allclose(q, raw, rtol=1e-5, atol=1e-6)        # no unit applied
+    best = out.history[out.best_epoch - 1]
+    y = data.target[va].astype(np.float64)
+    assert best["val_pinball"] == pytest.approx(float(pinball_loss(y, q).mean()), rel=1e-5)
+    # the default scale multiplies the same head outputs by each sample's unit
+    same = V3LSTMModel(TINY_MODEL)
+    same.load_state_dict(out.best_state)
+    np.testing.assert_allclose(v3_trainer.predict_quantiles_standardized(same, data, va),
+                               raw * data.vol_scale[va][:, None], rtol=1e-5, atol=1e-6)
 
 
 def test_the_quantile_weight_is_the_pinball_share_of_the_loss(data):
@@ -299,7 +338,7 @@ def test_a_checkpoint_rebuilds_the_quantile_head(tmp_path, data):
                                data=data, feature_config=TINY_FEATURES.to_dict(),
                                meta={"symbol": "BTCUSDT", "interval": "1h"})
     loaded = v3_checkpoint.load_model_file(path)
-    assert loaded.checkpoint["format"] == "v3-checkpoint-2"
+    assert loaded.checkpoint["format"] == "v3-checkpoint-3"
     assert loaded.quantiles == TINY_MODEL.quantiles and loaded.model.has_quantiles
     assert loaded.model.config == TINY_MODEL
     ref = V3LSTMModel(TINY_MODEL)
