@@ -1,11 +1,13 @@
 """Print a run's interval results as a markdown table (the README's and the closing notes').
 
     python bench/interval_table.py --base-dir real_run
+    python bench/interval_table.py --base-dir run_15m run_1h    # one table, one summary
 
 One row per trained pair: the 80 % interval's coverage for the model and each interval
 baseline, the model's pinball loss and its skill against rolling, ewma and garch with the
 one-sided Diebold-Mariano p-value, and the width of the 80 % interval; then the across-pair
-summary (results `_summary.intervals`). Reads results/v3_training_results.json only.
+summary (results `_summary.intervals`; with several folders it is recomputed over all their
+pairs, so the Holm correction spans them all). Reads results/v3_training_results.json only.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from v3_common import fmt_num  # noqa: E402
 from v3_layout import RunLayout  # noqa: E402
+from v3_report_intervals import interval_summary  # noqa: E402
 
 BASELINES = ("rolling", "ewma", "garch")
 
@@ -49,7 +52,9 @@ def rows(results: dict) -> list[str]:
 
 
 def summary(results: dict) -> list[str]:
-    s = (results.get("_summary") or {}).get("intervals") or {}
+    entries = {k: e for k, e in results.items()
+               if not k.startswith("_") and e.get("status") in ("success", "skipped")}
+    s = interval_summary(results, entries) or {}
     if not s:
         return ["(no interval summary in these results)"]
     rej = s.get("coverage_rejected_80") or {}
@@ -66,9 +71,12 @@ def summary(results: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base-dir", required=True, help="the run's folder")
+    ap.add_argument("--base-dir", required=True, nargs="+",
+                    help="the run's folder (several: their pairs in one table and summary)")
     args = ap.parse_args(argv)
-    results = json.loads(RunLayout(Path(args.base_dir)).results_path.read_text())
+    runs = [json.loads(RunLayout(Path(d)).results_path.read_text()) for d in args.base_dir]
+    results = runs[0] if len(runs) == 1 else {  # pairs only: the summary is recomputed
+        k: e for r in runs for k, e in r.items() if not k.startswith("_")}
     print("\n".join(rows(results)))
     print()
     print("\n".join(summary(results)))

@@ -728,3 +728,7 @@ def test_interval_table_script_prints_every_trained_pair(run, capsys):
     for k in PAIRS:
         assert f"| {k} |" in out
     assert "median 80 % coverage garch" in out
+    # two folders: one table, the summary recomputed over their pairs (the same run twice
+    # here: the same pairs, so the recomputed summary must be the stored one)
+    assert mod.main(["--base-dir", str(p.base_dir), str(p.base_dir)]) == 0
+    assert capsys.readouterr().out == out
