@@ -411,11 +411,13 @@ def recent_volatility(close: np.ndarray) -> np.ndarray:
     ending at that candle, the weights normalised over the returns there are. Row t uses
     closes t - VOL_WINDOW .. t only; row 0 (no return yet) is NaN."""
     c = np.asarray(close, np.float64)
-    r2 = np.r_[np.nan, np.diff(np.log(c))] ** 2
+    if len(c) < 2:
+        return np.full(len(c), np.nan)
+    r2 = np.diff(np.log(c)) ** 2
     w = VOL_LAMBDA ** np.arange(VOL_WINDOW)
-    num = np.convolve(np.nan_to_num(r2[1:]), w)[:len(c) - 1]
-    den = np.convolve(np.ones(len(c) - 1), w)[:len(c) - 1]
-    return np.r_[np.nan, np.sqrt(num / den)] if len(c) > 1 else np.full(len(c), np.nan)
+    num = np.convolve(r2, w)[:len(r2)]
+    den = np.convolve(np.ones(len(r2)), w)[:len(r2)]
+    return np.r_[np.nan, np.sqrt(num / den)]
 
 
 def volatility_unit(close: np.ndarray, target_std: float) -> np.ndarray:

@@ -430,6 +430,7 @@ def test_recent_volatility_is_the_normalised_ewma_of_the_last_100_squared_return
         w = 0.94 ** j
         assert got[t] == pytest.approx(np.sqrt(np.sum(w * r[t - 1 - j] ** 2) / w.sum()), rel=1e-12)
     assert np.isnan(got[0])
+    assert np.isnan(dp.recent_volatility(close[:1])).all() and len(dp.recent_volatility([])) == 0
     # by hand, two returns: sqrt((r2^2 + 0.94 r1^2) / 1.94)
     c = np.array([100.0, 110.0, 99.0])
     r1, r2 = np.log(1.1), np.log(0.9)
