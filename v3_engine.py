@@ -4,7 +4,7 @@ The one place that knows the engines: `resolve_engine` picks the plain per-model
 (v3_trainer.train_model, one model after another) or the fast engine (v3_fast_train: the
 models of a group trained together, CUDA graphs on a GPU), and `train_jobs` runs it, with
 the fast engine's failed groups handed to the plain loop. It also sets torch's CPU thread
-count once per training (v3_trainer.resolve_threads). The pipeline (v3_colab_training) and
+count while it trains (v3_trainer.cpu_threads). The pipeline (v3_colab_training) and
 bench/bench_gpu_training.py call `train_jobs`.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 
 from v3_common import V3Error, log
 from v3_fast_train import train_jobs_fast
-from v3_trainer import (TrainConfig, TrainJob, TrainOutcome, apply_threads, check_train_config,
-                        resolve_device, train_model)
+from v3_trainer import (TrainConfig, TrainJob, TrainOutcome, check_train_config, cpu_threads,
+                        resolve_device, resolve_threads, train_model)
 
 
 def resolve_engine(cfg: TrainConfig, device: torch.device) -> str:
@@ -44,31 +44,33 @@ def train_jobs(jobs: list[TrainJob], cfg: TrainConfig, *, show_progress: bool = 
 
     `cfg.engine` picks how (see resolve_engine): 'plain' trains one model after another with
     train_model; 'fast' trains them together (v3_fast_train), and is the default on a GPU.
-    On the CPU, torch's thread count is set once, to resolve_threads(cfg.threads)."""
+    On the CPU, torch's thread count is resolve_threads(cfg.threads) while the jobs train, and
+    is put back afterwards (v3_trainer.cpu_threads)."""
     if not jobs:
         return {}
     try:
         check_train_config(cfg)
         device = resolve_device(cfg.device)
-        apply_threads(cfg.threads, device)
+        resolve_threads(cfg.threads)  # a bad V3_THREADS fails every job, before any work
     except V3Error as e:  # the same error for every job, as train_model would raise it
         if on_error is None:
             raise
         for job in jobs:
             on_error(job, e)
         return {}
-    engine = resolve_engine(cfg, device)
-    log.info("training engine: %s (%s)", engine, "engine=auto" if cfg.engine == "auto"
-             else f"engine={cfg.engine!r}")
+    with cpu_threads(cfg.threads, device):  # torch's own count is back when training ends
+        engine = resolve_engine(cfg, device)
+        log.info("training engine: %s (%s)", engine, "engine=auto" if cfg.engine == "auto"
+                 else f"engine={cfg.engine!r}")
 
-    def plain(js: list[TrainJob]) -> dict:
-        return _train_jobs_plain(js, cfg, show_progress=show_progress, on_done=on_done,
-                                 on_error=on_error)
+        def plain(js: list[TrainJob]) -> dict:
+            return _train_jobs_plain(js, cfg, show_progress=show_progress, on_done=on_done,
+                                     on_error=on_error)
 
-    if engine == "fast":
-        return train_jobs_fast(jobs, cfg, device=device, show_progress=show_progress,
-                               on_done=on_done, on_error=on_error, fallback=plain)
-    return plain(jobs)
+        if engine == "fast":
+            return train_jobs_fast(jobs, cfg, device=device, show_progress=show_progress,
+                                   on_done=on_done, on_error=on_error, fallback=plain)
+        return plain(jobs)
 
 
 def _train_jobs_plain(jobs: list[TrainJob], cfg: TrainConfig, *, show_progress: bool,

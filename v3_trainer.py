@@ -162,23 +162,33 @@ def resolve_threads(threads: int | None) -> int:
     return default_threads()
 
 
-def apply_threads(threads: int | None, device: torch.device) -> int | None:
-    """On the CPU, torch.set_num_threads(resolve_threads(threads)) and log it; returns the
-    count (None on a GPU, where the CPU only launches kernels). The setting stays for the
-    process, so the evaluation after training runs with it too."""
+@contextlib.contextmanager
+def cpu_threads(threads: int | None, device: torch.device):
+    """On the CPU, train with torch.set_num_threads(resolve_threads(threads)) inside the
+    `with` block and put the process's own count back after it, so V3 never leaves torch's
+    thread count changed for the code that called it (a notebook, a test). Logs the count
+    when it changes it. Yields the count (None on a GPU, where the CPU only launches
+    kernels). The pipeline holds one block over all of step 4 (training, walk-forward and
+    re-scoring), so every number of a run is computed with the same count."""
     if device.type != "cpu":
-        return None
+        yield None
+        return
     n = resolve_threads(threads)
-    if threads is not None:
-        how = "TrainConfig.threads"
-    elif os.environ.get(THREADS_ENV, "").strip():
-        how = THREADS_ENV
-    else:
-        how = f"automatic for {os.cpu_count()} cores; --threads or {THREADS_ENV} to change"
-    if torch.get_num_threads() != n:
+    before = torch.get_num_threads()
+    if before != n:
+        if threads is not None:
+            how = "TrainConfig.threads"
+        elif os.environ.get(THREADS_ENV, "").strip():
+            how = THREADS_ENV
+        else:
+            how = f"automatic for {os.cpu_count()} cores; --threads or {THREADS_ENV} to change"
         torch.set_num_threads(n)
-    log.info("torch CPU threads: %d (%s)", n, how)
-    return n
+        log.info("torch CPU threads: %d (%s)", n, how)
+    try:
+        yield n
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 @dataclass

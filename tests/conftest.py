@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import random
 
+import numpy as np
 import pytest
+import torch
 
 from v3_colab_training import PipelineConfig, V3CoLabPipeline
 from v3_data_processor import FeatureConfig
@@ -20,8 +24,11 @@ TINY_TRAIN = TrainConfig(epochs=2, batch_size=64, patience=5, checkpoint_every_s
 
 
 def tiny_config(**over) -> PipelineConfig:
+    """The suite's run: synthetic candles, a tiny model, no upload, no bars, and the report
+    without its plots (drawing them is most of a tiny run's time); tests about the plots
+    pass plots=True."""
     cfg = PipelineConfig(candles=700, source="synthetic", model=TINY_MODEL, features=TINY_FEATURES,
-                         train=TINY_TRAIN, upload=False, show_progress=False)
+                         train=TINY_TRAIN, upload=False, show_progress=False, plots=False)
     return dataclasses.replace(cfg, **over)
 
 
@@ -48,3 +55,46 @@ def _v3_logs_to_caplog():
     log.propagate = True
     yield
     log.removeHandler(h)
+
+
+TEST_THREADS_ENV = "V3_TEST_THREADS"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    """The suite runs torch on one CPU thread (V3_TEST_THREADS=N for another count): the same
+    count on every machine, whatever its cores, and the tiny models here are several times
+    faster on one thread when the 2 cores are shared (bench/bench_threads.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get(TEST_THREADS_ENV, "1")))
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state():
+    """Every test starts from, and leaves, the same process-wide state, so the suite passes in
+    any order and on any machine: torch's thread count and default dtype, the environment
+    variables, the 'v3' and root loggers (level, handlers, propagation), and the global random
+    generators of torch, numpy and random. The code under test changes some of these on
+    purpose (training seeds torch's generator, the CLI sets the log level); tests change the
+    rest. Whatever a test leaves behind is put back here, after its own fixtures are done."""
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    env = dict(os.environ)
+    loggers = {name: (lg, lg.level, list(lg.handlers), lg.propagate)
+               for name, lg in (("v3", logging.getLogger("v3")), ("", logging.getLogger()))}
+    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
+    if dict(os.environ) != env:
+        os.environ.clear()
+        os.environ.update(env)
+    for lg, level, handlers, propagate in loggers.values():
+        lg.setLevel(level)
+        lg.handlers[:] = handlers
+        lg.propagate = propagate
+    torch.set_rng_state(rng[0])
+    np.random.set_state(rng[1])
+    random.setstate(rng[2])

@@ -86,6 +86,7 @@ def test_a_device_that_is_not_there_fails_every_job_by_name(data15, monkeypatch)
 
 
 
+@pytest.mark.slow
 def test_the_trainer_does_not_import_the_fast_engine():
     """No import cycle: v3_trainer is below both engines, v3_engine above them."""
     code = ("import sys, v3_trainer; assert 'v3_fast_train' not in sys.modules, 'cycle'; "
@@ -94,8 +95,9 @@ def test_the_trainer_does_not_import_the_fast_engine():
 
 
 @pytest.mark.parametrize("engine", ["plain", "fast"])
-def test_training_on_cpu_sets_torch_threads_once_and_says_so(data15, engine, monkeypatch, caplog):
-    calls = []
+def test_training_on_cpu_sets_torch_threads_while_it_trains_and_puts_them_back(
+        data15, engine, monkeypatch, caplog):
+    calls, during = [], []
     real = torch.set_num_threads
     monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n)))
     monkeypatch.delenv("V3_THREADS", raising=False)
@@ -103,15 +105,15 @@ def test_training_on_cpu_sets_torch_threads_once_and_says_so(data15, engine, mon
     jobs = [TrainJob(key=k, symbol="BTCUSDT", interval="15m", data=data15, model_config=TINY_MODEL)
             for k in ("a", "b")]
     other = 2 if before == 1 else 1
-    try:
-        with caplog.at_level(logging.INFO, logger="v3"):
-            out = train_jobs(jobs, dataclasses.replace(TINY_TRAIN, epochs=1, engine=engine,
-                                                       threads=other), show_progress=False)
-        assert calls == [other] and torch.get_num_threads() == other
-        assert f"torch CPU threads: {other} (TrainConfig.threads)" in caplog.text
-        assert len(out) == 2
-    finally:
-        real(before)
+    with caplog.at_level(logging.INFO, logger="v3"):
+        out = train_jobs(jobs, dataclasses.replace(TINY_TRAIN, epochs=1, engine=engine,
+                                                   threads=other), show_progress=False,
+                         on_done=lambda job, o: during.append(torch.get_num_threads()))
+    assert during == [other, other]          # each pair trained and was scored with `other`
+    assert calls == [other, before]          # set once, and put back once
+    assert torch.get_num_threads() == before
+    assert f"torch CPU threads: {other} (TrainConfig.threads)" in caplog.text
+    assert len(out) == 2
 
 
 def test_a_bad_V3_THREADS_fails_every_job_naming_the_variable(data15, monkeypatch):

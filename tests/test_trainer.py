@@ -323,10 +323,17 @@ def test_the_quantile_weight_is_the_pinball_share_of_the_loss(data):
     zero = train_model(data, dataclasses.replace(TINY_MODEL, quantile_weight=0.0), cfg,
                        show_progress=False)
     one = train_model(data, TINY_MODEL, cfg, show_progress=False)
+    # The same arithmetic for the trunk and point head, except that weight 0 adds zero
+    # gradients through the head and its pinball sums: float32 summation order (which depends
+    # on torch's thread count and the machine) moves the last bits, ~1e-9 after 3 epochs of
+    # AdamW here. 1e-6 relative (plus 1e-7 for weights near 0) is far below what one real
+    # update changes (weight 1 moves the same weights by > 1e-3, checked below).
     for k, v in none.best_state.items():
-        torch.testing.assert_close(zero.best_state[k], v, rtol=0, atol=0)
-    assert [h["val_loss"] for h in zero.history] == [h["val_loss"] for h in none.history]
-    assert not torch.equal(one.best_state["lstm.weight_hh_l0"], none.best_state["lstm.weight_hh_l0"])
+        torch.testing.assert_close(zero.best_state[k], v, rtol=1e-6, atol=1e-7)
+    assert [h["val_loss"] for h in zero.history] == pytest.approx(
+        [h["val_loss"] for h in none.history], rel=1e-6)
+    moved = (one.best_state["lstm.weight_hh_l0"] - none.best_state["lstm.weight_hh_l0"]).abs().max()
+    assert moved > 1e-3
     assert one.history[-1]["val_pinball"] < zero.history[-1]["val_pinball"]
 
 
