@@ -24,9 +24,7 @@ if __name__ == "__main__":
     build_parser().parse_args()  # --help and usage errors answer before torch loads (lazy on purpose)
 
 import dataclasses  # noqa: E402
-import datetime as dt  # noqa: E402
 import importlib  # noqa: E402
-import json  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -35,8 +33,8 @@ import torch  # noqa: E402
 
 from v3_binance_data import RENAMED_SYMBOLS, BinanceDownloader, format_download_table  # noqa: E402
 from v3_common import (ConfigError, V3Error, atomic_write_json, default_base_dir,  # noqa: E402
-                       json_default, log, pair_key, plural, progress, read_json, setup_logging,
-                       shorten, text_table, fmt_num)
+                       log, pair_key, plural, progress, read_json, setup_logging, shorten,
+                       text_table, fmt_num)
 from v3_config import (DEMO_COINS, PipelineConfig, check_config,  # noqa: E402,F401
                        check_pairs, demo_config)
 from v3_data_processor import WARMUP_CANDLES, prepare_dataset  # noqa: E402
@@ -50,61 +48,13 @@ from v3_market_data import latest_candles, read_klines  # noqa: E402
 from v3_pair_download import load_offline_pair  # noqa: E402
 from v3_report import summary_sentences, write_report  # noqa: E402
 from v3_train_step import features_info, finalize_pair, plan_pair  # noqa: E402
-from v3_trainer import resolve_device  # noqa: E402
+from v3_results import (DOWNLOADED, FAILED, PREPROCESSED, SKIPPED, SUCCESS, TRAINED,  # noqa: E402
+                        ResultsStore, now_iso, same_json)
+from v3_trainer import cpu_threads, resolve_device  # noqa: E402
 
-# a pair's status in the results
-DOWNLOADED, PREPROCESSED, SUCCESS, SKIPPED, FAILED = (
-    "downloaded", "preprocessed", "success", "skipped", "failed")
-TRAINED = (SUCCESS, SKIPPED)  # a usable model
 PACKAGES = (("torch", "torch"), ("numpy", "numpy"), ("pandas", "pandas"),
             ("sklearn", "scikit-learn"), ("tqdm", "tqdm"), ("binance", "python-binance"),
             ("huggingface_hub", "huggingface-hub"), ("matplotlib", "matplotlib"))
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class ResultsStore:
-    """results/v3_training_results.json: one entry per pair (key 'BTCUSDT_15m') and '_summary'.
-    An update that changes nothing leaves the file (and its updated_at) as it was."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def load(self) -> dict:
-        return read_json(self.path, default={}) or {}
-
-    def entry(self, key: str) -> dict:
-        return self.load().get(key, {})
-
-    def update(self, key: str, **fields) -> dict:
-        results = self.load()
-        before = results.get(key, {})
-        entry = dict(before, **fields)
-        for k in [k for k, v in entry.items() if v is None and k in (
-                "reason", "failed_step", "skip_reason", "rescore_error")]:
-            del entry[k]  # a field that no longer applies
-        if same_json(entry, before) and self.path.exists():
-            return before
-        entry["updated_at"] = now_iso()
-        results[key] = entry
-        atomic_write_json(self.path, results)
-        return entry
-
-    def fail(self, symbol: str, interval: str, step: str, err: BaseException) -> None:
-        reason = " ".join(str(err).split()) or type(err).__name__
-        log.error("%s %s: %s failed: %s", symbol, interval, step, reason)
-        self.update(pair_key(symbol, interval), symbol=symbol, interval=interval, status=FAILED,
-                    failed_step=step, reason=reason)
-
-    def status(self, key: str) -> str | None:
-        return self.entry(key).get("status")
-
-    def trained(self) -> dict[str, dict]:
-        return {k: v for k, v in self.load().items()
-                if not k.startswith("_") and v.get("status") in TRAINED}
-
 
 class V3CoLabPipeline:
     """The guide's five-step pipeline. `COINS` and `TIMEFRAMES` can be replaced per instance."""
@@ -298,6 +248,11 @@ class V3CoLabPipeline:
         return self.step_4_train_models(epochs, batch_size, learning_rate, retrain=retrain)
 
     def _train(self, c: PipelineConfig, *, retrain: bool) -> dict:
+        # one thread count for all of step 4: training, walk-forward and re-scoring
+        with self._threads(c):
+            return self._train_pairs(c, retrain=retrain)
+
+    def _train_pairs(self, c: PipelineConfig, *, retrain: bool) -> dict:
         pairs = self.pairs()
         self._write_config(c)
         log.info("STEP 4/5: train %s (epochs %d, batch %d, lr %g, device %s)",
@@ -377,7 +332,9 @@ class V3CoLabPipeline:
         """Score trained pairs (all, or `keys`) again from their saved model and features, with
         no training. A pair that cannot be re-scored keeps its old numbers and gets a
         `rescore_error` (shown in the report)."""
-        return self._rescore(self.checked_config(), keys)
+        c = self.checked_config()
+        with self._threads(c):
+            return self._rescore(c, keys)
 
     def _rescore(self, c: PipelineConfig, keys: list[str] | None) -> dict:
         done = {}
@@ -402,8 +359,9 @@ class V3CoLabPipeline:
         each fold's own training rows) and score each fold's next block of test samples;
         per-fold and pooled metrics go into the results under `walk_forward`. A finished fold
         is kept unless `retrain`."""
-        return self._walk_forward(dataclasses.replace(self.checked_config(), walk_forward=k),
-                                  retrain=retrain)
+        c = dataclasses.replace(self.checked_config(), walk_forward=k)
+        with self._threads(c):
+            return self._walk_forward(c, retrain=retrain)
 
     def _walk_forward(self, c: PipelineConfig, *, retrain: bool) -> dict:
         pairs = self.pairs()
@@ -440,6 +398,15 @@ class V3CoLabPipeline:
         return self._report(self.checked_config(), rescore=rescore)
 
     def _report(self, c: PipelineConfig, *, rescore: bool = False) -> dict:
+        with self._threads(c):  # re-scoring with training's thread count
+            return self._summarize_and_write(c, rescore=rescore)
+
+    @staticmethod
+    def _threads(c: PipelineConfig):
+        """torch's CPU thread count for step 4's work, put back when it ends (cpu_threads)."""
+        return cpu_threads(c.train.threads, resolve_device(c.train.device))
+
+    def _summarize_and_write(self, c: PipelineConfig, *, rescore: bool) -> dict:
         old = [k for k, v in self.store.trained().items()
                if (v.get("backtest") or {}).get("fee_per_side") != c.fee_per_side]
         if rescore or old:
@@ -456,7 +423,7 @@ class V3CoLabPipeline:
         if results.get("_summary") != summary:
             results["_summary"] = summary
             atomic_write_json(self.results_path, results)
-        paths = write_report(self.base_dir, results)
+        paths = write_report(self.base_dir, results, plots=c.plots)
         log.info("%s%s", "[SYNTHETIC DATA] " if summary["synthetic"] else "",
                  summary_sentences(summary)[0].replace("**", ""))
         log.info("report: %s (and %s)", paths["md"], paths["html"].name)
@@ -514,16 +481,6 @@ class V3CoLabPipeline:
 
 def _as_list(v):
     return list(v) if isinstance(v, (list, tuple)) else v
-
-
-def same_json(new: dict, old: dict, *, clock=("updated_at", "written_at")) -> bool:
-    """`new` would be written as `old` is stored, leaving out the time stamps."""
-    strip = lambda d: {k: v for k, v in d.items() if k not in clock}  # noqa: E731
-    dump = lambda d: json.dumps(strip(d), sort_keys=True, default=json_default)  # noqa: E731
-    try:
-        return dump(new) == dump(old)
-    except TypeError:
-        return False
 
 
 # ---------------------------------------------------------------------------------------
