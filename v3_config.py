@@ -50,6 +50,7 @@ class PipelineConfig:
     preset: str = "guide"             # 'guide' or 'demo'
     fee_per_side: float = 0.001       # backtest fee per side (0.001 = 0.1 %)
     walk_forward: int = 0             # folds of the walk-forward evaluation in step 4 (0: off)
+    plots: bool = True                # the report's PNG plots (False: its tables only, faster)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -375,6 +375,11 @@ def _wf_row(k, label, n_train, t0, t1, m, intervals: bool = False) -> list[str]:
             + (wf_interval_cells(m) if intervals else []))
 
 
+def _md_cell(value) -> str:
+    """A markdown table cell: a '|' inside it would end the cell."""
+    return str(value).replace("|", "\\|")
+
+
 def to_markdown(blocks: list[tuple], *, rel_to: Path) -> str:
     out = []
     for blk in blocks:
@@ -384,10 +389,9 @@ def to_markdown(blocks: list[tuple], *, rel_to: Path) -> str:
             out.append(blk[1])
         elif blk[0] == "table":
             head, rows = blk[1], blk[2]
-            cell = lambda s: str(s).replace("|", "\\|")
-            out.append("\n".join(["| " + " | ".join(cell(h) for h in head) + " |",
+            out.append("\n".join(["| " + " | ".join(_md_cell(h) for h in head) + " |",
                                   "|" + "---|" * len(head)] +
-                                 ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]))
+                                 ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]))
         elif blk[0] == "img":
             out.append(f"![{blk[2]}]({Path(blk[1]).relative_to(rel_to).as_posix()})")
     return "\n\n".join(out) + "\n"
@@ -425,11 +429,12 @@ def to_html(blocks: list[tuple]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_report(base_dir: str | Path, results: dict) -> dict:
-    """Draw the plots and write results/report.md and results/report.html; their paths."""
+def write_report(base_dir: str | Path, results: dict, *, plots: bool = True) -> dict:
+    """Draw the plots (unless `plots=False`: the tables alone, no matplotlib needed) and write
+    results/report.md and results/report.html; their paths."""
     base_dir = Path(base_dir)
     res_dir = base_dir / "results"
-    plots = draw_plots(base_dir, results)
+    plots = draw_plots(base_dir, results) if plots else {}
     blocks = build_blocks(results, plots)
     md, page = res_dir / "report.md", res_dir / "report.html"
     atomic_write_bytes(md, to_markdown(blocks, rel_to=res_dir).encode())
