@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="V3: download Binance candles, build indicator+PCA features, train one "
                     "BiLSTM-attention model per coin and timeframe, report metrics next to the "
                     "persistence baseline, and upload to the Hugging Face Hub.")
+    _pair_and_data_options(p)
+    _run_options(p)
+    _training_options(p)
+    return p
+
+
+def _pair_and_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo", action="store_true",
                    help="offline demo: synthetic data, BTCUSDT+ETHUSDT x 15m+1h, a small model, "
                         "5 epochs (under a minute on 2 CPU cores); no upload unless --hf-repo")
@@ -61,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="download every pair afresh instead of appending the newer candles")
     p.add_argument("--download-workers", type=int, metavar="N",
                    help="pairs downloaded at once (1-16, default 4)")
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-dir", help="output folder (default /content in Colab, else ./v3_output;"
                                       " or $V3_BASE_DIR)")
     p.add_argument("--steps", nargs="+", type=steps_type, metavar="STEP",
@@ -79,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: re-score the saved models and rewrite results/report.md "
                         "and report.html")
+
+
+def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--engine", choices=("auto", "fast", "plain"),
                    help="training engine: auto (default: fast on a GPU, plain on CPU), fast "
@@ -91,4 +104,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true",
                    help="only warnings and errors, no progress bars (errors and skipped steps "
                         "you asked for are always shown)")
-    return p

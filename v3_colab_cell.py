@@ -37,6 +37,8 @@ import re
 import sys
 from pathlib import Path
 
+from v3_common import atomic_write_bytes
+
 HERE = Path(__file__).resolve().parent
 REPO_URL = "https://raw.githubusercontent.com/caizongxun/cpbv2/main"  # the guide's repository
 NOTEBOOK_NAME = "V3_colab.ipynb"
@@ -429,7 +431,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.notebook:
-            from v3_common import atomic_write_bytes
             text = notebook_json(repo_url=args.repo_url)
             atomic_write_bytes(args.notebook, text.encode("utf-8"))
             print(f"wrote {args.notebook} ({len(text):,} bytes, "

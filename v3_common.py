@@ -160,7 +160,7 @@ def setup_logging(level: int | str = logging.INFO) -> logging.Logger:
 
 def progress(iterable: Iterable | None = None, *, enabled: bool = True, **kw: Any):
     """A tqdm.auto bar (widgets in Colab, text elsewhere); `enabled=False` turns it off."""
-    from tqdm.auto import tqdm  # lazy on purpose: the CLIs import v3_common before parsing
+    from tqdm.auto import tqdm  # noqa: PLC0415  (lazy: the CLIs import v3_common before parsing)
     kw.setdefault("dynamic_ncols", True)
     kw.setdefault("leave", False)
     return tqdm(iterable, disable=not enabled, **kw)
@@ -196,7 +196,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def json_default(o: Any) -> Any:
     """json.dumps(default=...) for numpy numbers and arrays and paths."""
-    import numpy as np  # lazy on purpose: the CLIs import v3_common before parsing (--help)
+    import numpy as np  # noqa: PLC0415  (lazy: the CLIs import v3_common before parsing --help)
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):

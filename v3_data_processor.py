@@ -87,8 +87,8 @@ def validate_klines(df: pd.DataFrame, name: str = "candles", *,
 
     Raises DataValidationError naming the problem, the first offending rows (0-based
     positions in the frame, or file lines when `first_line` gives the line of the frame's
-    first row: 2 for a CSV with a header; open_time as an integer and in UTC) and the fix, for: missing columns,
-    non-numeric values, NaN or inf, duplicate or unsorted open_time, high < low, open or
+    first row: 2 for a CSV with a header; open_time as an integer and in UTC) and the fix,
+    for: missing columns, non-numeric values, NaN or inf, duplicate or unsorted open_time, high < low, open or
     close outside [low, high], negative volume and prices <= 0.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -204,7 +204,7 @@ class FittedTransform:
 
 def fit_transform(train: np.ndarray, n_components: int) -> FittedTransform:
     """Standardise, then PCA, fitted on `train` (rows x features) alone."""
-    from sklearn.decomposition import PCA  # lazy on purpose: scikit-learn takes ~1 s to import
+    from sklearn.decomposition import PCA  # noqa: PLC0415  (lazy: scikit-learn takes ~1 s to import)
     train = np.asarray(train, dtype=np.float64)
     mean = train.mean(axis=0)
     scale = train.std(axis=0)

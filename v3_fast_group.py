@@ -370,8 +370,8 @@ class TrainGroup:
             else:
                 self._train_step()
         val, val_pin = self._validate()
-        val_host, sse_host, vpin_host, spin_host = torch.stack(
-            [val, self.sse.to(val.dtype), val_pin, self.spin.to(val.dtype)]).cpu().tolist()  # one sync per epoch
+        val_host, sse_host, vpin_host, spin_host = torch.stack(  # one host sync per epoch
+            [val, self.sse.to(val.dtype), val_pin, self.spin.to(val.dtype)]).cpu().tolist()
         improved, done = [], []
         for m in active:
             s = self.slots[m]

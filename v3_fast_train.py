@@ -77,7 +77,8 @@ def _group_jobs(jobs: list, cfg, device: torch.device) -> list[list]:
 
 
 def train_jobs_fast(jobs: list[TrainJob], cfg: TrainConfig, *, device: torch.device,
-                    show_progress: bool = True, on_done: Callable | None = None, on_error: Callable | None = None,
+                    show_progress: bool = True, on_done: Callable | None = None,
+                    on_error: Callable | None = None,
                     fallback: Callable[[list], dict] | None = None,
                     on_epoch: Callable[[int, int], object] | None = None) -> dict:
     """Train `jobs` in groups; same contract as v3_engine.train_jobs (which calls this):

@@ -358,7 +358,7 @@ def fit_garch_t(train_returns: np.ndarray) -> dict:
     """
     # arch is imported here on purpose: it costs ~1.5 s to import (statsmodels, pandas), and
     # modules that only convert or score quantiles (predict, report) never need it
-    from arch import arch_model
+    from arch import arch_model  # noqa: PLC0415  (lazy, see above)
     r = np.asarray(train_returns, np.float64)
     if len(r) < 10 or not np.isfinite(r).all():
         raise ValueError(f"fit_garch_t needs >= 10 finite training returns, got {len(r)}.")

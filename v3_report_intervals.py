@@ -46,8 +46,8 @@ def new_figure(width_in: float = 8.0, height_in: float = 3.6, ncols: int = 1):
     # matplotlib is imported here, not at the top, on purpose: the pipeline imports the report
     # for its sentences without drawing, and a missing matplotlib is a named error only here
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415  (lazy, above)
+        from matplotlib.figure import Figure  # noqa: PLC0415
     except ImportError as e:
         raise ConfigError("the report needs matplotlib: pip install 'matplotlib>=3.7'") from e
     fig = Figure(figsize=(width_in, height_in), dpi=100, layout="constrained")

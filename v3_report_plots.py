@@ -24,7 +24,7 @@ SYNTHETIC_TAG = " [SYNTHETIC DATA]"  # in the title of every plot of generated c
 
 def _integer_ticks(axis) -> None:
     """Ticks at whole numbers only (epochs, counts of pairs)."""
-    from matplotlib.ticker import MaxNLocator  # lazy with the rest of matplotlib (_figure)
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415  (lazy, with matplotlib's rest)
     axis.set_major_locator(MaxNLocator(integer=True))
 
 

@@ -282,7 +282,8 @@ def _bench(args, argv, model: ModelConfig, features: FeatureConfig, base: TrainC
     say("")
     say(f"{'':26}{'plain loop':>16}{'fast engine':>16}")
     say(f"{'ms/model-step':26}{p['ms_per_model_step']:>16.3f}{f['ms_per_model_step']:>16.3f}")
-    say(f"{'models/s (full job)':26}{len(pairs) / p['projected_full_job_s']:>16.4f}{f['models_per_s']:>16.4f}")
+    plain_rate = len(pairs) / p['projected_full_job_s']
+    say(f"{'models/s (full job)':26}{plain_rate:>16.4f}{f['models_per_s']:>16.4f}")
     say(f"{'full job wall s':26}{p['projected_full_job_s']:>15.1f}*{f['wall_s']:>16.1f}")
     say(f"{'measured on':26}{f'{len(few)} pairs x {args.plain_epochs} ep':>16}"
         f"{f'{len(pairs)} pairs x {args.epochs} ep':>16}")

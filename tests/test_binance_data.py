@@ -21,7 +21,7 @@ import pytest
 import binance.client
 import v3_binance_client
 import v3_binance_data as bd
-from fake_binance import DAY_MS, FakeBinance, Reply, ms
+from fake_binance import FakeBinance, Reply, ms
 from v3_common import (ConfigError, DataValidationError, DelistedSymbolError, DownloadError,
                        InvalidSymbolError, RetryableDownloadError)
 from v3_market_data import data_path, read_klines, write_klines
@@ -377,6 +377,7 @@ def test_merge_keeps_one_row_per_open_time():
     assert m["open_time"].tolist() == [0, 1, 2, 3] and m["close"].tolist() == [1, 1, 2, 2]
 
 
+@pytest.mark.slow
 def test_kill_during_write_leaves_the_old_csv_intact(fake, tmp_path):
     r, = fetch(downloader(fake.url), [("BTCUSDT", "1h")], 500, tmp_path)
     old = r.path.read_bytes()
@@ -498,6 +499,7 @@ def test_archive_is_the_last_resort_when_every_base_is_blocked(tmp_path, caplog)
                for m in caplog.messages)
 
 
+@pytest.mark.slow
 def test_long_history_through_the_archive(tmp_path):
     clock = Clock(ARCHIVE_NOW)
     with FakeBinance(clock=clock) as api, FakeBinance(clock=clock) as archive:
@@ -522,6 +524,7 @@ def pipeline(tmp_path, fake_url, coins, **over):
     return V3CoLabPipeline(tmp_path / "out", config=cfg, coins=coins, timeframes=["1h"])
 
 
+@pytest.mark.slow
 def test_step_2_records_renames_failures_and_a_table(fake, tmp_path, caplog):
     pipe = pipeline(tmp_path, fake.url, ["BTCUSDT", "MATICUSDT", "FOOUSDT"])
     done = pipe.step_2_download_binance_data()
@@ -558,7 +561,7 @@ def test_step_2_replaces_synthetic_files_instead_of_appending(fake, tmp_path, ca
 
 
 def test_cli_download_options():
-    from v3_colab_training import build_parser, main, pipeline_from_args
+    from v3_colab_training import build_parser, pipeline_from_args
     args = build_parser().parse_args([
         "--source", "binance-archive", "--api-urls", "http://a.test/api,http://b.test/api",
         "--archive-url", "http://c.test", "--refresh", "--download-workers", "2",
@@ -578,6 +581,7 @@ def test_cli_refuses_a_bad_api_url(tmp_path, caplog):
     assert any("ConfigError" in m and "not http(s) URLs" in m for m in caplog.messages)
 
 
+@pytest.mark.slow
 def test_benchmark_runs_tiny():
     p = subprocess.run([sys.executable, "bench/bench_download.py", "--pairs", "4", "--candles",
                         "1500", "--latency-ms", "5"], cwd=REPO, capture_output=True, text=True,
@@ -588,7 +592,6 @@ def test_benchmark_runs_tiny():
 
 
 def test_download_klines_one_pair_the_simple_way(fake, tmp_path):
-    from v3_common import DownloadError
     df = bd.download_klines("BTCUSDT", "1h", 500, api_urls=[fake.url], data_dir=tmp_path)
     assert len(df) == 500 and (tmp_path / "BTCUSDT_1h.csv").exists()
     with pytest.raises(InvalidSymbolError, match="invalid symbol"):  # Binance's -1121
@@ -665,47 +668,6 @@ def test_invalid_symbol_in_the_list_is_told_by_type(fake, tmp_path, monkeypatch)
     rs = fetch(downloader(fake.url), [("FOOUSDT", "1h"), ("BTCUSDT", "1h")], 400, tmp_path)
     assert fake.count("exchangeInfo") == 2
     assert isinstance(rs[0].error, InvalidSymbolError) and rs[1].ok
-
-
-SPLIT_MODULES = ["v3_binance_data", "v3_binance_client", "v3_candle_series", "v3_pair_download",
-                 "v3_binance_archive", "v3_market_data"]
-
-
-def test_split_modules_have_a_docstring_short_functions_and_top_level_imports():
-    import ast
-    for mod in SPLIT_MODULES:
-        tree = ast.parse((REPO / f"{mod}.py").read_text())
-        assert ast.get_docstring(tree), mod
-        imported = set()
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                n = node.end_lineno - node.lineno + 1
-                assert n <= 60, f"{mod}.{node.name} is {n} lines"
-                inner = [x for x in ast.walk(node) if isinstance(x, (ast.Import, ast.ImportFrom))]
-                assert not inner, f"{mod}.{node.name} imports inside the function"
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("v3_"):
-                imported |= {(node.module, a.name) for a in node.names}
-        private = [f"{m}.{n}" for m, n in imported if n.startswith("_")]
-        assert not private, f"{mod} imports private names {private}"
-
-
-def test_no_import_cycle_among_the_split_modules():
-    import ast
-    deps = {}
-    for mod in SPLIT_MODULES + ["v3_data_processor", "v3_common"]:
-        tree = ast.parse((REPO / f"{mod}.py").read_text())
-        deps[mod] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
-                     and (n.module or "").startswith("v3_")}
-        deps[mod] |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import)
-                      for a in n.names if a.name.startswith("v3_")}
-        assert "v3_colab_training" not in deps[mod], mod
-
-    def reach(m, seen=()):
-        for d in deps.get(m, ()):
-            assert d not in seen + (m,), f"import cycle through {m} -> {d}"
-            reach(d, seen + (m,))
-    for m in deps:
-        reach(m)
 
 
 def test_every_name_the_pipeline_and_predict_use_is_importable_from_here():

@@ -125,6 +125,7 @@ def _text(cell) -> str:
     return "".join(out)
 
 
+@pytest.mark.slow
 def test_notebook_runs_in_a_kernel_like_in_colab(tmp_path, monkeypatch, repo_server, fake_pip):
     nbformat = pytest.importorskip("nbformat")
     from nbclient import NotebookClient
@@ -232,6 +233,7 @@ def test_cell1_installs_nothing_when_every_package_is_present(tmp_path, fake_pip
     (["binance"], ["python-binance"]),
     (["binance", "huggingface_hub"], ["python-binance", "huggingface-hub"]),
 ])
+@pytest.mark.slow
 def test_cell1_installs_only_the_missing_packages_never_torch(tmp_path, fake_pip, hidden, expected):
     floors = package_floors(ROOT)
     env = _offline_env(tmp_path, fake_pip, V3_BASE_DIR=str(tmp_path / "content"))
@@ -265,6 +267,7 @@ def test_cell1_content_folder_defaults_like_the_pipeline(tmp_path, fake_pip):
 # Cell 2: fetch from one URL; refuse what is not Python; keep the old files then.
 
 
+@pytest.mark.slow
 def test_cell2_fetches_every_module_and_is_idempotent(tmp_path, fake_pip, repo_server):
     content = tmp_path / "content"
     env = _offline_env(tmp_path, fake_pip, V3_BASE_DIR=str(content), V3_REPO_URL=repo_server.url)
@@ -287,6 +290,7 @@ def test_cell2_fetches_every_module_and_is_idempotent(tmp_path, fake_pip, repo_s
     (b"def broken(:\n    pass\n", "is not valid Python (line 1"),
     (None, "answered HTTP 404"),
 ])
+@pytest.mark.slow
 def test_cell2_refuses_a_bad_download_and_keeps_the_old_files(tmp_path, fake_pip, repo_server,
                                                             body, message):
     bad = MODULES[-1]  # the last one: the others were fetched fine, and must not be written
@@ -325,6 +329,7 @@ def test_committed_notebook_is_in_sync_with_the_generator():
         f"and commit it.")
 
 
+@pytest.mark.slow
 def test_notebook_is_valid_nbformat_v4_with_a_gpu_runtime():
     nbformat = pytest.importorskip("nbformat")
     nb = nbformat.read(ROOT / NOTEBOOK_NAME, as_version=4)
@@ -371,8 +376,8 @@ def test_pipeline_modules_follows_every_kind_of_import(tmp_path):
     (tmp_path / "v3_c.py").write_text("y = 2\n")
     (tmp_path / "v3_d.py").write_text("")
     (tmp_path / "v3_unused.py").write_text("import v3_a\n")
-    assert pipeline_modules(tmp_path, entries=("v3_colab_training",)) == ["v3_a.py", "v3_b.py", "v3_c.py", "v3_colab_training.py",
-                                          "v3_d.py"]
+    assert pipeline_modules(tmp_path, entries=("v3_colab_training",)) == [
+        "v3_a.py", "v3_b.py", "v3_c.py", "v3_colab_training.py", "v3_d.py"]
     with pytest.raises(CellConfigError, match="entry module .*v3_nope.py does not exist"):
         pipeline_modules(tmp_path, entries=("v3_nope",))
 
@@ -420,6 +425,7 @@ def test_colab_url_and_repo_url_checks():
         check_repo_url("ftp://x")
 
 
+@pytest.mark.slow
 def test_cli_prints_cells_and_writes_the_notebook(tmp_path, capsys):
     assert main([]) == 0
     out = capsys.readouterr().out

@@ -1,5 +1,6 @@
-"""v3_metrics, v3_baselines, v3_evaluation: metrics on hand-computed cases, statistics against scipy, baselines as models,
-the fee-aware backtest on a constructed price path, and the walk-forward no-leak property."""
+"""v3_metrics, v3_baselines, v3_evaluation: metrics on hand-computed cases, statistics against
+scipy, baselines as models, the fee-aware backtest on a constructed price path, and the
+walk-forward no-leak property."""
 from __future__ import annotations
 
 import dataclasses
