@@ -64,6 +64,7 @@ def test_base_dir_defaults(monkeypatch, tmp_path):
     assert V3CoLabPipeline().base_dir == tmp_path
 
 
+@pytest.mark.slow
 def test_every_artifact_is_written(trained):
     p, results = trained
     base = p.base_dir
@@ -79,6 +80,7 @@ def test_every_artifact_is_written(trained):
     assert set(on_disk) - {"_summary"} == set(PAIRS) and on_disk == results
 
 
+@pytest.mark.slow
 def test_results_json_fields(trained):
     _, results = trained
     metric_fields = {"mape", "mae", "rmse", "mse", "directional_accuracy", "n", "n_direction"}
@@ -138,6 +140,7 @@ def test_checkpoint_reload_reproduces_predictions(trained):
         assert ckpt["test"] == results[key]["test"]
 
 
+@pytest.mark.slow
 def test_rerun_skips_trained_pairs(trained, caplog):
     p, _ = trained
     before = {k: (p.base_dir / "all_models" / f"v3_model_{k}.pt").stat().st_mtime_ns for k in PAIRS}
@@ -150,6 +153,7 @@ def test_rerun_skips_trained_pairs(trained, caplog):
     assert results["BTCUSDT_15m"]["test"]["n"] > 0  # the earlier metrics stay
 
 
+@pytest.mark.slow
 def test_an_unchanged_rerun_leaves_results_config_and_models_as_they_are(trained):
     """No rewrite for a new time stamp alone: re-running a finished job (a Colab cell run
     again) gives step 5 nothing new to commit."""
@@ -161,6 +165,7 @@ def test_an_unchanged_rerun_leaves_results_config_and_models_as_they_are(trained
     assert [f.read_bytes() for f in files] == before
 
 
+@pytest.mark.slow
 def test_resume_training_continues_from_checkpoint(tmp_path, caplog):
     """The guide's pipeline.step_3_train_models(epochs=N) continues instead of restarting,
     and 2 + 2 epochs give the same model as 4 epochs straight."""
@@ -183,6 +188,7 @@ def test_resume_training_continues_from_checkpoint(tmp_path, caplog):
     np.testing.assert_allclose(ha, hb, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes(tmp_path, monkeypatch, caplog):
     """Ctrl-C mid-run keeps the finished epochs; the next call picks up from there."""
     import v3_trainer
@@ -210,6 +216,7 @@ def test_interrupted_training_resumes(tmp_path, monkeypatch, caplog):
     assert r["BTCUSDT_1h"]["total_epochs"] == 3
 
 
+@pytest.mark.slow
 def test_retrain_and_changed_data_train_from_scratch(trained, caplog):
     p, _ = trained
     r = p.step_4_train_models(epochs=2, retrain=True)
@@ -217,6 +224,7 @@ def test_retrain_and_changed_data_train_from_scratch(trained, caplog):
     assert [h["epoch"] for h in r["BTCUSDT_15m"]["history"]] == [1, 2]
 
 
+@pytest.mark.slow
 def test_one_bad_pair_does_not_stop_the_others(tmp_path):
     src = tmp_path / "csv"
     src.mkdir()
@@ -310,6 +318,7 @@ def test_help_lists_the_options():
         assert opt in out, opt
 
 
+@pytest.mark.slow
 def test_cli_demo_subset_and_steps(tmp_path, caplog):
     rc = main(["--demo", "--base-dir", str(tmp_path), "--coins", "SOL", "--timeframes", "1h",
                "--epochs", "1", "--no-progress", "--steps", "setup", "download"])
@@ -378,6 +387,7 @@ def test_demo_preset_is_small_and_offline():
     assert c.model.hidden_size < PipelineConfig().model.hidden_size
 
 
+@pytest.mark.slow
 def test_newer_candles_do_not_retrain_finished_or_interrupted_pairs(tmp_path, caplog):
     """A Colab re-run fetches newer candles: finished pairs stay skipped, and a longer
     training resumes on the candles it started with; retrain=True uses the new ones."""
@@ -417,6 +427,7 @@ def _no_token(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-stored-tokens"))
 
 
+@pytest.mark.slow
 def test_the_config_is_frozen_and_run_full_pipeline_keeps_what_was_not_passed(tmp_path):
     """V3CoLabPipeline(config=demo_config()).run_full_pipeline() used to train 100 epochs:
     the defaults of run_full_pipeline replaced the preset's."""
@@ -458,6 +469,7 @@ def test_steps_take_comma_lists_and_unknown_steps_are_usage_errors(tmp_path, cap
     assert e.value.code == 2 and "unknown step 'uplod'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_pair_that_stopped_early_is_finished_and_one_at_the_limit_continues(tmp_path, caplog):
     """Re-run with more epochs, a pair that stopped early used to get a fresh patience window
     and different results; now it is skipped with the reason, and only pairs that hit the
@@ -477,6 +489,7 @@ def test_a_pair_that_stopped_early_is_finished_and_one_at_the_limit_continues(tm
     assert state["epochs_requested"] == 30  # untouched by the skipped re-run
 
 
+@pytest.mark.slow
 def test_a_truncated_model_file_is_retrained_not_skipped(trained, tmp_path, caplog):
     import shutil
     p0, _ = trained
@@ -491,6 +504,7 @@ def test_a_truncated_model_file_is_retrained_not_skipped(trained, tmp_path, capl
     load_checkpoint(path)  # whole again
 
 
+@pytest.mark.slow
 def test_report_only_marks_pairs_it_could_not_rescore_and_exits_1(trained, tmp_path, caplog):
     import shutil
     p0, _ = trained

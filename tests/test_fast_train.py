@@ -47,15 +47,6 @@ TRAIN = TrainConfig(epochs=8, batch_size=16, patience=2, scheduler_t0=2, learnin
                     checkpoint_every_s=0.0, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def pairs():
     """Three pairs with different sample counts (120, 148, 176 training windows)."""
@@ -199,6 +190,7 @@ def test_grouped_adamw_is_torch_adamw_with_clipping_per_model():
 # Whole trainings against the plain loop
 
 
+@pytest.mark.slow
 def test_fast_engine_trains_like_the_plain_loop_with_early_stopping_and_repacking(pairs, caplog):
     plain = train_jobs(make_jobs(pairs), dataclasses.replace(TRAIN, engine="plain"),
                        show_progress=False)
@@ -226,6 +218,7 @@ def test_fast_engine_trains_like_the_plain_loop_with_early_stopping_and_repackin
                                    rtol=1e-3, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_fast_engine_trains_the_model_without_quantile_head_like_the_plain_loop(pairs):
     """quantiles=(): the model before the head, in both engines; no pinball in the history."""
     model = dataclasses.replace(MODEL, quantiles=())
@@ -267,6 +260,7 @@ def test_both_engines_record_the_validation_pinball_of_the_quantile_head(pairs):
         assert all(e["train_pinball"] > 0 for e in out.history)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first,then", [("fast", "plain"), ("plain", "fast")])
 def test_either_engine_resumes_what_the_other_saved(pairs, first, then):
     cfg = dataclasses.replace(TRAIN, epochs=4, early_stopping=False)
@@ -286,6 +280,7 @@ def test_either_engine_resumes_what_the_other_saved(pairs, first, then):
         assert 0 < half[key].seconds == half[key].resume_state["train_seconds"] < 60
 
 
+@pytest.mark.slow
 def test_dropout_runs_and_a_seed_repeats_the_run(pairs):
     model = dataclasses.replace(MODEL, dropout=0.3)
     cfg = dataclasses.replace(TRAIN, epochs=2, engine="fast")
@@ -317,6 +312,7 @@ def test_one_bad_pair_fails_alone_and_on_done_errors_go_to_on_error(pairs, caplo
     assert isinstance(failed["ETHUSDT"], CheckpointError)
 
 
+@pytest.mark.slow
 def test_checkpoints_during_training_and_on_interrupt(pairs, monkeypatch, caplog):
     saved: dict = {}
     jobs = make_jobs(pairs, checkpoint_fn=None)
@@ -366,6 +362,7 @@ def test_a_step_on_padded_tables_changes_nothing(pairs):
     assert torch.equal(group.steps, steps)
 
 
+@pytest.mark.slow
 def test_failed_graph_capture_falls_back_to_eager_and_says_so(pairs, caplog):
     cfg = dataclasses.replace(TRAIN, epochs=3, early_stopping=False)
     group = fast_group.TrainGroup(make_jobs(pairs), cfg, torch.device("cpu"), use_graph=False,
@@ -422,12 +419,14 @@ def test_a_failed_capture_is_followed_by_one_that_succeeds_on_the_same_stream(mo
     assert events[0] == "sync"                 # the side stream's work is done first
 
 
+@pytest.mark.slow
 def test_graph_branch_replaying_bindings_frozen_at_capture(pairs, monkeypatch, caplog):
-    """run_epoch's CUDA-graph branch on CPU, against the plain loop. torch.cuda's stream and graph objects are stood in
-    for by fakes: capture runs nothing and keeps the group's bindings as they are then, and a
-    replay runs the step on those, as a real graph replays on the addresses it captured. A
-    tensor rebound (re-pack, resume) without a new capture would train a stale copy here, as on
-    a GPU, and the comparison with the plain loop would fail."""
+    """run_epoch's CUDA-graph branch on CPU, against the plain loop. torch.cuda's stream and
+    graph objects are stood in for by fakes: capture runs nothing and keeps the group's
+    bindings as they are then, and a replay runs the step on those, as a real graph replays
+    on the addresses it captured. A tensor rebound (re-pack, resume) without a new capture
+    would train a stale copy here, as on a GPU, and the comparison with the plain loop would
+    fail."""
     real_step, capturing, graphs = fast_group.TrainGroup._train_step, [], []
 
     class Stream:
@@ -480,6 +479,7 @@ def test_graph_branch_replaying_bindings_frozen_at_capture(pairs, monkeypatch, c
         assert_same_training(plain[key], out[key])
 
 
+@pytest.mark.slow
 def test_a_failure_inside_torch_hands_unfinished_models_to_the_plain_loop(pairs, monkeypatch, caplog):
     """What a CUDA out-of-memory does: the group's unfinished jobs are trained by the plain loop."""
     cfg = dataclasses.replace(TRAIN, epochs=3, early_stopping=False, engine="fast")
@@ -516,6 +516,7 @@ def test_a_runtime_error_from_a_callback_reaches_the_caller(pairs, where, caplog
     assert "with the plain loop" not in caplog.text
 
 
+@pytest.mark.slow
 def test_pipeline_step_4_with_the_fast_engine(tmp_path):
     from conftest import tiny_config
     from v3_colab_training import V3CoLabPipeline
@@ -544,6 +545,7 @@ def test_cli_engine_flag():
         build_parser().parse_args(["--engine", "turbo"])
 
 
+@pytest.mark.slow
 def test_benchmark_tiny_cpu_run_writes_its_json(tmp_path, capsys):
     path = Path(__file__).resolve().parents[1] / "bench" / "bench_gpu_training.py"
     spec = importlib.util.spec_from_file_location("bench_gpu_training", path)

@@ -97,6 +97,7 @@ def new_commits(hub, repo_id=REPO) -> list[dict]:
 # -- one commit, re-runs, retries ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_upload_puts_everything_in_one_commit(trained, hub, caplog):
     before = snapshot(trained)
     with caplog.at_level(logging.INFO, logger="v3"):
@@ -121,6 +122,7 @@ def test_upload_puts_everything_in_one_commit(trained, hub, caplog):
     assert not (trained / "upload_staging").exists()
 
 
+@pytest.mark.slow
 def test_second_run_makes_no_new_commit(trained, hub, caplog):
     first = upload(trained, hub)
     with caplog.at_level(logging.INFO, logger="v3"):
@@ -131,6 +133,7 @@ def test_second_run_makes_no_new_commit(trained, hub, caplog):
     assert "nothing changed, no new commit" in caplog.text
 
 
+@pytest.mark.slow
 def test_rerun_after_a_change_commits_only_the_changed_files(run_dir, hub):
     upload(run_dir, hub)
     results = read_json(run_dir / "results" / "v3_training_results.json")
@@ -145,6 +148,7 @@ def test_rerun_after_a_change_commits_only_the_changed_files(run_dir, hub):
     assert hub.count("lfs_put") == 2
 
 
+@pytest.mark.slow
 def test_500_on_the_first_commit_attempt_is_retried(trained, hub, caplog):
     hub.fail_next("commit", 500)
     with caplog.at_level(logging.WARNING, logger="v3"):
@@ -154,6 +158,7 @@ def test_500_on_the_first_commit_attempt_is_retried(trained, hub, caplog):
     assert "commit the upload: HTTP 500" in caplog.text and "(2 of 3)" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_failed_upload_leaves_no_commit_and_a_rerun_finishes_it(trained, hub):
     hub.fail_next("commit", 503, times=3)
     with pytest.raises(UploadError, match=r"did not answer to commit the upload \(HTTP 503"):
@@ -163,6 +168,7 @@ def test_a_failed_upload_leaves_no_commit_and_a_rerun_finishes_it(trained, hub):
     assert len(new_commits(hub)) == 1 and out["new_commit"] is True
 
 
+@pytest.mark.slow
 def test_lost_commit_answer_does_not_duplicate_the_commit(trained, hub, monkeypatch):
     """The commit lands but its answer is lost (a 502 from a proxy): the retry finds every file
     already there and commits nothing twice."""
@@ -270,6 +276,7 @@ def test_a_truncated_model_is_refused_and_nothing_is_uploaded(run_dir, hub):
     assert hub.requests == [] and hub.repos == {}  # not even the token was checked
 
 
+@pytest.mark.slow
 def test_messages_count_one_model_in_the_singular(run_dir, hub, caplog):
     (run_dir / "all_models" / "v3_model_BTCUSDT_1h.pt").unlink()
     with caplog.at_level(logging.INFO, logger="v3"):
@@ -315,6 +322,7 @@ def test_token_order(monkeypatch, tmp_path):
     assert resolve_token() is None                             # pytest: stdin is not a terminal
 
 
+@pytest.mark.slow
 def test_the_token_never_leaks(run_dir, hub, monkeypatch, capfd, caplog):
     """Through the CLI, with huggingface_hub and httpx2 logging everything: the token is in no
     output, log, file on disk, uploaded file or error message."""
@@ -420,6 +428,7 @@ def test_card_replaces_a_root_readme_that_we_wrote(trained, hub):
 # -- loading back --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_uploaded_model_predicts_exactly_like_the_local_one(trained, hub, tmp_path):
     from v3_data_processor import PreparedData
     from v3_checkpoint import load_checkpoint, model_from_checkpoint
@@ -474,6 +483,7 @@ def test_pipeline_step_5_uses_the_config(run_dir, hub, monkeypatch):
     assert "models/v3/v3_model_BTCUSDT_15m.pt" in repo.files
 
 
+@pytest.mark.slow
 def test_cli_upload_flags_and_exit_codes(run_dir, hub, monkeypatch, caplog):
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.setenv("HF_TOKEN", SECRET)

@@ -38,6 +38,7 @@ def history_before(base, symbol, interval, open_time):
     return df[df.open_time < open_time]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("symbol,interval", PAIRS)
 def test_last_test_sample_matches_the_saved_prediction(trained, symbol, interval):
     saved = pd.read_csv(trained / "results" / "predictions" / f"{symbol}_{interval}.csv")
@@ -166,6 +167,7 @@ def test_delisted_pair_is_refused_by_the_downloader(trained, fake_binance, tmp_p
 # -- from the Hub (fake Hub) -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_hub_model_predicts_exactly_like_the_local_one(trained, tmp_path, monkeypatch):
     from huggingface_hub import constants
     from fake_hub import FakeHub, FakeUser

@@ -31,7 +31,7 @@ def run(tmp_path_factory):
     """A demo-sized run: 1 coin x 2 timeframes of synthetic candles, a tiny model, 2 epochs,
     2 walk-forward folds; step 4 ends with the report."""
     base = tmp_path_factory.mktemp("report")
-    p = V3CoLabPipeline(base, config=tiny_config(walk_forward=2), coins=["BTCUSDT"],
+    p = V3CoLabPipeline(base, config=tiny_config(walk_forward=2, plots=True), coins=["BTCUSDT"],
                         timeframes=["15m", "1h"])
     p.step_2_download_binance_data()
     p.step_3_preprocess_features()
@@ -39,6 +39,7 @@ def run(tmp_path_factory):
     return p, results
 
 
+@pytest.mark.slow
 def test_results_hold_every_baseline_with_the_test_fields(run):
     _, results = run
     for key in PAIRS:
@@ -60,6 +61,7 @@ def test_results_hold_every_baseline_with_the_test_fields(run):
         assert r["backtest"]["fee_per_side"] == 0.001
 
 
+@pytest.mark.slow
 def test_model_metrics_recomputed_from_the_predictions_csv(run):
     p, results = run
     for key in PAIRS:
@@ -161,6 +163,7 @@ def test_report_has_every_section_and_image(run):
         assert f"{results[k]['test']['skill']:+.4f}" in md
 
 
+@pytest.mark.slow
 def test_report_only_rescores_and_rewrites(run, caplog):
     p, _ = run
     caplog.set_level("INFO", logger="v3")
@@ -187,6 +190,7 @@ def test_report_only_rescores_and_rewrites(run, caplog):
     assert (p.results_dir / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_an_unreadable_model_does_not_stop_the_report(run, caplog):
     p, _ = run
     caplog.set_level("INFO", logger="v3")
@@ -203,6 +207,7 @@ def test_an_unreadable_model_does_not_stop_the_report(run, caplog):
     assert "BTCUSDT_15m" in (p.results_dir / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_rescoring_to_the_same_numbers_leaves_the_model_files_alone(tmp_path):
     """--report-only with nothing changed must not hand step 5 forty 'new' model files."""
     p = V3CoLabPipeline(tmp_path, config=tiny_config(), coins=["BTCUSDT"], timeframes=["1h"])
@@ -319,6 +324,7 @@ def test_learning_curves_reference_is_the_mean_forecast_loss_with_integer_epochs
     assert [ln.get_label() for ln in old.get_lines()] == ["train", "validation", "best epoch 1"]
 
 
+@pytest.mark.slow
 def test_draw_plots_passes_the_stored_mean_forecast_loss(run, monkeypatch, tmp_path):
     import v3_report_plots
     p, _ = run
@@ -507,6 +513,7 @@ def _interval_summary(results: dict) -> dict:
     return interval_summary(results, {k: results[k] for k in PAIRS})
 
 
+@pytest.mark.slow
 def test_interval_section_on_top_answers_from_the_blocks(interval_report, scored_intervals):
     base, results, _ = interval_report
     md = (base / "results" / "report.md").read_text()
@@ -523,6 +530,7 @@ def test_interval_section_on_top_answers_from_the_blocks(interval_report, scored
     assert f"GARCH {100 * float(np.median(g)):.1f} %" in section
 
 
+@pytest.mark.slow
 def test_a_model_that_does_not_beat_garch_is_told_so(interval_report):
     _, results, _ = interval_report
     s = _interval_summary(results)
@@ -612,6 +620,7 @@ def test_fan_chart_marks_the_misses_and_the_synthetic_data(interval_report):
     assert ax.get_title() == "BTCUSDT_15m [SYNTHETIC DATA]"
 
 
+@pytest.mark.slow
 def test_without_a_quantile_head_the_baselines_are_shown(run, scored_intervals, tmp_path):
     """Results whose model has no interval (no quantile head) but baselines that do."""
     p, _ = run
@@ -634,6 +643,7 @@ def test_without_a_quantile_head_the_baselines_are_shown(run, scored_intervals, 
     assert "80 % coverage %" not in wf
 
 
+@pytest.mark.slow
 def test_old_results_have_no_interval_section_or_plots(run, tmp_path):
     p, _ = run
     results = _results(run)

@@ -1,6 +1,9 @@
+import pytest
+
 from v3_colab_training import main
 
 
+@pytest.mark.slow
 def test_demo_cli_runs_offline(tmp_path):
     rc = main(["--demo", "--base-dir", str(tmp_path), "--epochs", "1", "--no-progress",
                "--coins", "BTCUSDT", "--timeframes", "1h"])
