@@ -17,17 +17,24 @@ from pathlib import Path
 
 import torch
 
-from v3_common import CheckpointError, atomic_write_bytes, log
+from v3_common import INTERVAL_MS, CheckpointError, atomic_write_bytes, log
 from v3_data_processor import FEATURE_SET_VERSION, WARMUP_CANDLES, FittedTransform, PreparedData
+from v3_har import history_candles
 from v3_lstm_model import ModelConfig, V3LSTMModel
 
 # 2: the quantile head (quantile_head.* weights, ModelConfig.quantiles / quantile_weight,
 # train_pinball / val_pinball in the history). Files of format 1 are refused: re-train.
 # 3: ModelConfig.quantile_scale (the head's quantiles in units of the recent volatility).
 # A format-2 file is read as it was trained: quantile_scale "none".
-CHECKPOINT_FORMAT = "v3-checkpoint-3"
-READABLE_FORMATS = {"v3-checkpoint-2": {"quantile_scale": "none"}, CHECKPOINT_FORMAT: {}}
-RESUME_FORMAT = "v3-resume-3"
+# 4: the HAR's coefficients (`har`, v3_har.HarFit.to_dict) and `har_history_candles`, for the
+# unit quantile_scale "har"; `stop_on` in the training config. A format-3 file reads as it
+# was trained (its quantile_scale is 'ewma' or 'none').
+CHECKPOINT_FORMAT = "v3-checkpoint-4"
+READABLE_FORMATS = {"v3-checkpoint-2": {"quantile_scale": "none"}, "v3-checkpoint-3": {},
+                    CHECKPOINT_FORMAT: {}}
+# 4: early stopping on the loss the model is trained on (TrainConfig.stop_on): a state of
+# format 3 stopped on the point MSE, so it is not resumed (a fresh start)
+RESUME_FORMAT = "v3-resume-4"
 
 
 def _save(obj: dict, path: str | Path) -> None:
@@ -52,6 +59,9 @@ def save_checkpoint(path: str | Path, *, model_state: dict, model_config: ModelC
         "feature_set_version": int(FEATURE_SET_VERSION),
         "target_mean": float(data.target_mean),
         "target_std": float(data.target_std),
+        "har": data.har.to_dict(),          # the quantile head's 'har' unit, as trained
+        "har_history_candles": (history_candles(INTERVAL_MS[meta["interval"]])
+                                if meta.get("interval") in INTERVAL_MS else None),
         "torch_version": str(torch.__version__),  # a plain str: weights_only refuses TorchVersion
         **meta,
     }

@@ -109,6 +109,9 @@ def check_config(c: PipelineConfig) -> PipelineConfig:
             f"70/15/15 splits). The guide uses 3000.")
     check_model_config(c.model)
     check_train_config(c.train)
+    if c.train.stop_on == "pinball" and not c.model.quantiles:
+        raise ConfigError("stop_on='pinball' stops on the quantile head's validation loss, but "
+                          "the model has no quantile head (quantiles=()): use stop_on='loss'.")
     resolve_device(c.train.device)  # 'cuda' without a GPU, or a typo, fails here, not in step 4
     check_folder(c.hf_folder)       # a bad Hub folder or repo id fails now, not after training
     check_repo_id(c.hf_repo)

@@ -9,8 +9,11 @@ The rules that keep every number honest:
   and kept as plain arrays (`FittedTransform`) that go into the checkpoint.
 - Sample i predicts candle t+1 from the window of rows t-seq_len+1 .. t (all closed).
 - Live prediction (`latest_window`) goes through the same functions as training.
-- The quantile head's unit (`vol_scale`, see `recent_volatility`) is the volatility of the
-  returns up to candle t only: an EWMA over the last VOL_WINDOW closes, no fitting at all.
+- The quantile head's unit is a volatility known at candle t: `vol_scale` (see
+  `recent_volatility`), an EWMA over the last VOL_WINDOW closes with no fitting at all, or
+  `har_scale`, the HAR forecast of candle t+1's range-based volatility (v3_har) from the
+  ranges of the candles up to t and the clock of t+1, its coefficients fitted on the
+  training samples only (`PreparedData.har`, kept in the checkpoint).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import pandas as pd
 from v3_common import (INTERVAL_MS, REQUIRED_COLUMNS, CheckpointError, ConfigError,
                        DataValidationError, InsufficientDataError, atomic_write_bytes,
                        check_interval, log, plural, utc_minute)
+from v3_har import HarFit, fit_har, range_features
 from v3_indicators import FEATURE_DOCS, feature_names, indicator_table
 
 # Rows dropped (NaN) at the start of every series. Recursive indicators forget where they
@@ -233,6 +237,10 @@ class PreparedData:
     ends: np.ndarray            # (N,) int64 row index of each sample's last window candle
     target: np.ndarray          # (N,) float32 standardised log return of the next candle
     vol_scale: np.ndarray       # (N,) float32 recent volatility at t / target_std (>= VOL_FLOOR)
+    range_var: np.ndarray       # (N, 4) Parkinson variance of t, its 4-candle, day, week means
+    next_range_var: np.ndarray  # (N,) Parkinson variance of candle t+1 (the HAR's target)
+    har_scale: np.ndarray       # (N,) float32 HAR volatility of t+1 / target_std (>= VOL_FLOOR)
+    har: HarFit                 # the HAR's coefficients, fitted on the training samples
     last_close: np.ndarray      # (N,) close of candle t
     actual_close: np.ndarray    # (N,) close of candle t+1
     target_open_time: np.ndarray  # (N,) int64 open time (ms) of candle t+1
@@ -263,10 +271,18 @@ class PreparedData:
         rows = ends[:, None] - np.arange(self.seq_len - 1, -1, -1)[None, :]
         return self.features[rows]
 
+    def unit(self, scale: str) -> np.ndarray:
+        """(N,) the quantile head's unit per sample (ModelConfig.quantile_scale): the recent
+        EWMA volatility ('ewma'), the HAR forecast ('har'), or 1 ('none')."""
+        if scale == "ewma":
+            return self.vol_scale
+        if scale == "har":
+            return self.har_scale
+        return np.ones(len(self.target), np.float32)
+
     def quantile_target(self, scale: str) -> np.ndarray:
-        """(N,) what the quantile head learns: the standardised target in units of the recent
-        volatility (scale 'ewma', see ModelConfig.quantile_scale), or as it is ('none')."""
-        return self.target / self.vol_scale if scale == "ewma" else self.target
+        """(N,) what the quantile head learns: the standardised target in its unit."""
+        return self.target if scale == "none" else self.target / self.unit(scale)
 
     def to_close(self, standardized_return: np.ndarray, idx) -> np.ndarray:
         """Model output -> predicted close: last_close * exp(predicted log return)."""
@@ -276,13 +292,14 @@ class PreparedData:
     def _arrays(self) -> dict[str, np.ndarray]:
         """What `save` writes: every array, the transform's and the scalars (as one repr)."""
         arrays = {k: np.asarray(getattr(self, k)) for k in (
-            "features", "ends", "target", "vol_scale", "last_close", "actual_close",
-            "target_open_time")}
+            "features", "ends", "target", "vol_scale", "range_var", "next_range_var",
+            "har_scale", "last_close", "actual_close", "target_open_time")}
         arrays.update({f"transform_{k}": v for k, v in self.transform.to_arrays().items()})
         arrays["feature_names"] = np.array(self.feature_names)
         scalars = {k: getattr(self, k) for k in ("n_train", "n_val", "target_mean", "target_std",
                                                   "seq_len", "gap_windows_dropped",
                                                   "first_open_time", "last_open_time")}
+        scalars["har"] = self.har.to_dict()
         arrays["scalars"] = np.array([repr(scalars)])
         return arrays
 
@@ -300,15 +317,18 @@ class PreparedData:
     @classmethod
     def load(cls, path: str | Path) -> "PreparedData":
         with np.load(path, allow_pickle=False) as z:
-            if "vol_scale" not in z.files:
+            missing = [k for k in ("vol_scale", "har_scale", "range_var") if k not in z.files]
+            if missing:
                 raise DataValidationError(
-                    f"{path} was written by an older V3 (no vol_scale, the quantile head's "
-                    f"unit). Run step 3 again (--steps preprocess,train) to rebuild it.")
+                    f"{path} was written by an older V3 (no {', '.join(missing)}: the quantile "
+                    f"head's units). Run step 3 again (--steps preprocess,train) to rebuild it.")
             scalars = ast.literal_eval(str(z["scalars"][0]))
+            har = HarFit.from_dict(scalars.pop("har"))
             transform = FittedTransform.from_arrays(
                 {k[len("transform_"):]: z[k] for k in z.files if k.startswith("transform_")})
             return cls(features=z["features"], ends=z["ends"], target=z["target"],
-                       vol_scale=z["vol_scale"],
+                       vol_scale=z["vol_scale"], range_var=z["range_var"],
+                       next_range_var=z["next_range_var"], har_scale=z["har_scale"], har=har,
                        last_close=z["last_close"], actual_close=z["actual_close"],
                        target_open_time=z["target_open_time"], transform=transform,
                        feature_names=[str(s) for s in z["feature_names"]], **scalars)
@@ -394,10 +414,16 @@ def prepare_dataset(klines: pd.DataFrame, cfg: FeatureConfig = FeatureConfig(), 
     mu = float(log_ret[:n_train].mean())
     sd = float(log_ret[:n_train].std())
     sd = sd if sd > 1e-12 else 1.0
+    rf = range_features(df["high"].to_numpy(np.float64), df["low"].to_numpy(np.float64),
+                        t_open, INTERVAL_MS[interval])                   # (n, 4), rows <= t
+    range_var, next_pv, target_open = rf[t], rf[t + 1, 0], t_open[t + 1]
+    har = fit_har(range_var[:n_train], next_pv[:n_train], target_open[:n_train])
     return PreparedData(
         features=scores, ends=t.astype(np.int64),
         target=((log_ret - mu) / sd).astype(np.float32),
         vol_scale=volatility_unit(close, sd)[t].astype(np.float32),
+        range_var=range_var, next_range_var=next_pv, har=har,
+        har_scale=as_unit(har.volatility(range_var, target_open), sd).astype(np.float32),
         last_close=close[t], actual_close=close[t + 1],
         target_open_time=t_open[t + 1], n_train=n_train, n_val=n_val,
         transform=transform, target_mean=mu, target_std=sd, feature_names=feature_names(),
@@ -420,11 +446,16 @@ def recent_volatility(close: np.ndarray) -> np.ndarray:
     return np.r_[np.nan, np.sqrt(num / den)]
 
 
-def volatility_unit(close: np.ndarray, target_std: float) -> np.ndarray:
-    """(n,) the quantile head's unit at each candle: recent_volatility / target_std, floored
-    at VOL_FLOOR (and VOL_FLOOR where undefined)."""
-    v = recent_volatility(close) / float(target_std)
+def as_unit(volatility: np.ndarray, target_std: float) -> np.ndarray:
+    """A volatility of the log return as the quantile head's unit: / target_std, floored at
+    VOL_FLOOR (and VOL_FLOOR where undefined)."""
+    v = np.asarray(volatility, np.float64) / float(target_std)
     return np.maximum(np.nan_to_num(v, nan=VOL_FLOOR), VOL_FLOOR)
+
+
+def volatility_unit(close: np.ndarray, target_std: float) -> np.ndarray:
+    """(n,) the 'ewma' unit at each candle: as_unit(recent_volatility)."""
+    return as_unit(recent_volatility(close), target_std)
 
 
 def _sample_ends(ok_row: np.ndarray, t_open: np.ndarray, T: int, step: int, name: str
@@ -507,12 +538,23 @@ def latest_window(klines: pd.DataFrame, transform: FittedTransform, *, seq_len: 
 
 
 def latest_unit(klines: pd.DataFrame, last_open_time: int, target_std: float, *,
+                scale: str = "ewma", har: HarFit | None = None, interval: str | None = None,
                 name: str = "candles") -> float:
-    """The quantile head's unit (volatility_unit) at the candle opening at `last_open_time`
-    (latest_window's last one), from the closes up to it, as PreparedData.vol_scale."""
+    """The quantile head's unit at the candle opening at `last_open_time` (latest_window's
+    last one), from the candles up to it, as in training: PreparedData.vol_scale ('ewma':
+    the closes) or har_scale ('har': the ranges, and the clock of the next candle; needs the
+    fitted `har` and the `interval`); 1.0 for 'none'."""
+    if scale == "none":
+        return 1.0
     df = validate_klines(klines, name)
-    close = df["close"].to_numpy(np.float64)[df["open_time"].to_numpy(np.int64) <= last_open_time]
-    return float(volatility_unit(close, target_std)[-1])
+    df = df[df["open_time"].to_numpy(np.int64) <= last_open_time]
+    if scale == "ewma":
+        return float(volatility_unit(df["close"].to_numpy(np.float64), target_std)[-1])
+    step = INTERVAL_MS[check_interval(interval)]
+    rf = range_features(df["high"].to_numpy(np.float64), df["low"].to_numpy(np.float64),
+                        df["open_time"].to_numpy(np.int64), step)
+    vol = har.volatility(rf[-1:], np.array([int(last_open_time) + step]))
+    return float(as_unit(vol, target_std)[0])
 
 
 def check_feature_config(cfg: FeatureConfig) -> None:

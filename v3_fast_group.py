@@ -21,7 +21,7 @@ from v3_common import log
 from v3_fast_kernels import (block_layout, cosine_warm_restarts_lr, grouped_adamw_,
                              grouped_forward_with_quantiles, pack_states, pick_cell, unpack_state)
 from v3_lstm_model import ModelConfig, V3LSTMModel, quantile_pinball
-from v3_trainer import TrainJob, TrainOutcome
+from v3_trainer import TrainJob, TrainOutcome, stop_loss
 
 EVAL_ROWS = 4096              # validation windows per chunk, over all models of a group
 GRAPH_WARMUP_STEPS = 2        # eager steps on a side stream before capture, as torch's docs do
@@ -382,9 +382,11 @@ class TrainGroup:
             if self.with_q:
                 entry.update(train_pinball=float(spin_host[m]) / s.n_train,
                              val_pinball=float(vpin_host[m]))
+            entry["val_stop"] = stop = stop_loss(c.stop_on, val_loss, entry.get("val_pinball"),
+                                                 self.q_weight)
             s.history.append(entry)
-            if val_loss < s.best_val - c.min_delta:
-                s.best_val, s.best_epoch, s.bad, s.has_best = val_loss, s.epoch, 0, True
+            if stop < s.best_val - c.min_delta:
+                s.best_val, s.best_epoch, s.bad, s.has_best = stop, s.epoch, 0, True
                 improved.append(m)
             else:
                 s.bad += 1

@@ -225,3 +225,25 @@ def indicator_table(klines: pd.DataFrame) -> np.ndarray:
         f["lower_wick"] = _ratio(np.minimum(o, c) - l, span, 0.0)
 
     return np.column_stack([f[k] for k in FEATURE_DOCS])  # (n, F)
+
+
+# The candle's range: what a HAR volatility model (v3_har) and the range features read.
+PARKINSON_FLOOR = 1e-10  # a range of ~0.26 basis points: a flat candle must not give log 0
+
+
+def parkinson_variance(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """(ln(high / low))^2 / (4 ln 2) per candle (Parkinson 1980), unfloored, float64."""
+    r = np.log(np.asarray(high, np.float64) / np.asarray(low, np.float64))
+    return r * r / (4.0 * np.log(2.0))
+
+
+def trailing_time_mean(values: np.ndarray, open_time_ms: np.ndarray, window_ms: int) -> np.ndarray:
+    """Row t: the mean of `values` over the rows whose open time lies in
+    (open_time_t - window_ms, open_time_t] (sorted open times): what exists in the window,
+    fewer rows at gaps and at the start of the series. Row t uses rows <= t only."""
+    x = np.asarray(values, np.float64)
+    t = np.asarray(open_time_ms, np.int64)
+    lo = np.searchsorted(t, t - int(window_ms), side="right")
+    cs = np.r_[0.0, np.cumsum(x)]
+    i = np.arange(len(x))
+    return (cs[i + 1] - cs[lo]) / (i + 1 - lo)

@@ -15,10 +15,12 @@ forecast (B,); `model.forward_with_quantiles(x)` returns (point (B,), quantiles 
 Training minimises MSE(point) + quantile_weight * mean pinball loss over the levels, both
 on the standardised target (quantile_pinball). With quantile_scale "ewma" (the default) the
 head's quantiles are in units of the recent volatility at the window's last candle
-(PreparedData.vol_scale: an EWMA of the last 100 squared returns, known at t): the head
-learns the shape and the correction, the EWMA carries the volatility regime, and the
-quantiles of the standardised target are head output x vol_scale (v3_trainer and
-v3_predict multiply). "none" gives the head's outputs as they are.
+(PreparedData.vol_scale: an EWMA of the last 100 squared returns, known at t); with "har" in
+units of the HAR forecast of the next candle's volatility (PreparedData.har_scale: v3_har,
+from the ranges of the candles up to t and the clock of t+1). Either way the head learns the
+shape and the correction, the unit carries the volatility regime, and the quantiles of the
+standardised target are head output x unit (v3_trainer and v3_predict multiply). "none"
+gives the head's outputs as they are.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from v3_common import ConfigError
 from v3_intervals import QUANTILES
 
 
-QUANTILE_SCALES = ("ewma", "none")
+QUANTILE_SCALES = ("ewma", "har", "none")
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,9 @@ class ModelConfig:
     # training loss = MSE(point) + quantile_weight * mean pinball loss over the levels (both
     # on the standardised target; validation loss and early stopping: the MSE alone)
     quantile_weight: float = 1.0
-    # the quantile head's unit: "ewma" = the recent volatility at t (see the module's
-    # docstring), "none" = the standardised target itself
+    # the quantile head's unit: "ewma" = the recent volatility at t, "har" = the HAR forecast
+    # of candle t+1's range-based volatility (see the module's docstring), "none" = the
+    # standardised target itself
     quantile_scale: str = "ewma"
 
     def __post_init__(self):
@@ -93,7 +96,8 @@ def check_model_config(cfg: ModelConfig) -> None:
     if cfg.quantile_scale not in QUANTILE_SCALES:
         raise ConfigError(f"model quantile_scale={cfg.quantile_scale!r}: need one of "
                           f"{', '.join(map(repr, QUANTILE_SCALES))} (the quantile head's unit: "
-                          f"the recent volatility, or the standardised target itself).")
+                          f"the recent EWMA volatility, the HAR range-based forecast, or the "
+                          f"standardised target itself).")
 
 
 def quantile_anchor(levels) -> int:

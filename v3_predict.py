@@ -150,13 +150,17 @@ def predict_next(symbol: str, interval: str, *, model: str | Path | LoadedModel,
     """
     import torch  # lazy (see the top)
 
-    from v3_data_processor import latest_unit, latest_window
     from v3_checkpoint import LoadedModel
+    from v3_data_processor import latest_unit, latest_window
+    from v3_har import HarFit
     symbol, interval = normalize_symbol(symbol), check_interval(interval)
     m = model if isinstance(model, LoadedModel) else load_model(model, symbol, interval,
                                                                 folder=folder, token=token)
     now_ms = int(time.time() * 1000) if now_ms is None else int(now_ms)
-    need = m.warmup_candles + m.seq_len
+    scale = m.model.config.quantile_scale if m.model.has_quantiles else "none"
+    # the indicators' warm-up and window; the 'har' unit also reads a week of ranges
+    need = max(m.warmup_candles + m.seq_len,
+               int(m.checkpoint.get("har_history_candles") or 0) + 1 if scale == "har" else 0)
     if candles is None:
         candles = fetch_candles(symbol, interval, need + 2, data_dir=candle_dir, api_urls=api_urls)
         check_stale = True if check_stale is None else check_stale
@@ -169,9 +173,10 @@ def predict_next(symbol: str, interval: str, *, model: str | Path | LoadedModel,
         _check_fresh(symbol, interval, last_open, now_ms)
     with torch.inference_mode():
         point, q = m.model.forward_with_quantiles(torch.from_numpy(window))
-    unit = 1.0  # the quantile head's unit at the window's last candle (as in training)
-    if q is not None and m.model.config.quantile_scale == "ewma":
-        unit = latest_unit(candles, last_open, m.target_std, name=f"{symbol} {interval}")
+    # the quantile head's unit at the window's last candle, as in training
+    unit = latest_unit(candles, last_open, m.target_std, scale=scale, interval=interval,
+                       har=HarFit.from_dict(m.checkpoint["har"]) if scale == "har" else None,
+                       name=f"{symbol} {interval}")
     q_log = None if q is None else [m.target_mean + m.target_std * unit * float(v) for v in q[0]]
     return _forecast(m, symbol, interval, last_open, last_close,
                      m.target_mean + m.target_std * float(point.reshape(-1)[0]), q_log)

@@ -153,6 +153,9 @@ def finalize_pair(layout: RunLayout, cfg, job: TrainJob, outcome: TrainOutcome, 
                       layout.resume_path(symbol, interval))
     return dict(fields, symbol=symbol, interval=interval,
                 best_val_loss=outcome.best_val_loss, best_epoch=outcome.best_epoch,
+                stop_on=cfg.train.stop_on,
+                best_val_mse=next((h["val_loss"] for h in outcome.history
+                                   if h["epoch"] == outcome.best_epoch), None),
                 val_loss_mean_forecast=mean_forecast_val_loss(data),
                 total_epochs=outcome.epochs_done, val_mape=val["mape"],
                 stopped_early=outcome.stopped_early, features=features_info(data),

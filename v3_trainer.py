@@ -9,12 +9,15 @@ Every epoch is seeded by (seed, epoch), so a run resumed from its last state rep
 what an uninterrupted run would have done.
 
 With a quantile head (ModelConfig.quantiles, on by default) the loss of a batch is
-MSE(point) + quantile_weight * mean pinball loss of the quantiles, both on the standardised
-target; the validation loss (early stopping, val_loss, best_val_loss) stays the point
-forecast's MSE, and each history entry also records train_pinball and val_pinball. The
-quantiles are learnt in the unit ModelConfig.quantile_scale names (PreparedData.
-quantile_target); `predict_quantiles_standardized` gives them back on the standardised
-target, for every scale.
+MSE(point) + quantile_weight * mean pinball loss of the quantiles (the pinball loss in the
+head's unit, ModelConfig.quantile_scale: PreparedData.quantile_target). Early stopping
+watches, and keeps the best epoch of, the validation value of the loss the model is trained
+on (TrainConfig.stop_on "loss", the default: `stop_loss`), or of the pinball loss alone
+("pinball"), or of the point MSE alone ("mse", what V3 did before: the point forecast has no
+skill, so that stopped at random). `best_val_loss` is the best such value; each history
+entry records the point head's `val_loss` (MSE), `train_pinball`, `val_pinball` and
+`val_stop` (the value early stopping compared). `predict_quantiles_standardized` gives the
+quantiles back on the standardised target, for every scale.
 
 Saving and loading model and resume files (and `LoadedModel`) is v3_checkpoint's job,
 beside this module.
@@ -58,6 +61,8 @@ class TrainConfig:
     eval_batch_size: int = 1024
     checkpoint_every_s: float = 30.0  # how often the resume state is written during training
     threads: int | None = None      # torch CPU threads; None: V3_THREADS, else resolve_threads'
+    stop_on: str = "loss"           # early stopping's validation loss: 'loss' (MSE +
+                                    # quantile_weight x pinball, as trained), 'pinball', 'mse'
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,6 +95,10 @@ def check_train_config(cfg: TrainConfig) -> None:
                                     or cfg.threads < 1):
         raise ConfigError(f"threads must be an integer >= 1 or None (automatic), got "
                           f"{cfg.threads!r} (--threads or V3_THREADS).")
+    if cfg.stop_on not in STOP_ON:
+        raise ConfigError(f"stop_on must be one of {', '.join(map(repr, STOP_ON))}, got "
+                          f"{cfg.stop_on!r} (early stopping's validation loss: 'loss' = the "
+                          f"loss the model is trained on, the default).")
     if cfg.engine == "fast" and cfg.amp in ("fp16", "bf16"):
         raise ConfigError(f"engine 'fast' trains in fp32, but amp={cfg.amp!r} was asked for. "
                           f"Use amp='auto' (fp32), or engine='plain' (--engine plain) for "
@@ -131,6 +140,18 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
 
 
 ENGINES = ("auto", "fast", "plain")
+STOP_ON = ("loss", "pinball", "mse")
+
+
+def stop_loss(stop_on: str, mse: float, pinball: float | None, quantile_weight: float) -> float:
+    """The validation value early stopping compares (TrainConfig.stop_on): the trained loss
+    MSE + quantile_weight x pinball ('loss'), the pinball alone ('pinball') or the MSE
+    ('mse'). Without a quantile head (pinball None) every choice is the MSE."""
+    if pinball is None or stop_on == "mse":
+        return float(mse)
+    if stop_on == "pinball":
+        return float(pinball)
+    return float(mse) + float(quantile_weight) * float(pinball)
 THREADS_ENV = "V3_THREADS"
 
 
@@ -355,13 +376,14 @@ def _end_epoch(run: _PlainRun, d: _OnDevice, ep: int, loss_sum: torch.Tensor,
              "lr": run.opt.param_groups[0]["lr"]}
     if model.has_quantiles:
         entry.update(train_pinball=float(pin_sum) / n_train, val_pinball=val_pin)
+    entry["val_stop"] = stop = stop_loss(cfg.stop_on, val_loss, val_pin, run.q_weight)
     run.history.append(entry)
-    if val_loss < run.best_val - cfg.min_delta:
-        run.best_val, run.best_epoch, run.bad = val_loss, epoch, 0
+    if stop < run.best_val - cfg.min_delta:
+        run.best_val, run.best_epoch, run.bad = stop, epoch, 0
         run.best_state = _cpu_state(model)
     else:
         run.bad += 1
-    bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}",
+    bar.set_postfix(train=f"{train_loss:.4f}", val=f"{stop:.4f}",
                     best=f"{run.best_val:.4f}@{run.best_epoch}")
     if cfg.early_stopping and run.bad >= cfg.patience:
         run.stopped_early = True
@@ -501,7 +523,8 @@ def predict_quantiles_standardized(model: V3LSTMModel, data: PreparedData, idx, 
     """The quantile head's outputs (len(idx), Q) for the samples `idx`, in fp32 and in
     standardised target units (v3_intervals.standardized_to_returns maps them to log
     returns), at the levels model.config.quantiles; None when the model has no head. With
-    quantile_scale 'ewma' the head's outputs are multiplied by the samples' vol_scale."""
+    quantile_scale 'ewma' or 'har' the head's outputs are multiplied by the samples' unit
+    (PreparedData.unit)."""
     if not model.has_quantiles:
         return None
     model = model.to(device).eval()
@@ -512,6 +535,6 @@ def predict_quantiles_standardized(model: V3LSTMModel, data: PreparedData, idx, 
            .float().cpu() for i in range(0, len(ends), batch)]
     n_q = len(model.config.quantiles)
     z = torch.cat(out).numpy() if out else np.zeros((0, n_q), np.float32)
-    if model.config.quantile_scale == "ewma":
-        z = z * data.vol_scale[idx][:, None]
+    if model.config.quantile_scale != "none":
+        z = z * data.unit(model.config.quantile_scale)[idx][:, None]
     return z

@@ -90,7 +90,7 @@ def test_results_json_fields(trained):
         for f in ("best_val_loss", "best_epoch", "total_epochs", "val_mape"):
             assert f in r, f
         assert 1 <= r["best_epoch"] <= r["total_epochs"] == 2
-        assert r["best_val_loss"] == min(h["val_loss"] for h in r["history"])
+        assert r["best_val_loss"] == min(h["val_stop"] for h in r["history"])
         assert metric_fields <= set(r["test"])
         assert metric_fields <= set(r["baseline"]["persistence"])
         assert r["test"]["n"] == r["baseline"]["persistence"]["n"] == r["features"]["n_test"] > 0

@@ -17,7 +17,7 @@ from v3_baselines import DriftBaseline, LinearBaseline, PersistenceBaseline
 from v3_evaluation import evaluate_pair, fold_fractions, walk_forward_folds
 from v3_metrics import (BASELINES, METRIC_FIELDS, backtest_direction, backtest_positions,
                         binomial_p_value, diebold_mariano, direction_profile, forecast_metrics,
-                        holm_adjust, market_move, naive_mae,
+                        hac_variance, holm_adjust, market_move, naive_mae, newey_west_lags,
                         periods_per_year, regression_metrics, summarize_pairs, wilson_interval)
 from v3_trainer import mean_forecast_val_loss
 from v3_market_data import synthetic_klines
@@ -60,8 +60,10 @@ def test_forecast_metrics_hand_computed():
     lo, hi = wilson_interval(2, 3)
     assert (m["direction_ci95_low"], m["direction_ci95_high"]) == pytest.approx((100 * lo, 100 * hi))
     assert m["direction_p_value"] == pytest.approx(1.0)
-    # DM on |e|: d = [1-1, 2-1, 1-0, 1-2] = [0, 1, 1, -1]; mean 0.25, var 0.6875
-    se = math.sqrt(0.6875 / 4)
+    # DM on |e|: d = [1-1, 2-1, 1-0, 1-2] = [0, 1, 1, -1]; mean 0.25; Newey-West with
+    # L = floor(4 (4/100)^(2/9)) = 1 lag: gamma_0 = 0.6875, gamma_1 = -0.5625 / 4, Bartlett
+    # weight 1/2: (0.6875 + 2 * 0.5 * -0.140625) / 4
+    se = math.sqrt((0.6875 - 0.140625) / 4)
     assert m["dm_stat"] == pytest.approx(0.25 / se)
     assert m["skill_ci95_low"] == pytest.approx(-(0.25 + 1.959963984540054 * se))
     assert m["skill_ci95_high"] == pytest.approx(-(0.25 - 1.959963984540054 * se))
@@ -159,18 +161,51 @@ def test_dm_clearly_better_forecast_is_significant_and_signed():
     assert flipped["stat"] == pytest.approx(-r["stat"]) and flipped["p_better"] > 0.99
 
 
+def newey_west_by_hand(d, lags):
+    """(gamma_0 + 2 sum_l (1 - l / (L + 1)) gamma_l) / n, written out term by term."""
+    d = np.asarray(d, float)
+    n, e = len(d), d - d.mean()
+    gamma = [sum(e[t] * e[t - lag] for t in range(lag, n)) / n for lag in range(lags + 1)]
+    return (gamma[0] + 2 * sum((1 - lag / (lags + 1)) * gamma[lag]
+                               for lag in range(1, lags + 1))) / n
+
+
+def test_newey_west_lags_follow_the_stated_rule():
+    assert [newey_west_lags(n) for n in (4, 6, 100, 397, 2865)] == [1, 2, 4, 5, 8]
+
+
+def test_hac_variance_matches_statsmodels_on_a_fixed_series():
+    """The HAC variance of a mean is statsmodels' OLS(d, const) HAC covariance (Bartlett
+    kernel, no small-sample correction), on an autocorrelated series (an AR(1))."""
+    import statsmodels.api as sm
+    rng = np.random.default_rng(3)
+    d = np.zeros(400)
+    for t in range(1, 400):
+        d[t] = 0.6 * d[t - 1] + rng.normal()
+    for lags in (0, 3, newey_west_lags(400), 12):
+        fit = sm.OLS(d, np.ones(400)).fit(cov_type="HAC",
+                                           cov_kwds={"maxlags": lags, "use_correction": False})
+        assert hac_variance(d, lags) == pytest.approx(float(fit.cov_params()[0, 0]), rel=1e-10)
+        assert hac_variance(d, lags) == pytest.approx(newey_west_by_hand(d, lags), rel=1e-10)
+    # on an autocorrelated series the HAC variance is larger than var(d) / n: the plain
+    # Diebold-Mariano statistic would overstate significance
+    assert hac_variance(d) > 2 * d.var() / len(d)
+
+
 def test_dm_statistic_and_p_value_by_hand_and_scipy():
     a = np.array([1.0, -2.0, 0.5, 3.0, -1.0, 0.2])
     b = np.array([0.5, -1.0, 1.5, 2.0, -0.5, 0.1])
     d = np.abs(a) - np.abs(b)
-    stat = d.mean() / math.sqrt(d.var() / len(d))
+    stat = d.mean() / math.sqrt(newey_west_by_hand(d, 2))   # 6 samples: 2 lags
     r = diebold_mariano(a, b)
-    assert r["stat"] == pytest.approx(stat)
+    assert r["lags"] == 2 and r["stat"] == pytest.approx(stat)
     assert r["p_value"] == pytest.approx(2 * stats.norm.sf(abs(stat)))
     assert r["p_better"] == pytest.approx(stats.norm.cdf(stat))
     sq = diebold_mariano(a, b, loss="squared")
     d2 = a**2 - b**2
-    assert sq["stat"] == pytest.approx(d2.mean() / math.sqrt(d2.var() / len(d2)))
+    assert sq["stat"] == pytest.approx(d2.mean() / math.sqrt(newey_west_by_hand(d2, 2)))
+    plain = diebold_mariano(a, b, lags=0)                    # lags 0: var(d) / n
+    assert plain["stat"] == pytest.approx(d.mean() / math.sqrt(d.var() / len(d)))
 
 
 def test_dm_scale_invariant():

@@ -230,7 +230,8 @@ def test_fast_engine_trains_the_model_without_quantile_head_like_the_plain_loop(
                        show_progress=False)
     for key in plain:
         assert_same_training(plain[key], quick[key])
-        assert set(plain[key].history[-1]) == {"epoch", "train_loss", "val_loss", "lr"}
+        assert set(plain[key].history[-1]) == {"epoch", "train_loss", "val_loss", "lr",
+                                               "val_stop"}
         assert not any(k.startswith("quantile_head") for k in quick[key].best_state)
 
 
@@ -256,7 +257,9 @@ def test_both_engines_record_the_validation_pinball_of_the_quantile_head(pairs):
                                torch.tensor(MODEL.quantiles, dtype=torch.float64)).mean()
         assert h["val_pinball"] == pytest.approx(float(pin), rel=1e-4), engine
         mse = float(((predict_standardized(model, data, va) - y) ** 2).mean())
-        assert h["val_loss"] == pytest.approx(mse, rel=1e-4) == out.best_val_loss
+        assert h["val_loss"] == pytest.approx(mse, rel=1e-4)
+        assert out.best_val_loss == h["val_stop"] == pytest.approx(
+            mse + MODEL.quantile_weight * float(pin), rel=1e-4)
         assert all(e["train_pinball"] > 0 for e in out.history)
 
 

@@ -17,6 +17,7 @@ from scipy import stats
 import v3_intervals as vi
 from conftest import TINY_FEATURES
 from v3_data_processor import prepare_dataset
+from v3_metrics import hac_variance
 from v3_intervals import (CENTRAL_INTERVALS, INTERVAL_BASELINES, INTERVAL_FIELDS, QUANTILES,
                           EwmaBaseline, GarchBaseline, RollingQuantileBaseline,
                           christoffersen_independence, coverage_p_value, evaluate_intervals,
@@ -94,7 +95,7 @@ def test_skill_and_dm_against_a_baseline():
     own = vi.per_sample_pinball(Y10, q)
     assert m["skill"]["garch"] == pytest.approx(1 - own.mean() / base.mean())
     d = own - base
-    z = d.mean() / math.sqrt(d.var() / len(d))
+    z = d.mean() / math.sqrt(hac_variance(d))     # Newey-West, 2 lags for 10 samples
     assert m["dm_p"]["garch"] == pytest.approx(stats.norm.cdf(z))
     assert m["skill"]["rolling"] is None and "other" not in m["skill"]
 

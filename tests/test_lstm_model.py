@@ -161,7 +161,7 @@ def test_check_model_config_refuses_a_bad_quantile_weight(w):
 
 @pytest.mark.parametrize("scale", ["EWMA", "garch", None, 1])
 def test_check_model_config_refuses_an_unknown_quantile_scale(scale):
-    with pytest.raises(ConfigError, match="quantile_scale=.*need one of 'ewma', 'none'"):
+    with pytest.raises(ConfigError, match="quantile_scale=.*need one of 'ewma', 'har', 'none'"):
         check_model_config(dataclasses.replace(ModelConfig(), quantile_scale=scale))
 
 

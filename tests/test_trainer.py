@@ -32,19 +32,52 @@ def test_training_is_deterministic(data):
         torch.testing.assert_close(a.best_state[k], b.best_state[k])
 
 
-def test_early_stopping_restores_the_best_weights(data):
-    cfg = dataclasses.replace(TINY_TRAIN, epochs=30, patience=2, learning_rate=0.02)
-    out = train_model(data, TINY_MODEL, cfg, show_progress=False)
-    vals = [h["val_loss"] for h in out.history]
+def val_losses(model_cfg, state, data):
+    """(point MSE, mean pinball in the head's unit) on the validation split, recomputed."""
+    model = V3LSTMModel(model_cfg)
+    model.load_state_dict(state)
+    va = data.split("val")
+    y = data.target[va].astype(np.float64)
+    mse = float(np.mean((predict_standardized(model, data, va) - y) ** 2))
+    if not model.has_quantiles:
+        return mse, None
+    unit = data.unit(model_cfg.quantile_scale)[va].astype(np.float64)
+    q = v3_trainer.predict_quantiles_standardized(model, data, va) / unit[:, None]
+    return mse, float(pinball_loss(y / unit, q, model_cfg.quantiles).mean())
+
+
+@pytest.mark.parametrize("stop_on", ["loss", "pinball", "mse"])
+def test_early_stopping_on_the_chosen_loss_restores_the_best_weights(data, stop_on):
+    """Early stopping compares `val_stop`: the trained loss MSE + quantile_weight x pinball
+    (the default), the pinball alone, or the point MSE alone; the best epoch's weights come
+    back, and recomputing their validation losses gives best_val_loss."""
+    cfg = dataclasses.replace(TINY_TRAIN, epochs=30, patience=2, learning_rate=0.02,
+                              stop_on=stop_on)
+    model_cfg = dataclasses.replace(TINY_MODEL, quantile_weight=0.5)
+    out = train_model(data, model_cfg, cfg, show_progress=False)
+    vals = [h["val_stop"] for h in out.history]
+    expected = {"loss": [h["val_loss"] + 0.5 * h["val_pinball"] for h in out.history],
+                "pinball": [h["val_pinball"] for h in out.history],
+                "mse": [h["val_loss"] for h in out.history]}[stop_on]
+    assert vals == pytest.approx(expected, rel=1e-12)
     assert out.best_val_loss == min(vals)
     assert out.best_epoch == 1 + int(np.argmin(vals))
     assert out.stopped_early and out.epochs_done == out.best_epoch + cfg.patience < 30
-    # the returned weights really are the best epoch's: recompute their validation loss
-    model = V3LSTMModel(TINY_MODEL)
-    model.load_state_dict(out.best_state)
-    va = data.split("val")
-    pred = predict_standardized(model, data, va)
-    assert float(np.mean((pred - data.target[va]) ** 2)) == pytest.approx(out.best_val_loss, rel=1e-5)
+    mse, pin = val_losses(model_cfg, out.best_state, data)   # really the best epoch's weights
+    again = {"loss": mse + 0.5 * pin, "pinball": pin, "mse": mse}[stop_on]
+    assert again == pytest.approx(out.best_val_loss, rel=1e-5)
+
+
+def test_without_a_quantile_head_every_stopping_loss_is_the_mse(data):
+    no_head = dataclasses.replace(TINY_MODEL, quantiles=())
+    out = train_model(data, no_head, dataclasses.replace(TINY_TRAIN, stop_on="pinball"),
+                      show_progress=False)
+    assert [h["val_stop"] for h in out.history] == [h["val_loss"] for h in out.history]
+
+
+def test_a_bad_stop_on_is_a_config_error():
+    with pytest.raises(ConfigError, match="stop_on must be one of 'loss', 'pinball', 'mse'"):
+        v3_trainer.check_train_config(dataclasses.replace(TINY_TRAIN, stop_on="val"))
 
 
 def test_gradients_are_clipped_and_accumulated(data, monkeypatch):
@@ -222,9 +255,30 @@ def test_a_truncated_model_file_raises_checkpoint_error(tmp_path, data):
 # -- the quantile head: loss, history, predictions, checkpoint format ------------------------
 
 
-def test_checkpoint_and_resume_formats_are_version_3():
-    assert v3_checkpoint.CHECKPOINT_FORMAT == "v3-checkpoint-3"
-    assert v3_checkpoint.RESUME_FORMAT == "v3-resume-3"
+def test_checkpoint_and_resume_formats_are_version_4():
+    assert v3_checkpoint.CHECKPOINT_FORMAT == "v3-checkpoint-4"
+    assert v3_checkpoint.RESUME_FORMAT == "v3-resume-4"
+
+
+def test_a_format_3_checkpoint_loads_as_trained(tmp_path, data):
+    """Format 3 (the 'ewma' unit, before the HAR's coefficients were stored) loads with its
+    own quantile_scale and predicts exactly as a format-4 file of the same weights."""
+    path = tmp_path / "v3_model_BTCUSDT_1h.pt"
+    state = V3LSTMModel(TINY_MODEL).state_dict()
+    v3_checkpoint.save_checkpoint(path, model_state=state, model_config=TINY_MODEL, data=data,
+                                  feature_config=TINY_FEATURES.to_dict(),
+                                  meta={"symbol": "BTCUSDT", "interval": "1h"})
+    new = v3_checkpoint.load_model_file(path)
+    assert new.checkpoint["har"]["beta"] == list(data.har.beta)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["format"] = "v3-checkpoint-3"
+    del ckpt["har"], ckpt["har_history_candles"]
+    torch.save(ckpt, path)
+    old = v3_checkpoint.load_model_file(path)
+    assert old.model.config == TINY_MODEL and old.model.config.quantile_scale == "ewma"
+    te = data.split("test")
+    np.testing.assert_array_equal(v3_trainer.predict_quantiles_standardized(old.model, data, te),
+                                  v3_trainer.predict_quantiles_standardized(new.model, data, te))
 
 
 def test_a_format_2_checkpoint_loads_as_trained_with_unscaled_quantiles(tmp_path, data):
@@ -264,17 +318,17 @@ def test_an_old_checkpoint_says_it_was_written_by_an_older_v3_and_to_retrain(tmp
 
 
 def test_an_old_resume_state_means_a_fresh_start(tmp_path, caplog):
-    torch.save({"format": "v3-resume-1", "epoch": 3}, tmp_path / "r.pt")
+    torch.save({"format": "v3-resume-3", "epoch": 3}, tmp_path / "r.pt")
     with caplog.at_level(logging.INFO, logger="v3"):
         assert load_resume_state(tmp_path / "r.pt") is None
-    assert "has format 'v3-resume-1', this V3 resumes 'v3-resume-3'; training that pair from " \
+    assert "has format 'v3-resume-3', this V3 resumes 'v3-resume-4'; training that pair from " \
            "scratch" in caplog.text
 
 
 def test_training_records_the_pinball_loss_and_keeps_val_loss_the_point_mse(data):
     out = train_model(data, TINY_MODEL, TINY_TRAIN, show_progress=False)
     assert set(out.history[-1]) == {"epoch", "train_loss", "val_loss", "lr", "train_pinball",
-                                    "val_pinball"}
+                                    "val_pinball", "val_stop"}
     model = V3LSTMModel(TINY_MODEL)
     model.load_state_dict(out.best_state)
     va = data.split("val")
@@ -288,10 +342,12 @@ def test_training_records_the_pinball_loss_and_keeps_val_loss_the_point_mse(data
     assert best["val_pinball"] == pytest.approx(float(pinball_loss(y / unit[:, 0], q / unit)
                                                       .mean()), rel=1e-5)
     mse = float(np.mean((predict_standardized(model, data, va) - y) ** 2))
-    assert best["val_loss"] == out.best_val_loss == pytest.approx(mse, rel=1e-5)
+    assert best["val_loss"] == pytest.approx(mse, rel=1e-5)
+    assert out.best_val_loss == best["val_stop"] == pytest.approx(best["val_loss"]
+                                                                 + best["val_pinball"], rel=1e-12)
     no_head = dataclasses.replace(TINY_MODEL, quantiles=())
     plain = train_model(data, no_head, TINY_TRAIN, show_progress=False)
-    assert set(plain.history[-1]) == {"epoch", "train_loss", "val_loss", "lr"}
+    assert set(plain.history[-1]) == {"epoch", "train_loss", "val_loss", "lr", "val_stop"}
     assert v3_trainer.predict_quantiles_standardized(V3LSTMModel(no_head), data, va) is None
 
 
@@ -345,7 +401,7 @@ def test_a_checkpoint_rebuilds_the_quantile_head(tmp_path, data):
                                data=data, feature_config=TINY_FEATURES.to_dict(),
                                meta={"symbol": "BTCUSDT", "interval": "1h"})
     loaded = v3_checkpoint.load_model_file(path)
-    assert loaded.checkpoint["format"] == "v3-checkpoint-3"
+    assert loaded.checkpoint["format"] == "v3-checkpoint-4"
     assert loaded.quantiles == TINY_MODEL.quantiles and loaded.model.has_quantiles
     assert loaded.model.config == TINY_MODEL
     ref = V3LSTMModel(TINY_MODEL)
