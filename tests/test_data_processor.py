@@ -30,7 +30,7 @@ from v3_colab_training import V3CoLabPipeline
 from v3_common import (INTERVAL_MS, CheckpointError, DataValidationError, InsufficientDataError)
 from v3_data_processor import (WARMUP_CANDLES, FeatureConfig, PreparedData, compute_indicators,
                                latest_window, prepare_dataset, validate_klines)
-from v3_indicators import FEATURE_DOCS, feature_names
+from v3_indicators import FEATURE_DOCS, _rolling_mean_std, feature_names
 from v3_market_data import synthetic_klines, write_klines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,6 +203,46 @@ def test_loop_implementation_agrees_on_every_column(btc):
     loop = bench.loop_indicators(**{x[0]: cols[x] for x in cols})
     vec = compute_indicators(btc)
     assert bench.max_disagreement(vec.to_numpy(), np.column_stack([loop[n] for n in vec])) < 1e-9
+
+
+# ---------------------------------------------------------------------------------------
+# Trailing windows: each one reduced on its own (v3_indicators' block tables)
+
+RECURSIVE = {"ema_12_rel", "ema_26_rel", "rsi_14", "macd_rel", "macd_signal_rel", "macd_hist_rel",
+             "atr_14_rel", "plus_di_14", "minus_di_14", "adx_14"}
+
+
+def test_window_columns_do_not_depend_on_older_candles_not_even_by_rounding(btc):
+    """Every column but the recursive ones is a function of its own window: candles before
+    it can change and the row stays bit-identical (a running sum would drift)."""
+    other = synthetic_klines("NOISE", "15m", 500, seed=9)
+    early = btc.copy()
+    for x in ("open", "high", "low", "close"):
+        early.loc[:499, x] = other[x].to_numpy() * 3.0
+    early.loc[:499, "volume"] = other["volume"].to_numpy() * 0.1
+    with mock.patch.object(dp, "WARMUP_CANDLES", 0):
+        a, b = compute_indicators(btc), compute_indicators(early)
+    for name in FEATURE_DOCS:
+        if name in RECURSIVE:
+            continue
+        first = 500 + 61  # the longest window: volatility_60 of 1-candle returns
+        np.testing.assert_array_equal(a[name].iloc[first:], b[name].iloc[first:], err_msg=name)
+        assert not a[name].iloc[:500].equals(b[name].iloc[:500]), name  # the change did reach it
+
+
+def test_rolling_std_keeps_its_digits_on_a_price_that_barely_moves():
+    """std 3e-8 of the price: sum(x^2)/n - mean^2 loses every digit here (error ~100 %); the
+    merged blocks agree with numpy's two-pass std to 6e-9 (the prices' own rounding, 1e-16 of
+    30,000, is 3e-9 of the std)."""
+    rng = np.random.default_rng(2)
+    x = 30_000.0 + 1e-3 * rng.standard_normal(400)
+    for n, (mean, sd) in zip((7, 20, 60), _rolling_mean_std(x, 7, 20, 60)):
+        w = np.lib.stride_tricks.sliding_window_view(x, n)
+        np.testing.assert_allclose(sd[n - 1:], w.std(axis=1), rtol=2e-8)
+        np.testing.assert_allclose(mean[n - 1:], w.mean(axis=1), rtol=1e-15)
+        assert np.isnan(sd[:n - 1]).all()
+    [(mean, sd)] = _rolling_mean_std(np.full(50, 0.1), 20)  # flat: exactly 0, not noise
+    assert (sd[19:] == 0.0).all() and (mean[19:] == 0.1).all()
 
 
 # ---------------------------------------------------------------------------------------
