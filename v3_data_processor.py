@@ -41,7 +41,7 @@ WARMUP_CANDLES = 300
 
 # The version of the indicator set: bumped whenever a column is added, removed or redefined,
 # so a checkpoint is only used with the features it was trained on (v3_predict checks it).
-FEATURE_SET_VERSION = 2
+FEATURE_SET_VERSION = 3  # 3: + Parkinson variance (candle, day), hour of day, weekend (issue 20)
 
 # The quantile head predicts the next return in units of the recent volatility (ModelConfig.
 # quantile_scale = "ewma"): RiskMetrics weights lambda^j (lambda 0.94, as the `ewma` interval
@@ -169,7 +169,8 @@ def _show(x, column: str = "") -> str:
 def compute_indicators(klines: pd.DataFrame) -> pd.DataFrame:
     """Indicator columns for each candle (FEATURE_DOCS, in order). Row t uses only candles <= t.
 
-    Needs open, high, low, close and volume (finite, close > 0: see `validate_klines`).
+    Needs open_time (int ms UTC, ascending: the clock columns and the day's Parkinson mean)
+    and open, high, low, close and volume (finite, close > 0): see `validate_klines`.
     Returns one column per indicator on the same index and length as the input; the first
     WARMUP_CANDLES rows are NaN (the caller drops them).
     """

@@ -1,7 +1,8 @@
 """The indicator set: every feature column's formula (FEATURE_DOCS) and its computation.
 
-`indicator_table` turns validated candles into one column per indicator, causally (row t uses
-candles up to and including t, never later), price-like indicators relative to the close.
+`indicator_table` turns validated candles (open_time, open, high, low, close, volume) into one
+column per indicator, causally (row t uses candles up to and including t, never later),
+price-like indicators relative to the close.
 v3_data_processor.compute_indicators (the name callers use) wraps it and blanks the warm-up
 rows; v3_data_processor.FEATURE_SET_VERSION is bumped whenever a column here changes.
 """
@@ -51,11 +52,88 @@ FEATURE_DOCS: dict[str, str] = {
     "body": "(close - open) / (high - low); 0 when high == low",
     "upper_wick": "(high - max(open, close)) / (high - low); 0 when high == low",
     "lower_wick": "(min(open, close) - low) / (high - low); 0 when high == low",
+    "log_parkinson_var": "ln(max(PV, 1e-10)), Parkinson variance PV = ln(high/low)^2 / (4 ln 2)",
+    "log_parkinson_var_day": "ln(max(mean PV of the candles opened in (t - 1 day, t], 1e-10))",
+    "hour_sin": "sin(2 pi * minute of the UTC day of open_time / 1440)",
+    "hour_cos": "cos(2 pi * minute of the UTC day of open_time / 1440)",
+    "is_weekend": "1 when open_time falls on a Saturday or Sunday (UTC), else 0",
 }
+
+# Parkinson variances are floored at this before the log: a flat candle (high == low) has
+# variance 0, and ln(0) = -inf. 1e-10 is the variance of a high/low range of ~0.17 basis
+# points (ln(high/low) = sqrt(4 ln 2 * 1e-10) = 1.7e-5), below a tick on liquid pairs, so real
+# ranges are never floored and a flat candle gives a finite ln(1e-10) = -23.
+PARKINSON_FLOOR = 1e-10
+
+DAY_MS = 86_400_000
+
 
 def feature_names() -> list[str]:
     """The columns of `compute_indicators`, in order."""
     return list(FEATURE_DOCS)
+
+
+# ---------------------------------------------------------------------------------------
+# Public pure functions, for the HAR volatility baseline too (issue 20)
+
+
+def parkinson_variance(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """Parkinson's range-based variance of each candle, ln(high/low)^2 / (4 ln 2), float64 and
+    not floored: a flat candle (high == low) gives 0."""
+    high, low = np.asarray(high, np.float64), np.asarray(low, np.float64)
+    return np.log(high / low) ** 2 / (4 * np.log(2.0))
+
+
+def trailing_time_mean(values: np.ndarray, open_time_ms: np.ndarray, window_ms: int
+                       ) -> np.ndarray:
+    """Row t: the mean of `values` over the rows whose open time lies in
+    (open_time_ms[t] - window_ms, open_time_ms[t]], row t included.
+
+    Time-based, so it fits any interval and averages what exists: fewer rows at gaps in the
+    candles and at the start of the series. Open times must be ascending (validate_klines
+    checks it); a window holding a NaN gives NaN. Each row's sum is a fixed binary tree over
+    the values of its own window only, so it does not depend on earlier rows, not even
+    through rounding (a running sum would).
+    """
+    x = np.asarray(values, np.float64)
+    t = np.asarray(open_time_ms, np.int64)
+    if x.shape != t.shape or x.ndim != 1:
+        raise ValueError(f"trailing_time_mean: values {x.shape} and open times {t.shape} must "
+                         "be 1-D of the same length.")
+    if window_ms <= 0:
+        raise ValueError(f"trailing_time_mean: window_ms must be > 0, got {window_ms}.")
+    if len(x) == 0:
+        return x.copy()
+    count = _rows_in_window(t, window_ms)
+    sums = _power_sums(x, int(count.max()).bit_length() - 1)
+    # most rows see the same number of rows (a window without gaps): one fixed-length sum
+    usual = int(np.bincount(count).argmax())
+    out = _window_sum(sums, usual) / usual
+    # the others (the start of the series, around gaps): their own power-of-two blocks,
+    # added in the same order as _window_sum, so both ways give the same bits
+    odd = np.flatnonzero(count != usual)
+    total, end, n_odd = np.zeros(len(odd)), odd, count[odd]
+    for k in reversed(range(len(sums))):
+        bit = (n_odd >> k) & 1  # does the window have a block of 2^k rows here?
+        total += np.where(bit == 1, sums[k].take(end, mode="clip"), 0.0)
+        end = end - (bit << k)
+    out[odd] = total / n_odd
+    return out
+
+
+def _rows_in_window(t: np.ndarray, window_ms: int) -> np.ndarray:
+    """How many rows have open times in (t_i - window_ms, t_i], for each row i (>= 1).
+
+    Guessed first from the last row's count (right for every row of a series without gaps,
+    past its first window), checked with two lookups, and searched only where wrong: a
+    binary search for every row costs more than all the sums."""
+    rows, since = np.arange(len(t)), t - window_ms
+    guess = int(len(t) - np.searchsorted(t, since[-1], side="right"))
+    first = np.maximum(rows - guess + 1, 0)  # the guessed first row inside each window
+    ok = (t[first] > since) & ((first == 0) | (t[np.maximum(first - 1, 0)] <= since))
+    wrong = np.flatnonzero(~ok)
+    first[wrong] = np.searchsorted(t, since[wrong], side="right")
+    return rows + 1 - first
 
 
 # ---------------------------------------------------------------------------------------
@@ -288,11 +366,13 @@ class _Table:
 
 def indicator_table(klines: pd.DataFrame) -> np.ndarray:
     """The indicator columns (FEATURE_DOCS, in order) as an (n, F) float64 array, warm-up rows
-    included: row t uses only candles <= t. v3_data_processor.compute_indicators blanks the
-    first WARMUP_CANDLES rows and names the columns.
+    included: row t uses only candles <= t. Reads open_time (int ms UTC), open, high, low,
+    close and volume. v3_data_processor.compute_indicators blanks the first WARMUP_CANDLES
+    rows and names the columns.
     """
     o, h, l, c, v = (klines[k].to_numpy(np.float64) for k in ("open", "high", "low", "close",
                                                                  "volume"))
+    open_time = klines["open_time"].to_numpy(np.int64)
     f = _Table(len(c))
     # one function per family of columns: its intermediate arrays are freed when it returns,
     # so fewer are alive at once (see _Table)
@@ -303,7 +383,9 @@ def indicator_table(klines: pd.DataFrame) -> np.ndarray:
         _trend_columns(f, c, logc)
         _oscillator_columns(f, h, l, c, delta, tp)
         _volume_columns(f, c, v, delta, tp)
-        _range_columns(f, o, h, l, c, logc)
+        _range_columns(f, o, h, l, c, logc, open_time)
+    for name, values in clock_features(open_time).items():
+        f[name] = values
     return f.result()  # (n, F)
 
 
@@ -391,8 +473,8 @@ def _volume_columns(f: _Table, c: np.ndarray, v: np.ndarray, delta: np.ndarray,
 
 
 def _range_columns(f: _Table, o: np.ndarray, h: np.ndarray, l: np.ndarray, c: np.ndarray,
-                   logc: np.ndarray) -> None:
-    """Realised volatility and the candle's shape."""
+                   logc: np.ndarray, open_time: np.ndarray) -> None:
+    """Realised volatility, the candle's shape, and its Parkinson variance (candle, day)."""
     lr = _lag(np.subtract, logc, 1)
     for n, (_, sd) in zip((10, 30, 60), _rolling_mean_std(lr, 10, 30, 60)):
         f[f"volatility_{n}"] = sd
@@ -402,3 +484,19 @@ def _range_columns(f: _Table, o: np.ndarray, h: np.ndarray, l: np.ndarray, c: np
     f["body"] = _ratio(c - o, span, 0.0)
     f["upper_wick"] = _ratio(h - np.maximum(o, c), span, 0.0)
     f["lower_wick"] = _ratio(np.minimum(o, c) - l, span, 0.0)
+
+    pv = parkinson_variance(h, l)
+    f["log_parkinson_var"] = np.log(np.maximum(pv, PARKINSON_FLOOR))
+    pv_day = trailing_time_mean(pv, open_time, DAY_MS)
+    f["log_parkinson_var_day"] = np.log(np.maximum(pv_day, PARKINSON_FLOOR))
+
+
+def clock_features(open_time_ms: np.ndarray) -> dict[str, np.ndarray]:
+    """hour_sin, hour_cos (the minute of the UTC day on a circle) and is_weekend of each
+    open time (int ms UTC). 1970-01-01, day 0, was a Thursday."""
+    minutes = np.asarray(open_time_ms, np.int64) // 60_000  # floor: right before 1970 too
+    minute = minutes % 1440
+    angle = 2 * np.pi * np.arange(1440) / 1440  # one sin/cos per minute of the day, looked up
+    weekday = (minutes // 1440 + 3) % 7  # Monday 0 .. Sunday 6; day 0 was a Thursday (3)
+    return {"hour_sin": np.sin(angle)[minute], "hour_cos": np.cos(angle)[minute],
+            "is_weekend": (weekday >= 5).astype(np.float64)}
