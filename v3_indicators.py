@@ -286,11 +286,11 @@ def _seeded_ewm(x: np.ndarray, alpha: float, n: int, *, divisor: int | None = No
     first n valid x over `divisor` (default n: their mean, TA-Lib's EMA and Wilder seeding).
     x must be finite after its leading NaNs (it is, for validated candles)."""
     out = np.full(len(x), np.nan)
-    valid = np.flatnonzero(~np.isnan(x))
-    if len(valid) == 0 or len(x) - valid[0] < n:
+    first = _first_valid(x)
+    if first is None or len(x) - first < n:
         return out
-    p = valid[0] + n - 1
-    out[p] = x[valid[0]: p + 1].sum() / (divisor or n)
+    p = first + n - 1
+    out[p] = x[first: p + 1].sum() / (divisor or n)
     # the recursion is sequential (a C loop in lfilter): row t never sees a later row
     out[p + 1:] = lfilter([alpha], [1.0, alpha - 1.0], x[p + 1:], zi=[(1 - alpha) * out[p]])[0]
     return out
@@ -309,10 +309,22 @@ def _wilder_dm(x: np.ndarray, n: int) -> np.ndarray:
     seeded with the sum of the first n-1 values, first reported one Wilder step later. As an
     average: seed (sum of n-1 values) / n, and the seed row itself is NaN."""
     out = _seeded_ewm(x, 1.0 / n, n - 1, divisor=n)
-    valid = np.flatnonzero(~np.isnan(out))
-    if len(valid):
-        out[valid[0]] = np.nan
+    seed = _first_valid(out)
+    if seed is not None:
+        out[seed] = np.nan
     return out
+
+
+def _first_valid(x: np.ndarray) -> int | None:
+    """The first row that is not NaN (None if there is none), looked for in growing chunks
+    from the start: the leading NaNs are a few warm-up rows, not worth a pass over x."""
+    start, size = 0, 64
+    while start < len(x):
+        found = np.flatnonzero(~np.isnan(x[start: start + size]))
+        if len(found):
+            return start + int(found[0])
+        start, size = start + size, size * 4
+    return None
 
 
 def _ratio(num: np.ndarray, den: np.ndarray, fill: float, *, zero: np.ndarray | None = None
@@ -330,9 +342,9 @@ def _mean_abs_deviation(x: np.ndarray, mean: np.ndarray, n: int) -> np.ndarray:
     deviation is from each row's own mean, so this one is n passes, not a block table."""
     out = np.full(len(x), np.nan)
     if len(x) >= n:
-        m, acc = mean[n - 1:], np.zeros(len(x) - n + 1)
+        m, acc, d = mean[n - 1:], np.zeros(len(x) - n + 1), np.empty(len(x) - n + 1)
         for j in range(n):  # x[j:...] holds x_(t-n+1+j) on row t
-            d = x[j: len(x) - n + 1 + j] - m
+            np.subtract(x[j: len(x) - n + 1 + j], m, out=d)
             acc += np.abs(d, out=d)
         out[n - 1:] = acc / n
     return out

@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     per_candle = loop_s / n_loop  # loop seconds per candle (all pairs)
     rows = [(f"all {n_cols} indicators, vectorised (compute_indicators)", args.candles, vec_s,
              per_candle / (vec_s / args.candles)),
-            (f"{n_v2} indicators, previous vectorised (v2, indicators_v2)", args.candles, v2_s,
+            (f"{n_v2} indicators, previous compute_indicators (v2)", args.candles, v2_s,
              per_candle / (v2_s / args.candles)),
             (f"all {n_cols} indicators, row-by-row Python loops", n_loop, loop_s, 1.0),
             ("OBV only, vectorised (numpy cumsum)", args.candles, obv_vec_s, obv_loop_s / obv_vec_s),

@@ -839,7 +839,7 @@ def test_bench_features_runs_tiny(capsys):
     assert "bench_features: 2 pairs x 600 candles" in out and "machine:" in out
     assert "command: python bench/bench_features.py --pairs 2 --candles 600" in out
     assert "row-by-row Python loops" in out and "-> OK" in out
-    assert "previous vectorised (v2, indicators_v2)" in out and "OMP_NUM_THREADS=" in out
+    assert "previous compute_indicators (v2)" in out and "OMP_NUM_THREADS=" in out
     # long series: the loops run on a prefix, which must equal the full series' rows
     assert bench.main(["--pairs", "1", "--candles", "700", "--repeat", "1",
                        "--loop-candles", "350"]) == 0
