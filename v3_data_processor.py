@@ -45,7 +45,7 @@ WARMUP_CANDLES = 300
 
 # The version of the indicator set: bumped whenever a column is added, removed or redefined,
 # so a checkpoint is only used with the features it was trained on (v3_predict checks it).
-FEATURE_SET_VERSION = 2
+FEATURE_SET_VERSION = 3  # 3: + Parkinson variance (candle, day), hour of day, weekend (issue 20)
 
 # The quantile head predicts the next return in units of the recent volatility (ModelConfig.
 # quantile_scale = "ewma"): RiskMetrics weights lambda^j (lambda 0.94, as the `ewma` interval
@@ -173,13 +173,15 @@ def _show(x, column: str = "") -> str:
 def compute_indicators(klines: pd.DataFrame) -> pd.DataFrame:
     """Indicator columns for each candle (FEATURE_DOCS, in order). Row t uses only candles <= t.
 
-    Needs open, high, low, close and volume (finite, close > 0: see `validate_klines`).
+    Needs open_time (int ms UTC, ascending: the clock columns and the day's Parkinson mean)
+    and open, high, low, close and volume (finite, close > 0): see `validate_klines`.
     Returns one column per indicator on the same index and length as the input; the first
     WARMUP_CANDLES rows are NaN (the caller drops them).
     """
-    out = indicator_table(klines)  # (n, F)
+    out = indicator_table(klines)  # (n, F), each column contiguous
     out[:WARMUP_CANDLES] = np.nan
-    return pd.DataFrame(out, index=klines.index, columns=list(FEATURE_DOCS))
+    # out is ours alone: wrapping it without a copy saves a pass over n x F floats
+    return pd.DataFrame(out, index=klines.index, columns=list(FEATURE_DOCS), copy=False)
 
 
 # ---------------------------------------------------------------------------------------

@@ -31,7 +31,9 @@ from v3_colab_training import V3CoLabPipeline
 from v3_common import (INTERVAL_MS, CheckpointError, DataValidationError, InsufficientDataError)
 from v3_data_processor import (WARMUP_CANDLES, FeatureConfig, PreparedData, compute_indicators,
                                latest_window, prepare_dataset, validate_klines)
-from v3_indicators import FEATURE_DOCS, feature_names
+from v3_indicators import (DAY_MS, FEATURE_DOCS, PARKINSON_FLOOR, _rolling_mean_std,
+                           clock_features, feature_names, parkinson_variance,
+                           trailing_time_mean)
 from v3_market_data import synthetic_klines, write_klines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,13 +102,16 @@ def test_no_raw_price_or_volume_levels(btc):
                  "scale invariance")
 
 
-def test_only_ohlcv_needed_and_optional_columns_may_be_empty(btc):
-    bare = btc[["open", "high", "low", "close", "volume"]]
+def test_only_open_time_and_ohlcv_needed_and_optional_columns_may_be_empty(btc):
+    """The clock columns and the day's Parkinson mean read open_time; nothing else is needed."""
+    bare = btc[["open_time", "open", "high", "low", "close", "volume"]]
     empty_optional = btc.assign(quote_volume=np.nan, trades=np.nan, taker_buy_base=np.nan,
                                 taker_buy_quote=np.nan, close_time=np.nan)
     ref = compute_indicators(btc)
     pd.testing.assert_frame_equal(compute_indicators(bare), ref)
     pd.testing.assert_frame_equal(compute_indicators(empty_optional), ref)
+    with pytest.raises(KeyError, match="open_time"):
+        compute_indicators(bare.drop(columns=["open_time"]))
 
 
 LOOK_AHEAD = "shift(-k), bfill/backfill, center=True"
@@ -240,10 +245,145 @@ def test_di_adx_and_rsi_match_talib_from_their_first_row():
 
 def test_loop_implementation_agrees_on_every_column(btc):
     """bench_features' row-by-row loops are a second implementation of every column."""
-    cols = {x: btc[x].tolist() for x in ("open", "high", "low", "close", "volume")}
-    loop = bench.loop_indicators(**{x[0]: cols[x] for x in cols})
+    loop = bench.loop_indicators(*(btc[x].tolist() for x in ("open", "high", "low", "close",
+                                                             "volume", "open_time")))
     vec = compute_indicators(btc)
     assert bench.max_disagreement(vec.to_numpy(), np.column_stack([loop[n] for n in vec])) < 1e-9
+
+
+# ---------------------------------------------------------------------------------------
+# The candle's range and the clock (issue 20), by hand
+
+
+def test_parkinson_variance_by_hand_and_the_floor_on_a_flat_candle():
+    pv = parkinson_variance(np.array([110.0, 2.5, 1e-5 * np.e]), np.array([100.0, 2.5, 1e-5]))
+    assert pv.dtype == np.float64
+    assert pv[0] == pytest.approx(np.log(1.1) ** 2 / (4 * np.log(2)), rel=1e-15)  # 0.00327...
+    assert pv[1] == 0.0  # flat candle: not floored here ...
+    assert pv[2] == pytest.approx(1 / (4 * np.log(2)), rel=1e-12)  # a range of e: ln = 1
+    k = flat_klines(3, price=2.5).assign(high=[2.5, 2.75, 2.5])
+    k.loc[1, "close"] = 2.6
+    with mock.patch.object(dp, "WARMUP_CANDLES", 0):
+        f = compute_indicators(k)
+    # ... but floored before the log: a flat candle gives ln(1e-10), not -inf
+    assert f["log_parkinson_var"].tolist() == pytest.approx(
+        [np.log(1e-10), np.log(np.log(1.1) ** 2 / (4 * np.log(2))), np.log(1e-10)], rel=1e-14)
+    # the day mean of rows 0..2 (3 hourly candles): (0 + pv + 0) / 3
+    assert f["log_parkinson_var_day"].iloc[2] == pytest.approx(
+        np.log(np.log(1.1) ** 2 / (4 * np.log(2)) / 3), rel=1e-14)
+
+
+def test_trailing_time_mean_by_hand_with_a_gap():
+    t = np.array([0, 10, 20, 30, 70, 80, 85], dtype=np.int64)  # a gap between 30 and 70
+    x = np.array([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
+    got = trailing_time_mean(x, t, 30)  # open times in (t - 30, t]
+    want = [1.0,                  # t=0: rows 0
+            (1 + 2) / 2,          # t=10: rows 0, 1 (the start: only what exists)
+            (1 + 2 + 4) / 3,      # t=20: 0, 10, 20
+            (2 + 4 + 8) / 3,      # t=30: 10, 20, 30 (0 is exactly 30 ms back: out)
+            16.0,                 # t=70: after the gap, only itself (30 <= 70 - 30: out)
+            (16 + 32) / 2,        # t=80: 70, 80
+            (16 + 32 + 64) / 3]   # t=85: 70, 80, 85
+    np.testing.assert_allclose(got, want, rtol=1e-15)
+    # causal and history-free: a prefix, or earlier values changed outside the window, agree
+    np.testing.assert_array_equal(trailing_time_mean(x[:4], t[:4], 30), got[:4])
+    y = x.copy()
+    y[:4] = [9.0, 9.0, 9.0, 9.0]
+    np.testing.assert_array_equal(trailing_time_mean(y, t, 30)[4:], got[4:])
+    assert np.isnan(trailing_time_mean(np.r_[np.nan, x[1:]], t, 30)[:3]).all()
+    assert len(trailing_time_mean(np.array([]), np.array([], dtype=np.int64), 30)) == 0
+    with pytest.raises(ValueError, match="window_ms must be > 0"):
+        trailing_time_mean(x, t, 0)
+
+
+def test_trailing_time_mean_on_long_windows_matches_a_brute_force_mean():
+    rng = np.random.default_rng(5)
+    t = np.cumsum(rng.choice([60_000, 60_000, 120_000, 3_600_000], 3000)).astype(np.int64)
+    x = rng.exponential(1e-6, 3000)
+    got = trailing_time_mean(x, t, DAY_MS)
+    for i in (0, 1, 17, 500, 1439, 1440, 2999):
+        inside = (t > t[i] - DAY_MS) & (t <= t[i])
+        assert got[i] == pytest.approx(x[inside].mean(), rel=1e-13), i
+
+
+def test_day_mean_at_the_start_of_a_series_averages_what_exists(btc):
+    h, l = btc["high"].to_numpy(), btc["low"].to_numpy()
+    pv = parkinson_variance(h, l)
+    with mock.patch.object(dp, "WARMUP_CANDLES", 0):
+        day = compute_indicators(btc)["log_parkinson_var_day"].to_numpy()
+    per_day = DAY_MS // INTERVAL_MS["15m"]  # 96 candles
+    for t in (0, 1, 50, per_day - 1, per_day, 1000):
+        first = max(0, t - per_day + 1)
+        assert day[t] == pytest.approx(np.log(pv[first:t + 1].mean()), rel=1e-12), t
+    assert np.isfinite(day).all()  # no warm-up: valid from the first candle
+
+
+def test_hour_and_weekend_for_known_timestamps():
+    ms = pd.to_datetime(["2024-01-06 00:00", "2024-01-07 23:59", "2024-01-08 00:00",
+                         "2024-01-08 06:00", "2024-01-05 12:00", "2024-01-05 23:45",
+                         "1970-01-01 18:00", "1969-12-27 00:00"], utc=True)
+    f = clock_features(np.asarray(ms.as_unit("ms").asi8))
+    # Saturday, Sunday, Monday, Monday, Friday, Friday, Thursday, Saturday (before 1970)
+    assert f["is_weekend"].tolist() == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    minutes = np.array([0, 1439, 0, 360, 720, 1425, 1080, 0])
+    np.testing.assert_allclose(f["hour_sin"], np.sin(2 * np.pi * minutes / 1440), atol=1e-15)
+    np.testing.assert_allclose(f["hour_cos"], np.cos(2 * np.pi * minutes / 1440), atol=1e-15)
+    assert f["hour_sin"][3] == pytest.approx(1.0) and f["hour_cos"][4] == pytest.approx(-1.0)
+    assert (f["hour_sin"][0], f["hour_cos"][0]) == (0.0, 1.0)  # midnight
+
+
+def test_clock_columns_change_nothing_but_time_of_day(btc):
+    """Shifting every open time by whole weeks changes nothing; by 6 hours, only the clock."""
+    with mock.patch.object(dp, "WARMUP_CANDLES", 0):
+        ref = compute_indicators(btc)
+        weeks = compute_indicators(btc.assign(open_time=btc["open_time"] + 3 * 7 * DAY_MS))
+        later = compute_indicators(btc.assign(open_time=btc["open_time"] + DAY_MS // 4))
+    pd.testing.assert_frame_equal(weeks, ref)
+    clock = ["hour_sin", "hour_cos", "is_weekend"]
+    pd.testing.assert_frame_equal(later.drop(columns=clock), ref.drop(columns=clock))
+    np.testing.assert_allclose(later["hour_sin"], ref["hour_cos"], atol=1e-12)  # +90 degrees
+
+
+# ---------------------------------------------------------------------------------------
+# Trailing windows: each one reduced on its own (v3_indicators' block tables)
+
+RECURSIVE = {"ema_12_rel", "ema_26_rel", "rsi_14", "macd_rel", "macd_signal_rel", "macd_hist_rel",
+             "atr_14_rel", "plus_di_14", "minus_di_14", "adx_14"}
+
+
+def test_window_columns_do_not_depend_on_older_candles_not_even_by_rounding(btc):
+    """Every column but the recursive ones is a function of its own window: candles before
+    it can change and the row stays bit-identical (a running sum would drift)."""
+    other = synthetic_klines("NOISE", "15m", 500, seed=9)
+    early = btc.copy()
+    for x in ("open", "high", "low", "close"):
+        early.loc[:499, x] = other[x].to_numpy() * 3.0
+    early.loc[:499, "volume"] = other["volume"].to_numpy() * 0.1
+    with mock.patch.object(dp, "WARMUP_CANDLES", 0):
+        a, b = compute_indicators(btc), compute_indicators(early)
+    per_day = DAY_MS // INTERVAL_MS["15m"]
+    for name in FEATURE_DOCS:
+        if name in RECURSIVE:
+            continue
+        first = 500 + (per_day if name == "log_parkinson_var_day" else 61)  # longest window
+        np.testing.assert_array_equal(a[name].iloc[first:], b[name].iloc[first:], err_msg=name)
+        assert name in ("hour_sin", "hour_cos", "is_weekend") or \
+            not a[name].iloc[:500].equals(b[name].iloc[:500]), name  # the change did reach it
+
+
+def test_rolling_std_keeps_its_digits_on_a_price_that_barely_moves():
+    """std 3e-8 of the price: sum(x^2)/n - mean^2 loses every digit here (error ~100 %); the
+    merged blocks agree with numpy's two-pass std to 6e-9 (the prices' own rounding, 1e-16 of
+    30,000, is 3e-9 of the std)."""
+    rng = np.random.default_rng(2)
+    x = 30_000.0 + 1e-3 * rng.standard_normal(400)
+    for n, (mean, sd) in zip((7, 20, 60), _rolling_mean_std(x, 7, 20, 60)):
+        w = np.lib.stride_tricks.sliding_window_view(x, n)
+        np.testing.assert_allclose(sd[n - 1:], w.std(axis=1), rtol=2e-8)
+        np.testing.assert_allclose(mean[n - 1:], w.mean(axis=1), rtol=1e-15)
+        assert np.isnan(sd[:n - 1]).all()
+    [(mean, sd)] = _rolling_mean_std(np.full(50, 0.1), 20)  # flat: exactly 0, not noise
+    assert (sd[19:] == 0.0).all() and (mean[19:] == 0.1).all()
 
 
 # ---------------------------------------------------------------------------------------
@@ -253,10 +393,16 @@ def test_loop_implementation_agrees_on_every_column(btc):
 def test_flat_market_gives_the_documented_values():
     expected = {"bb_pct_b": 0.5, "rsi_14": 50.0, "stoch_k": 50.0, "stoch_d": 50.0,
                 "williams_r": -50.0, "mfi_14": 50.0, "volume_ratio_20": 1.0,
-                "volume_ratio_5_20": 1.0}
+                "volume_ratio_5_20": 1.0, "log_parkinson_var": np.log(PARKINSON_FLOOR),
+                "log_parkinson_var_day": np.log(PARKINSON_FLOOR)}
+    clock = {"hour_sin", "hour_cos", "is_weekend"}  # the time of day, whatever the prices do
     for volume in (0.0, 12.5):
-        f = compute_indicators(flat_klines(WARMUP_CANDLES + 50, volume=volume)).iloc[WARMUP_CANDLES:]
+        k = flat_klines(WARMUP_CANDLES + 50, volume=volume)
+        f = compute_indicators(k).iloc[WARMUP_CANDLES:]
         for name in f.columns:
+            if name in clock:
+                assert np.isfinite(f[name]).all(), name
+                continue
             want = expected.get(name, 0.0)
             assert (f[name] == want).all(), (name, volume, f[name].unique()[:3])
 
@@ -274,7 +420,8 @@ def test_flat_stretch_and_zero_volume_inside_a_real_looking_series():
     assert np.isfinite(vec.iloc[WARMUP_CANDLES:].to_numpy()).all()
     # a zero-volume candle gives a bounded volume change, whatever the volume's units
     assert vec["log_volume_change"].abs().max() < np.log(20_001) + 1e-9
-    loop = bench.loop_indicators(*(k[x].tolist() for x in ("open", "high", "low", "close", "volume")))
+    loop = bench.loop_indicators(*(k[x].tolist() for x in ("open", "high", "low", "close", "volume",
+                                                           "open_time")))
     assert bench.max_disagreement(vec.to_numpy(), np.column_stack([loop[n] for n in vec])) < 1e-9
 
 
@@ -721,7 +868,7 @@ def test_latest_window_errors_say_what_to_do(btc):
     with pytest.raises(DataValidationError, match="span a gap"):
         latest_window(gap, data.transform, **kw)
     wrong = dataclasses.replace(data.transform, mean=data.transform.mean[:-1])
-    with pytest.raises(CheckpointError, match="expects 44 indicator columns"):
+    with pytest.raises(CheckpointError, match=f"expects {len(FEATURE_DOCS) - 1} indicator columns"):
         latest_window(btc, wrong, **kw)
     with pytest.raises(DataValidationError, match="high < low"):
         latest_window(_bad(btc, "high<low"), data.transform, **kw)
@@ -737,6 +884,13 @@ def test_bench_features_runs_tiny(capsys):
     assert "bench_features: 2 pairs x 600 candles" in out and "machine:" in out
     assert "command: python bench/bench_features.py --pairs 2 --candles 600" in out
     assert "row-by-row Python loops" in out and "-> OK" in out
+    assert "previous compute_indicators (v2)" in out and "OMP_NUM_THREADS=" in out
+    # long series: the loops run on a prefix, which must equal the full series' rows
+    assert bench.main(["--pairs", "1", "--candles", "700", "--repeat", "1",
+                       "--loop-candles", "350"]) == 0
+    out = capsys.readouterr().out
+    assert "(run on the first 350 candles of each pair)" in out
+    assert "bit-identical to the full series' rows: yes" in out and "-> OK" in out
 
 
 def test_save_writes_only_when_the_content_changes(btc, tmp_path):
