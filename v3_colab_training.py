@@ -42,7 +42,7 @@ from v3_engine import train_jobs  # noqa: E402
 from v3_metrics import summarize_pairs  # noqa: E402
 from v3_evaluation import rescore_pair, walk_forward_pair  # noqa: E402
 from v3_hub import upload_to_hub  # noqa: E402
-from v3_intervals import summarize_intervals  # noqa: E402
+from v3_interval_scores import summarize_intervals  # noqa: E402
 from v3_layout import RunLayout  # noqa: E402
 from v3_market_data import latest_candles, read_klines  # noqa: E402
 from v3_pair_download import load_offline_pair  # noqa: E402

@@ -24,8 +24,9 @@ from v3_baselines import LinearBaseline, baseline_models
 from v3_checkpoint import load_model_file
 from v3_common import CheckpointError, ConfigError, V3Error, atomic_write_bytes, log
 from v3_data_processor import PreparedData, prepare_dataset
-from v3_intervals import (INTERVAL_BASELINES, QUANTILE_COLUMNS, QUANTILES, evaluate_intervals,
-                          interval_metrics, per_sample_pinball, standardized_to_returns)
+from v3_interval_scores import (INTERVAL_BASELINES, QUANTILE_COLUMNS, QUANTILES,
+                                add_confidence_set, interval_metrics, per_sample_pinball)
+from v3_intervals import evaluate_intervals, standardized_to_returns
 from v3_layout import RunLayout
 from v3_lstm_model import V3LSTMModel
 from v3_metrics import backtest_direction, forecast_metrics, naive_mae
@@ -122,7 +123,8 @@ def model_test_forecast(model, data: PreparedData, split: str = "test") -> np.nd
 
 def write_predictions(path, data: PreparedData, scored: dict, *, baselines: bool = False) -> None:
     """The per-sample test predictions as CSV (results/predictions/*.csv): the model's close,
-    its close at each quantile (p05..p95, with a quantile head) and garch's (garch_p05..);
+    its close at each quantile (p05..p95, with a quantile head), garch's (garch_p05..) and
+    har's (har_p05..);
     walk-forward folds also carry the drift and linear closes and every interval baseline's."""
     te = data.split("test")
     p, q = scored["predictions"], scored.get("quantile_predictions") or {}
@@ -130,7 +132,7 @@ def write_predictions(path, data: PreparedData, scored: dict, *, baselines: bool
             "actual_close": data.actual_close[te], "predicted_close": p["model"]}
     if "model" in q:
         cols.update(zip(QUANTILE_COLUMNS, q["model"].T))
-    for name in INTERVAL_BASELINES if baselines else ("garch",):
+    for name in INTERVAL_BASELINES if baselines else ("garch", "har"):
         if name in q:
             cols.update(zip((f"{name}_{c}" for c in QUANTILE_COLUMNS), q[name].T))
     if baselines:
@@ -339,6 +341,8 @@ def pooled_intervals(df: pd.DataFrame) -> tuple[dict | None, dict]:
          if all(x in df.columns for x in c)}
     losses = {name: per_sample_pinball(y, v) for name, v in q.items() if name != "model"}
     blocks = {name: interval_metrics(y, v, baseline_losses=losses) for name, v in q.items()}
+    if "model" in blocks:
+        add_confidence_set(blocks["model"], {"model": per_sample_pinball(y, q["model"]), **losses})
     return blocks.pop("model", None), {name: {"interval": b} for name, b in blocks.items()}
 
 

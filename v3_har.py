@@ -31,9 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from v3_indicators import PARKINSON_FLOOR, parkinson_variance, trailing_time_mean
+from v3_indicators import DAY_MS, PARKINSON_FLOOR, parkinson_variance, trailing_time_mean
 
-DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 # the HAR's range inputs: (name, window in candles or None, window in ms or None)
 RANGE_WINDOWS = (("candle", 1, None), ("4_candles", 4, None), ("day", None, DAY_MS),
@@ -62,7 +61,7 @@ def range_features(high: np.ndarray, low: np.ndarray, open_time_ms: np.ndarray,
     return np.column_stack([trailing_time_mean(pv, t, w) for w in window_ms(interval_ms)])
 
 
-def clock_features(open_time_ms: np.ndarray) -> np.ndarray:
+def clock_dummies(open_time_ms: np.ndarray) -> np.ndarray:
     """(n, 24) float64: 23 hour-of-day dummies (hours 1..23; hour 0 the reference) and a
     weekend flag, of each open time (UTC; 1970-01-01 was a Thursday)."""
     t = np.asarray(open_time_ms, np.int64)
@@ -77,7 +76,7 @@ def design(range_var: np.ndarray, target_open_time: np.ndarray) -> np.ndarray:
     variances (`range_features` rows at the samples' last candles) and the forecast candle's
     clock (HAR_INPUTS order after the constant)."""
     rv = np.log(np.maximum(np.asarray(range_var, np.float64), PARKINSON_FLOOR))
-    return np.column_stack([np.ones(len(rv)), rv, clock_features(target_open_time)])
+    return np.column_stack([np.ones(len(rv)), rv, clock_dummies(target_open_time)])
 
 
 @dataclass(frozen=True)

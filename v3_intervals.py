@@ -1,4 +1,4 @@
-"""Calibrated intervals for the next candle: quantile baselines and interval metrics.
+"""Interval baselines for the next candle: rolling, EWMA, GARCH and HAR, as models.
 
 Everything here forecasts quantiles QUANTILES of the next candle's log return
 r_i = ln(actual_close_i / last_close_i) for the samples of a `PreparedData`, so also of its
@@ -23,6 +23,11 @@ training split, `predict(data, idx)` -> (n, 7) closes, plus `predict_returns(dat
   lam = 0.94, e = r - training mean; quantiles mean + s_i * t_nu(q), with the Student-t
   scaled to unit variance. nu is fitted on the training split (maximum likelihood of the
   unit-variance t on e_i / s_i), unless fixed by `df=`.
+- `HarBaseline` ('har'): the HAR forecast of the next candle's range-based volatility s_i
+  (v3_har: OLS of ln Parkinson variance on its last-candle, 4-candle, day and week means and
+  the forecast candle's hour and weekend, fitted on the training split, frozen after), with
+  quantiles s_i * the empirical quantiles (numpy's linear rule) of the standardised training
+  returns r_j / s_j. It sees what the others cannot: each candle's high and low, and the clock.
 - `GarchBaseline` ('garch'): GARCH(1,1) with a constant mean and Student-t innovations,
   fitted by the `arch` package on the training returns (divided by their std, which arch's
   optimiser likes; the parameters are reported in return units). The one-step variance is
@@ -33,33 +38,8 @@ training split, `predict(data, idx)` -> (n, 7) closes, plus `predict_returns(dat
   squared training residuals. That start reaches the first ~75 training forecasts only (its
   weight on sample i is 0.94^i resp. beta^i); no validation or test forecast depends on it.
 
-Metrics (`interval_metrics`, one JSON block; `INTERVAL_FIELDS` in order):
-- `quantiles`: the levels, [0.05, ..., 0.95].
-- `pinball`: mean pinball loss over samples and the 7 quantiles, on the log return in percent
-  (100 x ln(next/last), so ~ % of price); `pinball_per_quantile` {"0.05": ..} the same per
-  level.
-- `coverage` {"50","80","90"}: share (a fraction in [0, 1]) of samples with
-  low <= r <= high; `coverage_p`: exact two-sided binomial test of the hits against the
-  nominal share (scipy.stats.binomtest).
-- `independence_p_80`: Christoffersen's (1998) LR test that the 80 % interval's misses are
-  independent (first-order Markov alternative, chi-square with 1 df); None when every
-  sample is a hit or every one a miss (no transition can be estimated).
-- `width_80_pct`: mean width of the 80 % interval of the close, in % of the last close:
-  100 x mean(exp(q90) - exp(q10)).
-- `qlike`: mean(ln h + y^2 / h), y = 100 r, h = the variance implied by the quantiles: the
-  5-95 % spread of a normal, h = ((q95 - q05) / (2 x 1.6449))^2 (in %^2). It is one fixed
-  map from quantiles to a variance, applied to every forecast alike; lower is better.
-  (Patton's QLIKE up to a term without h; this form allows y = 0.)
-- `skill` {"rolling","ewma","garch"}: 1 - pinball / pinball(baseline) on the same samples;
-  `dm_p` {same}: one-sided Diebold-Mariano p-value (v3_metrics.diebold_mariano, h = 1) of
-  "this forecast has the lower per-sample pinball loss" (the per-sample loss is the mean over
-  the 7 quantiles). A baseline's block compares it with the others (and with itself: skill 0,
-  p 0.5). None where that baseline was not run.
-- `n`: samples scored.
-
-`evaluate_intervals` scores the model's test quantiles and every baseline on exactly the test
-split; `summarize_intervals` sums pairs up (median skill, pairs that beat each baseline
-significantly after Holm, pairs whose 80 % coverage is rejected).
+The metrics they are scored with are v3_interval_scores'. `evaluate_intervals` scores the
+model's test quantiles and every baseline on exactly the test split.
 """
 from __future__ import annotations
 
@@ -70,22 +50,14 @@ from scipy import optimize, special, stats
 from scipy.signal import lfilter
 
 from v3_common import log
-from v3_metrics import diebold_mariano, holm_adjust
+from v3_har import HarFit, fit_har
+from v3_interval_scores import (QUANTILES, check_quantiles, add_confidence_set, interval_metrics,
+                                per_sample_pinball)
 
-QUANTILES = (0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95)
-QUANTILE_COLUMNS = ("p05", "p10", "p25", "p50", "p75", "p90", "p95")  # predictions CSV
-CENTRAL_INTERVALS = {"50": (0.25, 0.75), "80": (0.10, 0.90), "90": (0.05, 0.95)}
-INTERVAL_BASELINES = ("rolling", "ewma", "garch")
-INTERVAL_FIELDS = ("quantiles", "pinball", "pinball_per_quantile", "coverage", "coverage_p",
-                   "independence_p_80", "width_80_pct", "qlike", "skill", "dm_p", "n")
-PCT = 100.0                 # losses are on 100 x log return: ~ % of price
-Z95_ONE_SIDED = 1.6448536269514722  # the 95 % quantile of the standard normal
 MIN_HISTORY = 20            # fewest earlier returns a rolling forecast is made from
 BACKCAST_OBS = 75           # arch's backcast: first 75 squared residuals, weights 0.94^i
 RISKMETRICS_LAMBDA = 0.94
 DF_BOUNDS = (2.05, 200.0)   # Student-t degrees of freedom searched when fitting ewma's df
-
-_LEVEL_INDEX = {q: i for i, q in enumerate(QUANTILES)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -112,153 +84,6 @@ def returns_to_closes(data, idx, q_returns: np.ndarray) -> np.ndarray:
 def standardized_to_returns(data, z: np.ndarray) -> np.ndarray:
     """Quantiles of the standardised target (the model's output) -> of the log return."""
     return data.target_mean + data.target_std * np.asarray(z, np.float64)
-
-
-def check_quantiles(q: np.ndarray, n: int | None = None) -> np.ndarray:
-    """(n, 7) float64 finite, non-crossing quantiles (in QUANTILES order), or ValueError."""
-    q = np.asarray(q, np.float64)
-    if q.ndim != 2 or q.shape[1] != len(QUANTILES) or (n is not None and q.shape[0] != n):
-        raise ValueError(f"quantile forecasts must have shape (n, {len(QUANTILES)}) for the "
-                         f"levels {QUANTILES}{'' if n is None else f' with n = {n}'}, got "
-                         f"{q.shape}.")
-    if not np.isfinite(q).all():
-        raise ValueError(f"quantile forecasts hold {int((~np.isfinite(q)).sum())} NaN/inf "
-                         f"value(s); score only samples with a full forecast.")
-    crossing = np.diff(q, axis=1) < 0
-    if crossing.any():
-        raise ValueError(f"quantile forecasts cross in {int(crossing.any(axis=1).sum())} "
-                         f"sample(s) (first: {int(np.flatnonzero(crossing.any(axis=1))[0])}); "
-                         f"each row must be non-decreasing in the level.")
-    return q
-
-
-# ---------------------------------------------------------------------------------------
-# Metrics on arrays
-
-
-def pinball_loss(y: np.ndarray, q: np.ndarray, levels=QUANTILES) -> np.ndarray:
-    """(n, k) pinball loss of quantile forecasts q (n, k) at `levels` for outcomes y (n,):
-    tau (y - q) if y >= q else (tau - 1)(y - q). Same units as y."""
-    y, q = np.asarray(y, np.float64), np.asarray(q, np.float64)
-    tau = np.asarray(levels, np.float64)[None, :]
-    u = y[:, None] - q
-    return np.maximum(tau * u, (tau - 1.0) * u)
-
-
-def interval_hits(y: np.ndarray, q: np.ndarray, interval: str) -> np.ndarray:
-    """(n,) bool: y inside the central interval ('50', '80' or '90'), ends included."""
-    lo, hi = (_LEVEL_INDEX[p] for p in CENTRAL_INTERVALS[interval])
-    y, q = np.asarray(y, np.float64), np.asarray(q, np.float64)
-    return (q[:, lo] <= y) & (y <= q[:, hi])
-
-
-def coverage_p_value(hits: int, n: int, nominal: float) -> float:
-    """Exact two-sided binomial test of hits / n against the nominal share."""
-    return float(stats.binomtest(int(hits), int(n), float(nominal)).pvalue)
-
-
-def christoffersen_independence(miss: np.ndarray) -> dict:
-    """Christoffersen's LR test of independence of a 0/1 miss sequence (first-order Markov).
-
-    n_ab counts transitions a -> b; pi01 = n01 / (n00 + n01), pi11 = n11 / (n10 + n11),
-    pi = (n01 + n11) / (n - 1). LR = -2 [ln L(pi) - ln L(pi01, pi11)] ~ chi2(1) under
-    independence. Returns the counts, LR and p-value (None when no transition out of 0 or
-    out of 1 was seen, i.e. the sequence is constant or has a single miss/hit at its end
-    only: pi01 or pi11 cannot be estimated).
-    """
-    m = np.asarray(miss).astype(bool)
-    out = {"n00": 0, "n01": 0, "n10": 0, "n11": 0, "lr": None, "p_value": None}
-    if len(m) < 2:
-        return out
-    a, b = m[:-1], m[1:]
-    n00, n01 = int(np.sum(~a & ~b)), int(np.sum(~a & b))
-    n10, n11 = int(np.sum(a & ~b)), int(np.sum(a & b))
-    out.update(n00=n00, n01=n01, n10=n10, n11=n11)
-    if n00 + n01 == 0 or n10 + n11 == 0:
-        return out
-    pi01, pi11 = n01 / (n00 + n01), n11 / (n10 + n11)
-    pi = (n01 + n11) / (n00 + n01 + n10 + n11)
-    xlogy = special.xlogy
-    ll_ind = xlogy(n00 + n10, 1 - pi) + xlogy(n01 + n11, pi)
-    ll_dep = (xlogy(n00, 1 - pi01) + xlogy(n01, pi01) + xlogy(n10, 1 - pi11)
-              + xlogy(n11, pi11))
-    lr = max(0.0, float(-2.0 * (ll_ind - ll_dep)))
-    out.update(lr=lr, p_value=float(stats.chi2.sf(lr, 1)))
-    return out
-
-
-def implied_variance(q: np.ndarray) -> np.ndarray:
-    """(n,) variance implied by quantile forecasts: the 5-95 % spread of a normal,
-    ((q95 - q05) / (2 z_0.95))^2, in the squared units of q."""
-    q = np.asarray(q, np.float64)
-    spread = q[:, _LEVEL_INDEX[0.95]] - q[:, _LEVEL_INDEX[0.05]]
-    return (spread / (2.0 * Z95_ONE_SIDED)) ** 2
-
-
-def qlike(y: np.ndarray, variance: np.ndarray) -> float | None:
-    """mean(ln h + y^2 / h); None if a variance is not positive."""
-    y, h = np.asarray(y, np.float64), np.asarray(variance, np.float64)
-    if len(h) == 0 or not np.all(h > 0):
-        return None
-    return float(np.mean(np.log(h) + y * y / h))
-
-
-def per_sample_pinball(y: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """(n,) mean pinball loss over QUANTILES per sample, on 100 x log return."""
-    return pinball_loss(PCT * np.asarray(y, np.float64), PCT * np.asarray(q, np.float64)).mean(axis=1)
-
-
-def quantile_bin_counts(y: np.ndarray, q: np.ndarray) -> dict:
-    """A PIT histogram from the 7 quantiles: how many outcomes fall below q05, between each
-    pair of neighbouring quantiles, and above q95 (8 bins), with the shares a calibrated
-    forecast expects ([0.05, 0.05, 0.15, 0.25, 0.25, 0.15, 0.05, 0.05])."""
-    y, q = np.asarray(y, np.float64), np.asarray(q, np.float64)
-    bins = (y[:, None] > q).sum(axis=1)  # 0 .. 7: how many quantiles lie below y
-    counts = np.bincount(bins, minlength=len(QUANTILES) + 1)
-    edges = (0.0, *QUANTILES, 1.0)
-    return {"edges": list(edges), "counts": [int(c) for c in counts],
-            "expected_share": [float(b - a) for a, b in zip(edges[:-1], edges[1:])]}
-
-
-def interval_metrics(y: np.ndarray, q: np.ndarray, *,
-                     baseline_losses: dict[str, np.ndarray] | None = None) -> dict:
-    """The `interval` JSON block (INTERVAL_FIELDS) of quantile forecasts q (n, 7) of the log
-    return for the realised log returns y (n,). `baseline_losses` {name: per-sample pinball
-    (`per_sample_pinball`) on the same samples} gives `skill` and `dm_p`."""
-    y = np.asarray(y, np.float64)
-    n = len(y)
-    out = dict.fromkeys(INTERVAL_FIELDS)
-    out.update(quantiles=list(QUANTILES), n=n,
-               coverage=dict.fromkeys(CENTRAL_INTERVALS), coverage_p=dict.fromkeys(CENTRAL_INTERVALS),
-               skill=dict.fromkeys(INTERVAL_BASELINES), dm_p=dict.fromkeys(INTERVAL_BASELINES))
-    if n == 0:
-        return out
-    q = check_quantiles(q, n)
-    if y.shape != (n,) or not np.isfinite(y).all():
-        raise ValueError(f"realised returns must be a finite 1-D array of {n}, got {y.shape}.")
-    loss = pinball_loss(PCT * y, PCT * q)          # (n, 7)
-    per_sample = loss.mean(axis=1)
-    out["pinball"] = float(per_sample.mean())
-    out["pinball_per_quantile"] = {f"{lv:.2f}": float(v) for lv, v in zip(QUANTILES, loss.mean(axis=0))}
-    for key, (lo, hi) in CENTRAL_INTERVALS.items():
-        hits = interval_hits(y, q, key)
-        out["coverage"][key] = float(hits.mean())
-        out["coverage_p"][key] = coverage_p_value(int(hits.sum()), n, hi - lo)
-    out["independence_p_80"] = christoffersen_independence(~interval_hits(y, q, "80"))["p_value"]
-    i10, i90 = _LEVEL_INDEX[0.10], _LEVEL_INDEX[0.90]
-    out["width_80_pct"] = float(PCT * np.mean(np.exp(q[:, i90]) - np.exp(q[:, i10])))
-    out["qlike"] = qlike(PCT * y, implied_variance(PCT * q))
-    for name, base in (baseline_losses or {}).items():
-        if name not in out["skill"]:
-            continue
-        base = np.asarray(base, np.float64)
-        if base.shape != per_sample.shape:
-            raise ValueError(f"baseline {name!r}: {base.shape} per-sample losses for {n} samples.")
-        mean_base = float(base.mean())
-        out["skill"][name] = 1.0 - out["pinball"] / mean_base if mean_base > 0 else None
-        # the losses are >= 0, so the 'absolute' loss of diebold_mariano is the loss itself
-        out["dm_p"][name] = diebold_mariano(per_sample, base, loss="absolute")["p_better"]
-    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -487,12 +312,39 @@ class GarchBaseline(_QuantileModel):
                 "fitted_on": "training split (arch, GARCH(1,1), constant mean, Student-t)"}
 
 
+class HarBaseline(_QuantileModel):
+    """HAR on range-based variance and the clock (v3_har), OLS on the training split; its
+    volatility x the empirical quantiles of the standardised training returns."""
+    name = "har"
+
+    def fit(self, data) -> "HarBaseline":
+        tr = data.split("train")
+        self.fitted: HarFit = fit_har(data.range_var[tr], data.next_range_var[tr],
+                                      data.target_open_time[tr])
+        z = sample_returns(data)[tr] / self.fitted.volatility(data.range_var[tr],
+                                                              data.target_open_time[tr])
+        self.z_quantiles = np.quantile(z, QUANTILES)
+        return self
+
+    def predict_returns(self, data, idx) -> np.ndarray:
+        i = sample_indices(data, idx)
+        s = self.fitted.volatility(data.range_var[i], data.target_open_time[i])
+        return s[:, None] * self.z_quantiles[None, :]
+
+    def params(self) -> dict:
+        return {**self.fitted.to_dict(), "z_quantiles": [float(v) for v in self.z_quantiles]}
+
+    def tuning(self) -> dict:
+        return {**self.params(), "fitted_on": "training split (OLS of ln Parkinson variance; "
+                                              "standardised-return quantiles)"}
+
+
 def interval_baseline_models() -> list:
-    return [RollingQuantileBaseline(), EwmaBaseline(), GarchBaseline()]
+    return [RollingQuantileBaseline(), EwmaBaseline(), GarchBaseline(), HarBaseline()]
 
 
 # ---------------------------------------------------------------------------------------
-# One pair, and across pairs
+# One pair
 
 
 def evaluate_intervals(data, model_quantiles: np.ndarray | None = None, *,
@@ -518,6 +370,7 @@ def evaluate_intervals(data, model_quantiles: np.ndarray | None = None, *,
     if model_quantiles is not None:
         mq = check_quantiles(model_quantiles, len(idx))
         out["model"] = interval_metrics(y, mq, baseline_losses=losses)
+        add_confidence_set(out["model"], {"model": per_sample_pinball(y, mq), **losses})
         out["predictions"]["model"] = returns_to_closes(data, idx, mq)
     for name, q in preds.items():
         out["baseline"][name] = {"interval": interval_metrics(y, q, baseline_losses=losses)}
@@ -525,51 +378,3 @@ def evaluate_intervals(data, model_quantiles: np.ndarray | None = None, *,
     return out
 
 
-def summarize_intervals(entries: dict[str, dict], *, alpha: float = 0.05) -> dict:
-    """Across pairs, from results entries {pair key: {"interval": block or None,
-    "baseline": {"rolling": {"interval": block}, ...}}}.
-
-    For the model (pairs with an `interval` block): median skill against each baseline, and
-    the pairs that beat each baseline significantly (one-sided DM `dm_p`, Holm-adjusted across
-    those pairs, < alpha). For the model and each baseline: the pairs whose 80 % coverage is
-    rejected (binomial `coverage_p["80"]` < alpha, per pair, no correction) and the median
-    coverage and pinball loss.
-    """
-    def med(vals):
-        vals = [v for v in vals if v is not None]
-        return float(np.median(vals)) if vals else None
-
-    def blocks(who):
-        got = {}
-        for k, e in entries.items():
-            b = e.get("interval") if who == "model" else \
-                ((e.get("baseline") or {}).get(who) or {}).get("interval")
-            if b and b.get("n"):
-                got[k] = b
-        return got
-
-    model = blocks("model")
-    keys = list(model)
-    out = {"n_pairs": len(keys), "pairs": keys,
-           "significance": {"alpha": alpha, "correction": "holm",
-                            "test": "Diebold-Mariano on the per-sample mean pinball loss, "
-                                    "one-sided (H1: the model's loss is lower)"},
-           "median_skill": {b: med(model[k]["skill"].get(b) for k in keys)
-                            for b in INTERVAL_BASELINES}}
-    for b in INTERVAL_BASELINES:
-        adj = holm_adjust([model[k]["dm_p"].get(b) for k in keys])
-        beat = [k for k, p in zip(keys, adj) if p is not None and p < alpha]
-        out[f"beat_{b}"] = {"count": len(beat), "pairs": beat}
-    out["coverage_rejected_80"] = {}
-    out["median_coverage"] = {}
-    out["median_pinball"] = {}
-    for who in ("model", *INTERVAL_BASELINES):
-        got = blocks(who)
-        rejected = [k for k, b in got.items()
-                    if b["coverage_p"].get("80") is not None and b["coverage_p"]["80"] < alpha]
-        out["coverage_rejected_80"][who] = {"count": len(rejected), "pairs": rejected,
-                                            "of": len(got)}
-        out["median_coverage"][who] = {c: med(b["coverage"].get(c) for b in got.values())
-                                       for c in CENTRAL_INTERVALS}
-        out["median_pinball"][who] = med(b.get("pinball") for b in got.values())
-    return out

@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from v3_common import ConfigError
-from v3_intervals import QUANTILES
+from v3_interval_scores import QUANTILES
 
 
 QUANTILE_SCALES = ("ewma", "har", "none")

@@ -193,7 +193,8 @@ def build_blocks(results: dict, plots: dict) -> list[tuple]:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     b.append(("p", f"Generated {now}. Every number below is in results/v3_training_results.json "
                    f"(per pair, and under `_summary`)."))
-    b.extend(interval_summary_blocks(interval_summary(results, entries)))
+    intervals = interval_summary(results, entries)
+    b.extend(interval_summary_blocks(intervals))
     if failed:
         b += [("h", 2, "Pairs that failed"),
               ("p", "These pairs have no test results; the step that failed and why:"),
@@ -206,7 +207,7 @@ def build_blocks(results: dict, plots: dict) -> list[tuple]:
               ("table", ["pair", "why"], [list(x) for x in stale])]
     b.extend(_metrics_blocks(entries, summary))
     b.extend(_forecast_blocks(entries))
-    b.extend(interval_table_blocks(entries))
+    b.extend(interval_table_blocks(entries, intervals))
     b.extend(_backtest_blocks(entries, summary))
     b.extend(_walk_forward_blocks(entries))
     b.extend(_plot_blocks(entries, plots))

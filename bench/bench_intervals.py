@@ -35,8 +35,8 @@ import benchlib  # noqa: E402
 
 from v3_common import DEFAULT_COINS  # noqa: E402
 from v3_data_processor import FeatureConfig, prepare_dataset  # noqa: E402
-from v3_intervals import (interval_baseline_models, interval_metrics, per_sample_pinball,  # noqa: E402
-                          sample_returns)
+from v3_interval_scores import interval_metrics, per_sample_pinball
+from v3_intervals import interval_baseline_models, sample_returns
 from v3_market_data import synthetic_klines  # noqa: E402
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

@@ -4,8 +4,9 @@
     python bench/interval_table.py --base-dir run_15m run_1h    # one table, one summary
 
 One row per trained pair: the 80 % interval's coverage for the model and each interval
-baseline, the model's pinball loss and its skill against rolling, ewma and garch with the
-one-sided Diebold-Mariano p-value, and the width of the 80 % interval; then the across-pair
+baseline, the model's pinball loss and its skill against rolling, ewma, garch and har with
+the one-sided Diebold-Mariano p-value (Newey-West variance), the width of the 80 % interval,
+the best forecaster and the 90 % model confidence set; then the across-pair
 summary (results `_summary.intervals`; with several folders it is recomputed over all their
 pairs, so the Holm correction spans them all). Reads results/v3_training_results.json only.
 """
@@ -22,7 +23,8 @@ from v3_common import fmt_num  # noqa: E402
 from v3_layout import RunLayout  # noqa: E402
 from v3_report_intervals import interval_summary  # noqa: E402
 
-BASELINES = ("rolling", "ewma", "garch")
+BASELINES = ("rolling", "ewma", "garch", "har")
+SHORT = {"model": "LSTM", "rolling": "rolling", "ewma": "ewma", "garch": "garch", "har": "har"}
 
 
 def pct(v):
@@ -30,9 +32,10 @@ def pct(v):
 
 
 def rows(results: dict) -> list[str]:
-    head = ["pair", "test candles", "80 % coverage % LSTM / rolling / ewma / garch",
-            "80 % width %", "pinball LSTM / garch", "skill vs rolling % (p)",
-            "skill vs ewma % (p)", "skill vs garch % (p)"]
+    head = ["pair", "test candles", "80 % coverage % LSTM / rolling / ewma / garch / har",
+            "80 % width %", "pinball LSTM / garch / har", "skill vs rolling % (p)",
+            "skill vs ewma % (p)", "skill vs garch % (p)", "skill vs har % (p)", "best",
+            "90 % MCS"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, e in sorted(results.items()):
         if key.startswith("_") or e.get("status") not in ("success", "skipped"):
@@ -43,11 +46,15 @@ def rows(results: dict) -> list[str]:
                          for x in [m, *b.values()])
         skill = [f"{fmt_num(pct((m.get('skill') or {}).get(n)), '+.1f')} "
                  f"({fmt_num((m.get('dm_p') or {}).get(n), '.2g')})" for n in BASELINES]
+        pins = " / ".join(fmt_num(x.get("pinball"), ".4f") for x in (m, b["garch"], b["har"]))
+        scored = {"model": m, **b}
+        best = min((x["pinball"], w) for w, x in scored.items()
+                   if x.get("pinball") is not None)[1] if any(
+                       x.get("pinball") is not None for x in scored.values()) else None
+        mcs = ", ".join(SHORT[w] for w in m.get("mcs_90") or []) or "-"
         out.append("| " + " | ".join([key, fmt_num(m.get("n"), "d"), cov,
-                                      fmt_num(m.get("width_80_pct"), ".2f"),
-                                      f"{fmt_num(m.get('pinball'), '.4f')} / "
-                                      f"{fmt_num(b['garch'].get('pinball'), '.4f')}",
-                                      *skill]) + " |")
+                                      fmt_num(m.get("width_80_pct"), ".2f"), pins,
+                                      *skill, SHORT.get(best, "-"), mcs]) + " |")
     return out
 
 
@@ -66,6 +73,13 @@ def summary(results: dict) -> list[str]:
     lines += [f"median skill vs {b}: {fmt_num(pct((s.get('median_skill') or {}).get(b)), '+.2f')} %;"
               f" significantly better (Holm) on {(s.get(f'beat_{b}') or {}).get('count')} pairs"
               for b in BASELINES]
+    best, sig = s.get("best") or {}, s.get("best_significant") or {}
+    lines.append("best forecaster (lowest pinball): " + ", ".join(
+        f"{SHORT[w]} {best[w]} ({sig.get(w, 0)} significantly)" for w in best if best[w]))
+    mcs = s.get("mcs_90") or {}
+    if mcs.get("n_pairs"):
+        lines.append(f"in the 90 % model confidence set (of {mcs['n_pairs']} pairs): " + ", ".join(
+            f"{SHORT[w]} {n}" for w, n in (mcs.get("in_set") or {}).items()))
     return lines
 
 

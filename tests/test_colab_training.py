@@ -18,6 +18,7 @@ from v3_colab_training import PipelineConfig, V3CoLabPipeline, demo_config, main
 from v3_common import (DEFAULT_COINS, KLINE_COLUMNS, ConfigError, DataValidationError,
                        InsufficientDataError, V3Error)
 from v3_data_processor import PreparedData
+from v3_interval_scores import interval_metrics
 from v3_metrics import regression_metrics
 from v3_market_data import read_klines, synthetic_klines, write_klines
 from v3_trainer import predict_standardized
@@ -106,9 +107,21 @@ def test_predictions_csv_and_persistence_recomputed(trained):
     for key in PAIRS:
         df = pd.read_csv(p.base_dir / "results" / "predictions" / f"{key}.csv")
         assert list(df.columns)[:4] == ["open_time", "last_close", "actual_close", "predicted_close"]
-        garch = [f"garch_{c}" for c in ("p05", "p10", "p25", "p50", "p75", "p90", "p95")]
-        assert set(garch) <= set(df.columns)  # the garch baseline's closes at each quantile
-        assert (np.diff(df[garch].to_numpy(), axis=1) >= 0).all()
+        levels = ("p05", "p10", "p25", "p50", "p75", "p90", "p95")
+        for name in ("garch", "har"):   # the baselines' closes at each quantile ...
+            cols = [f"{name}_{c}" for c in levels]
+            assert set(cols) <= set(df.columns)
+            assert (np.diff(df[cols].to_numpy(), axis=1) >= 0).all()
+            # ... and their interval numbers recompute from them (and the model's)
+            y = np.log(df.actual_close.to_numpy() / df.last_close.to_numpy())
+            q = np.log(df[cols].to_numpy() / df.last_close.to_numpy()[:, None])
+            block = results[key]["baseline"][name]["interval"]
+            assert interval_metrics(y, q)["pinball"] == pytest.approx(block["pinball"], rel=1e-9)
+            assert interval_metrics(y, q)["coverage"] == pytest.approx(block["coverage"], rel=1e-9)
+        q = np.log(df[list(levels)].to_numpy() / df.last_close.to_numpy()[:, None])
+        model_block = results[key]["test"]["interval"]
+        assert interval_metrics(y, q)["pinball"] == pytest.approx(model_block["pinball"], rel=1e-9)
+        assert set(model_block["mcs_90"]) <= {"model", "rolling", "ewma", "garch", "har"}
         assert len(df) == results[key]["test"]["n"]
         assert df["open_time"].is_monotonic_increasing
         persist = regression_metrics(df.actual_close, df.last_close, df.last_close)

@@ -14,15 +14,17 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import v3_interval_scores as vs
 import v3_intervals as vi
 from conftest import TINY_FEATURES
 from v3_data_processor import prepare_dataset
 from v3_metrics import hac_variance
-from v3_intervals import (CENTRAL_INTERVALS, INTERVAL_BASELINES, INTERVAL_FIELDS, QUANTILES,
-                          EwmaBaseline, GarchBaseline, RollingQuantileBaseline,
-                          christoffersen_independence, coverage_p_value, evaluate_intervals,
-                          ewma_variance, garch_variance, interval_metrics, pinball_loss,
-                          rolling_quantiles, sample_returns, summarize_intervals)
+from v3_interval_scores import (CENTRAL_INTERVALS, INTERVAL_BASELINES, INTERVAL_FIELDS, QUANTILES,
+                                christoffersen_independence, coverage_p_value, interval_metrics,
+                                pinball_loss, summarize_intervals)
+from v3_intervals import (EwmaBaseline, GarchBaseline, RollingQuantileBaseline,
+                          evaluate_intervals, ewma_variance, garch_variance, rolling_quantiles,
+                          sample_returns)
 from v3_market_data import synthetic_klines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,9 +92,9 @@ def test_interval_metrics_hand_computed():
 def test_skill_and_dm_against_a_baseline():
     q = np.tile(Q_ROW, (10, 1))
     wide = np.tile(2 * Q_ROW, (10, 1))
-    base = vi.per_sample_pinball(Y10, wide)
+    base = vs.per_sample_pinball(Y10, wide)
     m = interval_metrics(Y10, q, baseline_losses={"garch": base, "other": base})
-    own = vi.per_sample_pinball(Y10, q)
+    own = vs.per_sample_pinball(Y10, q)
     assert m["skill"]["garch"] == pytest.approx(1 - own.mean() / base.mean())
     d = own - base
     z = d.mean() / math.sqrt(hac_variance(d))     # Newey-West, 2 lags for 10 samples
@@ -231,13 +233,16 @@ def test_baselines_predict_non_crossing_quantiles_and_closes(data):
 
 
 def test_forecasts_use_only_earlier_returns(data):
-    """Changing every return from sample k on leaves the forecasts of samples <= k as they
-    were (the fitted parameters held fixed)."""
+    """Changing every candle from sample k's target candle on (its return and later ones; the
+    range inputs of the samples after k, whose windows reach that candle) leaves the forecasts
+    of samples <= k as they were (the fitted parameters held fixed)."""
     k = data.n_train + data.n_val + 10
     rng = np.random.default_rng(4)
     moved = data.actual_close.copy()
     moved[k:] *= np.exp(rng.normal(0, 0.05, len(moved) - k))
-    other = dataclasses.replace(data, actual_close=moved)
+    ranges = data.range_var.copy()
+    ranges[k + 1:] *= np.exp(rng.normal(0, 0.5, ranges[k + 1:].shape))
+    other = dataclasses.replace(data, actual_close=moved, range_var=ranges)
     early = np.arange(k + 1)
     for m in fitted(vi.interval_baseline_models(), data):
         a, b = m.predict_returns(data, early), m.predict_returns(other, early)
@@ -286,7 +291,7 @@ def test_rolling_window_is_the_best_on_validation(data):
     assert m.window == min(m.val_pinball, key=m.val_pinball.get)
     va = data.split("val")
     q = rolling_quantiles(sample_returns(data), np.arange(len(data.ends))[va], 24)
-    assert m.val_pinball[24] == pytest.approx(vi.per_sample_pinball(sample_returns(data)[va], q).mean())
+    assert m.val_pinball[24] == pytest.approx(vs.per_sample_pinball(sample_returns(data)[va], q).mean())
 
 
 def test_garch_recovers_parameters_and_is_calibrated_on_a_garch_t_series():
@@ -333,7 +338,13 @@ def test_evaluate_intervals_scores_the_model_on_the_same_samples(data):
     idx = data.split("test")
     garch_q = GarchBaseline().fit(data).predict_returns(data, idx)
     out = evaluate_intervals(data, garch_q)
-    assert out["model"] == out["baseline"]["garch"]["interval"]
+    mcs = {k: out["model"].pop(k) for k in ("mcs_90", "mcs_p")}   # the model's block only
+    garch = dict(out["baseline"]["garch"]["interval"])
+    assert garch.pop("mcs_90") is None and garch.pop("mcs_p") is None
+    assert out["model"] == garch
+    # a model identical to garch is in the confidence set exactly when garch is
+    assert ("model" in mcs["mcs_90"]) == ("garch" in mcs["mcs_90"])
+    assert mcs["mcs_p"]["model"] == mcs["mcs_p"]["garch"]
     np.testing.assert_allclose(out["predictions"]["model"], out["predictions"]["garch"])
     # standardised model output -> log-return quantiles
     z = (garch_q - data.target_mean) / data.target_std
@@ -386,3 +397,36 @@ def test_bench_intervals_tiny(capsys):
     mod.main(["--pairs", "2", "--candles", "800", "--in-process"])
     text = capsys.readouterr().out
     assert "machine:" in text and "command:" in text and "garch" in text
+
+
+def test_the_model_confidence_set_keeps_the_true_forecaster():
+    """Outcomes from N(0, s_i^2) with a known, varying s_i: the true quantiles are in the 90 %
+    set; forecasts 40 % too wide or too narrow, or a constant spread, are not (2,000
+    samples); identical forecasters share their place."""
+    rng = np.random.default_rng(5)
+    n = 2000
+    s = np.exp(rng.normal(-4.5, 0.5, n))
+    y = s * rng.standard_normal(n)
+    z = stats.norm.ppf(QUANTILES)
+    q = {"true": s[:, None] * z, "wide": 1.4 * s[:, None] * z, "narrow": 0.6 * s[:, None] * z,
+         "flat": np.full((n, 7), float(np.sqrt(np.mean(s ** 2)))) * z}
+    losses = {k: vs.per_sample_pinball(y, v) for k, v in q.items()}
+    mcs = vs.model_confidence_set(dict(losses, same=losses["true"]))
+    assert mcs["included"] == ["true", "same"]
+    assert mcs["p"]["true"] == mcs["p"]["same"] == 1.0 and mcs["p"]["flat"] < 0.1
+    assert mcs["block_size"] == 13                          # ceil(2000^(1/3))
+
+
+def test_pair_verdict_names_the_best_and_says_whether_it_is_significant():
+    blk = lambda pin, **kw: {"n": 10, "pinball": pin, **kw}  # noqa: E731
+    alone = vs.pair_verdict({"model": blk(0.30, mcs_90=["har"]), "har": blk(0.20),
+                             "garch": blk(0.25)})
+    assert alone == {"best": "har", "pinball": 0.20, "runner_up": "garch", "significant": True,
+                     "by": "mcs_90", "set": ["har"]}
+    tied = vs.pair_verdict({"model": blk(0.19, mcs_90=["model", "har"]), "har": blk(0.20)})
+    assert tied["best"] == "model" and not tied["significant"] and tied["set"] == ["model", "har"]
+    # no model, so no confidence set: the best baseline's DM p-value against the runner-up
+    no_model = vs.pair_verdict({"har": blk(0.20, dm_p={"garch": 0.01}),
+                                "garch": blk(0.25, dm_p={"har": 0.99})})
+    assert no_model["by"] == "dm" and no_model["significant"] and no_model["p"] == 0.01
+    assert vs.pair_verdict({}) is None

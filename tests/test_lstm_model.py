@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from v3_common import ConfigError
-from v3_intervals import QUANTILES, pinball_loss
+from v3_interval_scores import QUANTILES, pinball_loss
 from v3_lstm_model import (ModelConfig, V3LSTMModel, check_model_config, count_parameters,
                            monotone_quantiles, quantile_anchor, quantile_pinball)
 

@@ -15,8 +15,9 @@ import pytest
 from tests.conftest import tiny_config
 from v3_colab_training import V3CoLabPipeline, main
 from v3_data_processor import PreparedData
-from v3_intervals import (INTERVAL_BASELINES, INTERVAL_FIELDS, QUANTILE_COLUMNS, EwmaBaseline,
-                          evaluate_intervals, summarize_intervals)
+from v3_interval_scores import (INTERVAL_BASELINES, INTERVAL_FIELDS, QUANTILE_COLUMNS,
+                                summarize_intervals)
+from v3_intervals import EwmaBaseline, evaluate_intervals
 from v3_metrics import BASELINES, METRIC_FIELDS, forecast_metrics, naive_mae
 from v3_report import summary_sentences, write_report
 from v3_report_intervals import (fan_chart_figure, has_intervals, interval_sentences,
@@ -448,7 +449,7 @@ def test_sentences_use_plurals_and_never_print_minus_zero():
 # the plots, on the demo run with realistic interval blocks (v3_intervals.evaluate_intervals on
 # the run's own PreparedData) injected as the pipeline stores them
 
-INTERVAL_SECTION = "## Intervals: are they calibrated, and do they beat GARCH?"
+INTERVAL_SECTION = "## Intervals: are they calibrated, and do they beat GARCH and HAR?"
 WIDEN = {"BTCUSDT_15m": 1.1, "BTCUSDT_1h": 2.5}  # the 'model' = EWMA's quantiles widened
 
 
@@ -478,7 +479,7 @@ def _write_quantile_csvs(src: Path, dst: Path, evs: dict, *, model: bool = True)
         df = pd.read_csv(src / "results" / "predictions" / f"{key}.csv")
         if not model:  # the pipeline's own model has a head: drop its columns
             df = df.drop(columns=[c for c in QUANTILE_COLUMNS if c in df.columns])
-        for who, prefix in (("model", ""), ("garch", "garch_")):
+        for who, prefix in (("model", ""), ("garch", "garch_"), ("har", "har_")):
             if who == "model" and not model:
                 continue
             for j, c in enumerate(QUANTILE_COLUMNS):
@@ -519,13 +520,13 @@ def test_interval_section_on_top_answers_from_the_blocks(interval_report, scored
     md = (base / "results" / "report.md").read_text()
     page = (base / "results" / "report.html").read_text()
     assert INTERVAL_SECTION in md
-    assert "<h2>Intervals: are they calibrated, and do they beat GARCH?</h2>" in page
+    assert "<h2>Intervals: are they calibrated, and do they beat GARCH and HAR?</h2>" in page
     top = md.index(INTERVAL_SECTION)
     assert md.index("## Summary") < top < md.index("## Test metrics per pair")
     section = md[top:md.index("##", top + 3)]
     cov80 = [ev["model"]["coverage"]["80"] for ev in scored_intervals.values()]
-    assert f"Its 80 % interval covered {100 * float(np.median(cov80)):.1f} % of test candles " \
-           f"(median over 2 pairs; nominal 80 %)" in section
+    assert f"On the median of 2 pairs the 80 % interval covered " \
+           f"{100 * float(np.median(cov80)):.1f} % of the test candles" in section
     g = [ev["baseline"]["garch"]["interval"]["coverage"]["80"] for ev in scored_intervals.values()]
     assert f"GARCH {100 * float(np.median(g)):.1f} %" in section
 
@@ -543,6 +544,10 @@ def test_a_model_that_does_not_beat_garch_is_told_so(interval_report):
     # the 2.5x widened pair covers far more than 80 %: its coverage is rejected, and said so
     assert s["coverage_rejected_80"]["model"]["count"] >= 1
     assert "**Not calibrated" in text and "**Calibrated" not in text
+    # the 50 % and 90 % intervals are shown with their own tests
+    for level in ("50", "90"):
+        r = s["coverage_rejected"][level]["model"]
+        assert f"the {level} % interval " in text and f"rejected on {r['count']} of 2" in text
 
 
 def test_interval_table_has_the_model_and_every_baseline(interval_report, scored_intervals):
@@ -552,7 +557,7 @@ def test_interval_table_has_the_model_and_every_baseline(interval_report, scored
     lines = md.splitlines()
     for k, ev in scored_intervals.items():
         for name, label in (("model", "LSTM"), ("rolling", "rolling"), ("ewma", "EWMA"),
-                            ("garch", "GARCH")):
+                            ("garch", "GARCH"), ("har", "HAR")):
             b = ev["model"] if name == "model" else ev["baseline"][name]["interval"]
             row = next(line for line in lines if line.startswith(f"| {k} | {label} | {b['n']} |"))
             cells = [c.strip() for c in row.strip("|").split("|")]
@@ -570,11 +575,11 @@ def test_walk_forward_table_carries_the_interval_columns(interval_report, scored
     md = (base / "results" / "report.md").read_text()
     wf = md[md.index("## Walk-forward"):]
     head = next(line for line in wf.splitlines() if line.startswith("| pair"))
-    assert head.endswith("| 80 % coverage % | pinball | skill vs GARCH % |")
+    assert head.endswith("| 80 % coverage % | pinball | skill vs GARCH % | skill vs HAR % |")
     b = scored_intervals["BTCUSDT_1h"]["model"]
     row = next(line for line in wf.splitlines() if line.startswith("| BTCUSDT_1h | pooled"))
     assert row.endswith(f"| {100 * b['coverage']['80']:.1f} | {b['pinball']:.4f} | "
-                        f"{100 * b['skill']['garch']:+.2f} |")
+                        f"{100 * b['skill']['garch']:+.2f} | {100 * b['skill']['har']:+.2f} |")
 
 
 def test_interval_plots_are_png_files_in_both_documents(interval_report):
@@ -616,7 +621,7 @@ def test_fan_chart_marks_the_misses_and_the_synthetic_data(interval_report):
     labels = ax.get_legend_handles_labels()[1]
     assert f"outside the 80 % interval ({miss} of 50)" in labels
     assert {"90 % interval", "80 % interval", "50 % interval", "realised close",
-            "GARCH 80 % interval"} <= set(labels)
+            "GARCH 80 % interval", "HAR 80 % interval"} <= set(labels)
     assert ax.get_title() == "BTCUSDT_15m [SYNTHETIC DATA]"
 
 
@@ -659,7 +664,7 @@ def test_old_results_have_no_interval_section_or_plots(run, tmp_path):
     results["_summary"].pop("intervals", None)
     for k in PAIRS:
         df = pd.read_csv(p.base_dir / "results" / "predictions" / f"{k}.csv")
-        df = df[[c for c in df.columns if not re.fullmatch(r"(garch_)?p\d\d", c)]]
+        df = df[[c for c in df.columns if not re.fullmatch(r"(garch_|har_)?p\d\d", c)]]
         (tmp_path / "results" / "predictions").mkdir(parents=True, exist_ok=True)
         df.to_csv(tmp_path / "results" / "predictions" / f"{k}.csv", index=False)
     out = write_report(tmp_path, results)
@@ -687,21 +692,25 @@ def test_the_stored_summary_is_used_and_the_literal_interval_field_is_read(
 
 def _hand_summary(**over) -> dict:
     s = {"n_pairs": 8, "significance": {"alpha": 0.05, "correction": "holm"},
-         "median_skill": {"rolling": 0.031, "ewma": 0.004, "garch": 0.012},
+         "median_skill": {"rolling": 0.031, "ewma": 0.004, "garch": 0.012, "har": -0.008},
          "beat_rolling": {"count": 6}, "beat_ewma": {"count": 1}, "beat_garch": {"count": 2},
+         "beat_har": {"count": 0},
          "coverage_rejected_80": {"model": {"count": 1, "of": 8}, "rolling": {"count": 0, "of": 8},
-                                  "ewma": {"count": 3, "of": 8}, "garch": {"count": 0, "of": 8}},
+                                  "ewma": {"count": 3, "of": 8}, "garch": {"count": 0, "of": 8},
+                                  "har": {"count": 1, "of": 8}},
          "median_coverage": {w: {"50": 0.49, "80": 0.784, "90": 0.893}
-                             for w in ("model", "rolling", "ewma", "garch")}}
+                             for w in ("model", "rolling", "ewma", "garch", "har")}}
     s.update(over)
     return s
 
 
 def test_interval_sentences_on_hand_made_summaries():
     text = " ".join(interval_sentences(_hand_summary()))
-    assert ("**Not calibrated everywhere: the model's 80 % coverage is rejected on 1 of 8 "
-            "pairs**") in text
-    assert "Its 80 % interval covered 78.4 % of test candles (median over 8 pairs" in text
+    assert ("**Not calibrated everywhere: the exact binomial test rejects the model's 80 % "
+            "coverage on 1 of 8 pairs**") in text
+    assert "On the median of 8 pairs the 80 % interval covered 78.4 % of the test candles" in text
+    assert "**No: the model's intervals do not beat HAR**" in text
+    assert "**What to trust: the HAR baseline's intervals**" in text
     assert "**Partly: the model's intervals beat GARCH significantly on 2 of 8 pairs**" in text
     assert "median skill vs GARCH +1.2 %" in text
     assert ("significantly lower (same test) than the rolling empirical quantiles on 6 of 8 "
@@ -711,9 +720,14 @@ def test_interval_sentences_on_hand_made_summaries():
                       coverage_rejected_80=dict(_hand_summary()["coverage_rejected_80"],
                                                 model={"count": 0, "of": 8}))
     text = " ".join(interval_sentences(s))
-    assert ("**Calibrated: the model's 80 % interval passes the coverage test on all 8 "
-            "pairs**") in text
+    assert ("**Calibrated: the model's 80 % interval holds what it promises on all 8 "
+            "pairs**: an exact binomial test of its test coverage against 80 % rejects it on "
+            "none of them") in text
     assert "**Yes: the model's intervals beat GARCH significantly on all 8 pairs**" in text
+    s = _hand_summary(beat_har={"count": 5})
+    text = " ".join(interval_sentences(s))
+    assert "**Partly: the model's intervals beat HAR significantly on 5 of 8 pairs**" in text
+    assert "**What to trust: the model's intervals**" in text
     s = _hand_summary(beat_garch={"count": 0}, median_skill={"rolling": 0.01, "ewma": 0.0,
                                                               "garch": 0.002})
     text = " ".join(interval_sentences(s))

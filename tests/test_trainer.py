@@ -9,7 +9,7 @@ import torch
 from tests.conftest import TINY_FEATURES, TINY_MODEL, TINY_TRAIN
 from v3_common import CheckpointError, ConfigError
 from v3_data_processor import prepare_dataset
-from v3_intervals import pinball_loss
+from v3_interval_scores import pinball_loss
 from v3_market_data import synthetic_klines
 import v3_checkpoint
 import v3_trainer
