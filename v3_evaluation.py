@@ -25,8 +25,9 @@ from v3_checkpoint import load_model_file
 from v3_common import CheckpointError, ConfigError, V3Error, atomic_write_bytes, log
 from v3_data_processor import PreparedData, prepare_dataset
 from v3_interval_scores import (INTERVAL_BASELINES, QUANTILE_COLUMNS, QUANTILES,
-                                add_confidence_set, interval_metrics, per_sample_pinball)
-from v3_intervals import evaluate_intervals, standardized_to_returns
+                                add_confidence_set, interval_hits, interval_metrics,
+                                per_sample_pinball)
+from v3_intervals import HarBaseline, evaluate_intervals, sample_returns, standardized_to_returns
 from v3_layout import RunLayout
 from v3_lstm_model import V3LSTMModel
 from v3_metrics import backtest_direction, forecast_metrics, naive_mae
@@ -106,13 +107,30 @@ def score_model(model, data: PreparedData, interval: str, *, fee_per_side: float
                       patience=patience, quantiles_test=model_test_quantiles(model, data))
 
 
-def model_test_quantiles(model, data: PreparedData) -> np.ndarray | None:
-    """The quantile head's test forecast as log-return quantiles (n_test, 7), or None for a
-    model without a head or with other levels than the ones V3 scores (v3_intervals)."""
+def model_test_quantiles(model, data: PreparedData, split: str = "test") -> np.ndarray | None:
+    """The quantile head's forecast for one split as log-return quantiles (n, 7), or None for
+    a model without a head or with other levels than the ones V3 scores (v3_intervals)."""
     if tuple(getattr(model.config, "quantiles", ())) != QUANTILES:
         return None
-    z = predict_quantiles_standardized(model, data, data.split("test"))
+    z = predict_quantiles_standardized(model, data, data.split(split))
     return None if z is None else standardized_to_returns(data, z)
+
+
+def validation_interval(model, data: PreparedData) -> dict | None:
+    """The quantile head on the validation split, in the units every forecast is scored in
+    (pinball on 100 x log return), next to the `har` baseline on the same samples: what
+    choices made on validation read (the head's unit, tuning), never the test split.
+    {"pinball", "pinball_har", "skill_har", "coverage_80", "n"}; None without a head."""
+    q = model_test_quantiles(model, data, "val")
+    if q is None:
+        return None
+    va = data.split("val")
+    y = sample_returns(data)[va]
+    har = HarBaseline().fit(data).predict_returns(data, va)
+    pin, pin_har = per_sample_pinball(y, q).mean(), per_sample_pinball(y, har).mean()
+    return {"pinball": float(pin), "pinball_har": float(pin_har),
+            "skill_har": float(1.0 - pin / pin_har) if pin_har > 0 else None,
+            "coverage_80": float(interval_hits(y, q, "80").mean()), "n": int(len(y))}
 
 
 def model_test_forecast(model, data: PreparedData, split: str = "test") -> np.ndarray:

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 from v3_checkpoint import load_model_file, load_resume_state, save_checkpoint, save_resume_state
 from v3_common import CheckpointError, V3Error, log, utc_minute
-from v3_data_processor import WARMUP_CANDLES, PreparedData, prepare_dataset
+from v3_data_processor import FEATURE_SET_VERSION, WARMUP_CANDLES, PreparedData, prepare_dataset
 from v3_metrics import regression_metrics
 from v3_layout import RunLayout
 from v3_market_data import read_klines
 from v3_evaluation import (best_model, evaluation_fields, fingerprint, model_test_forecast,
-                            score_model, write_predictions)
+                            score_model, validation_interval, write_predictions)
 from v3_trainer import TrainJob, TrainOutcome, mean_forecast_val_loss, resolve_device
 
 
@@ -39,7 +39,8 @@ def plan_pair(layout: RunLayout, cfg, symbol: str, interval: str, *, retrain: bo
     data = PreparedData.load(layout.processed_path(symbol, interval))
     resume = None if retrain else load_resume_state(layout.resume_path(symbol, interval))
     if resume is not None and (resume.get("model_config") != cfg.model.to_dict() or
-                               resume.get("feature_config") != cfg.features.to_dict()):
+                               resume.get("feature_config") != cfg.features.to_dict() or
+                               resume.get("feature_set_version") != FEATURE_SET_VERSION):
         log.info("%s: the model or feature settings changed since the last training; "
                  "training from scratch", key)
         resume = None
@@ -93,7 +94,7 @@ def finished_reason(resume: dict, epochs: int) -> str | None:
 def resume_stamp(cfg, data: PreparedData) -> dict:
     """What a training state must match to be resumed: data range and settings."""
     return {"data_fingerprint": fingerprint(data), "model_config": cfg.model.to_dict(),
-            "feature_config": cfg.features.to_dict(),
+            "feature_config": cfg.features.to_dict(), "feature_set_version": FEATURE_SET_VERSION,
             "data_first_open_time": data.first_open_time,
             "data_last_open_time": data.last_open_time}
 
@@ -133,6 +134,7 @@ def finalize_pair(layout: RunLayout, cfg, job: TrainJob, outcome: TrainOutcome, 
     va = data.split("val")
     val = regression_metrics(data.actual_close[va], model_test_forecast(model, data, "val"),
                              data.last_close[va])
+    val["interval"] = validation_interval(model, data)
     prior_data = prior.get("data", {})
     synthetic = bool(prior_data.get("synthetic", cfg.source == "synthetic"))
     fields = evaluation_fields(data, scored)
@@ -158,6 +160,7 @@ def finalize_pair(layout: RunLayout, cfg, job: TrainJob, outcome: TrainOutcome, 
                                    if h["epoch"] == outcome.best_epoch), None),
                 val_loss_mean_forecast=mean_forecast_val_loss(data),
                 total_epochs=outcome.epochs_done, val_mape=val["mape"],
+                val_interval=val["interval"],
                 stopped_early=outcome.stopped_early, features=features_info(data),
                 synthetic=synthetic, train_seconds=round(outcome.seconds, 2),
                 device=str(resolve_device(cfg.train.device)),

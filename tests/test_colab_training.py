@@ -92,6 +92,11 @@ def test_results_json_fields(trained):
             assert f in r, f
         assert 1 <= r["best_epoch"] <= r["total_epochs"] == 2
         assert r["best_val_loss"] == min(h["val_stop"] for h in r["history"])
+        assert r["stop_on"] == "loss" and r["best_val_mse"] == next(
+            h["val_loss"] for h in r["history"] if h["epoch"] == r["best_epoch"])
+        vi = r["val_interval"]   # the head on validation, next to har on the same samples
+        assert vi["n"] == r["features"]["n_val"] and vi["pinball"] > 0
+        assert vi["skill_har"] == pytest.approx(1 - vi["pinball"] / vi["pinball_har"])
         assert metric_fields <= set(r["test"])
         assert metric_fields <= set(r["baseline"]["persistence"])
         assert r["test"]["n"] == r["baseline"]["persistence"]["n"] == r["features"]["n_test"] > 0
