@@ -99,6 +99,12 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for training (default $V3_THREADS, else V3's measured "
                         "choice; see bench/bench_threads.py)")
+    p.add_argument("--quantile-scale", choices=("ewma", "har", "none"),
+                   help="the quantile head's unit: the recent EWMA volatility (default), the "
+                        "HAR forecast from the candles' ranges and the clock, or none")
+    p.add_argument("--stop-on", choices=("loss", "pinball", "mse"),
+                   help="early stopping's validation loss: loss (default: MSE + "
+                        "quantile_weight x pinball, as trained), pinball, or mse")
     p.add_argument("--seed", type=int, help="random seed (default 42)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--quiet", action="store_true",

@@ -493,7 +493,8 @@ def pipeline_from_args(args) -> tuple[V3CoLabPipeline, list[str]]:
     train_over = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
                                     ("learning_rate", args.learning_rate), ("device", args.device),
                                     ("seed", args.seed), ("engine", args.engine),
-                                    ("threads", args.threads)) if v is not None}
+                                    ("threads", args.threads), ("stop_on", args.stop_on))
+                  if v is not None}
     api_urls = split_list(args.api_urls)
     top = {k: v for k, v in (("candles", args.candles), ("source", args.source),
                              ("data_dir", args.data_dir), ("hf_repo", args.hf_repo),
@@ -511,6 +512,8 @@ def pipeline_from_args(args) -> tuple[V3CoLabPipeline, list[str]]:
         top["upload"] = False
     if args.no_progress or args.quiet:
         top["show_progress"] = False
+    if args.quantile_scale:
+        top["model"] = dataclasses.replace(cfg.model, quantile_scale=args.quantile_scale)
     cfg = dataclasses.replace(cfg.with_training(**train_over), **top)
     pipe = V3CoLabPipeline(args.base_dir, config=cfg, coins=split_list(args.coins),
                            timeframes=split_list(args.timeframes))
