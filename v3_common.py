@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -91,6 +92,8 @@ DEFAULT_TIMEFRAMES = ["15m", "1h"]
 
 QUOTE_ASSETS = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
+# coins whose own name ends in USD (stablecoins): a bare one is a base, not a USD pair
+USD_NAMED_COINS = ("BUSD", "TUSD", "FDUSD", "PYUSD", "RLUSD")
 
 
 def normalize_symbol(coin: str, *, quote: str = "USDT") -> str:
@@ -112,6 +115,12 @@ def normalize_symbol(coin: str, *, quote: str = "USDT") -> str:
     for q in QUOTE_ASSETS:
         if s.endswith(q) and len(s) > len(q):
             return s  # a full pair such as BTCUSDT or ETHBTC
+    if s.endswith("USD") and s not in USD_NAMED_COINS:
+        # 'BTCUSD' is a USD pair, not the base of BTCUSDUSDT: Binance has no USD spot pairs
+        hint = f" Did you mean {s + 'T'!r}?" if len(s) > 3 else ""
+        raise ConfigError(f"coin {coin!r} ends in 'USD', but Binance has no USD spot pairs (as "
+                          f"a bare base it would become {s + quote!r}, which Binance does not "
+                          f"list).{hint}")
     return s + quote  # a bare base such as BTC, SOL or LUNC
 
 
@@ -170,12 +179,16 @@ def progress(iterable: Iterable | None = None, *, enabled: bool = True, **kw: An
 # Files: written through a temporary file and renamed, so an interruption never leaves a
 # truncated file behind.
 
+_UMASK_LOCK = threading.Lock()
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes it 0600; a written file follows the umask
+            os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -187,6 +200,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (/proc), since
+    setting it to read it would race with files other threads create."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:  # not Linux
+        status = ""
+    for line in status.splitlines():
+        if line.startswith("Umask:") and len(line.split()) == 2:
+            return int(line.split()[1], 8)
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

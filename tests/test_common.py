@@ -12,6 +12,8 @@ from v3_common import (ConfigError, atomic_write_bytes, check_interval, normaliz
     ("ETHBTC", "ETHBTC"), (" SOLUSDT ", "SOLUSDT"), ("1000PEPEUSDT", "1000PEPEUSDT"),
     # lower case is accepted and normalised (issue 12, item 3)
     ("btc", "BTCUSDT"), ("eth", "ETHUSDT"), ("btcusdt", "BTCUSDT"), ("Sol", "SOLUSDT"),
+    # stablecoins whose own name ends in USD are bases (issue 21, item 4)
+    ("TUSD", "TUSDUSDT"), ("fdusd", "FDUSDUSDT"), ("ETHBUSD", "ETHBUSD"),
 ])
 def test_normalize_symbol(given, expected):
     assert normalize_symbol(given) == expected
@@ -21,6 +23,8 @@ def test_normalize_symbol(given, expected):
     ("BTC-USDT", "BTCUSDT"), ("BTC/USDT", "BTCUSDT"), ("eth_usdt", "ETHUSDT"),
     # a trailing USD means USDT: 'BTCUSD' would become the pair BTCUSDUSDT (issue 12, item 3)
     ("BTC-USD", "BTCUSDT"), ("btc/usd", "BTCUSDT"), ("ETH USD", "ETHUSDT"), ("sol-", "SOLUSDT"),
+    # ... and so does a bare 'BTCUSD', which became BTCUSDUSDT (issue 21, item 4)
+    ("BTCUSD", "BTCUSDT"), ("ethusd", "ETHUSDT"), ("USD", None),
     ("", None), ("B", None), (42, None), ("-", None)])
 def test_normalize_symbol_rejects_with_a_fix(bad, hint):
     with pytest.raises(ConfigError) as e:
@@ -30,6 +34,14 @@ def test_normalize_symbol_rejects_with_a_fix(bad, hint):
         assert normalize_symbol(hint) == hint  # the suggestion is a symbol V3 takes as it is
     else:
         assert "Did you mean" not in str(e.value)
+
+
+def test_a_bare_usd_pair_is_refused_with_the_usdt_pair():
+    with pytest.raises(ConfigError) as e:
+        normalize_symbol("BTCUSD")
+    assert str(e.value) == ("coin 'BTCUSD' ends in 'USD', but Binance has no USD spot pairs (as "
+                            "a bare base it would become 'BTCUSDUSDT', which Binance does not "
+                            "list). Did you mean 'BTCUSDT'?")
 
 
 def test_typed_symbol_errors_are_download_errors():
@@ -85,3 +97,17 @@ def test_plural_and_fmt_num():
     assert fmt_num(-0.00001, ".2f") == "0.00" and fmt_num(-0.00001, "+.3f") == "+0.000"
     assert fmt_num(-1.25, ".1f") == "-1.2" and fmt_num(None, ".1f") == "-"
     assert fmt_num(float("nan"), ".1f") == "-"
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    """Issue 21: every file V3 wrote was 0600 (mkstemp's mode) whatever the umask."""
+    before = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+        atomic_write_json(tmp_path / "b.json", {"a": 1})
+        atomic_write_bytes(tmp_path / "a.bin", b"y")  # replacing a file: the same rule
+    finally:
+        os.umask(before)
+    assert oct((tmp_path / "a.bin").stat().st_mode & 0o777) == oct(mode)
+    assert oct((tmp_path / "b.json").stat().st_mode & 0o777) == oct(mode)
