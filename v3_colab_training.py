@@ -94,11 +94,15 @@ class V3CoLabPipeline:
         return self.store.load()
 
     # -- the config: COINS, TIMEFRAMES and the caller's overrides, checked once ---------
-    def checked_config(self, **train_overrides) -> PipelineConfig:
+    def checked_config(self, *, writable: bool = True, **train_overrides) -> PipelineConfig:
         """self.config with COINS / TIMEFRAMES and the given training overrides (None: keep)
-        folded in, checked (v3_config.check_config); self.config itself is not changed."""
+        folded in, checked (v3_config.check_config); self.config itself is not changed.
+        `writable`: base_dir must also be a folder V3 can write to (created if missing)."""
         cfg = dataclasses.replace(self.config, coins=self.COINS, timeframes=self.TIMEFRAMES)
-        return check_config(cfg.with_training(**train_overrides))
+        cfg = check_config(cfg.with_training(**train_overrides))
+        if writable:
+            self.layout.check_writable()
+        return cfg
 
     def requested_pairs(self) -> list[tuple[str, str]]:
         """(symbol, interval) for every coin x timeframe as given; ConfigError on bad input."""
@@ -556,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pipe, steps = pipeline_from_args(args)
         setup_logging("WARNING" if args.quiet else "INFO")  # the pipeline set INFO: --quiet wins
-        c = pipe.checked_config()  # the one check, before any work
+        # the one check, before any work (an upload only reads base_dir)
+        c = pipe.checked_config(writable=args.report_only or steps != ["upload"])
         if c.preset == "demo":
             log.info("demo preset: SYNTHETIC candles, small model (hidden %d, %d layers), %s",
                      c.model.hidden_size, c.model.num_layers, plural(c.train.epochs, "epoch"))

@@ -15,11 +15,12 @@ Pipeline, hub, report and predict ask a `RunLayout` for paths instead of spellin
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from v3_common import pair_key
+from v3_common import ConfigError, pair_key
 
 RESULTS_FILE = "v3_training_results.json"
 CONFIG_FILE = "config.json"
@@ -40,6 +41,26 @@ class RunLayout:
 
     def __post_init__(self):
         object.__setattr__(self, "base_dir", Path(self.base_dir))
+
+    def check_writable(self) -> None:
+        """Create base_dir and write (then remove) a probe file in it; ConfigError naming the
+        folder and the system's reason when that fails (a file, a read-only mount, /proc)."""
+        base = self.base_dir
+        if base.exists() and not base.is_dir():
+            why = "it is a file, not a folder"
+        else:
+            probe = base / f".v3_write_probe_{os.getpid()}"
+            try:
+                base.mkdir(parents=True, exist_ok=True)
+                probe.write_bytes(b"")
+                probe.unlink()
+                return
+            except OSError as e:
+                what = "write a file in it" if base.is_dir() else "create it"
+                why = f"cannot {what}: {e.strerror or type(e).__name__}"
+        raise ConfigError(f"base_dir {base}: {why}. V3 writes its candles, models and results "
+                          f"there: pass a folder you can write to (--base-dir DIR, V3_BASE_DIR "
+                          f"or base_dir=).")
 
     # folders
     @property

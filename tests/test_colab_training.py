@@ -614,3 +614,54 @@ def test_threads_flag_reaches_the_training_config(tmp_path):
     pipe, _ = pipeline_from_args(build_parser().parse_args(["--demo", "--threads", "2"]))
     assert pipe.checked_config().train.threads == 2
     assert main(["--demo", "--base-dir", str(tmp_path), "--threads", "0"]) == 2
+
+
+# -- issue 21: found by a new user ------------------------------------------------------
+
+
+def test_a_bare_usd_coin_is_refused_with_the_usdt_pair(tmp_path, caplog):
+    """`--coins BTCUSD` became BTCUSDUSDT, which then failed as a symbol nobody typed."""
+    assert main(["--demo", "--base-dir", str(tmp_path), "--coins", "BTCUSD"]) == 2
+    assert ("ConfigError: coin 'BTCUSD' ends in 'USD', but Binance has no USD spot pairs (as a "
+            "bare base it would become 'BTCUSDUSDT', which Binance does not list). Did you mean "
+            "'BTCUSDT'?") in caplog.text
+    assert not (tmp_path / "data").exists()
+
+
+def _base_dir_error(base) -> str:
+    return (f"ConfigError: base_dir {base}: {{}}. V3 writes its candles, models and results "
+            f"there: pass a folder you can write to (--base-dir DIR, V3_BASE_DIR or base_dir=).")
+
+
+def test_a_base_dir_that_is_a_file_is_a_named_error_before_any_work(tmp_path, caplog):
+    """It was a raw NotADirectoryError with exit code 1."""
+    base = tmp_path / "out"
+    base.write_text("not a folder")
+    assert main(["--demo", "--base-dir", str(base), "--no-progress"]) == 2
+    assert _base_dir_error(base).format("it is a file, not a folder") in caplog.text
+    with pytest.raises(ConfigError, match="it is a file, not a folder"):
+        V3CoLabPipeline(base, config=tiny_config()).run_full_pipeline()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_base_dir_under_proc_is_a_named_error(caplog):
+    """It was a raw FileNotFoundError with exit code 1."""
+    assert main(["--demo", "--base-dir", "/proc/v3_output", "--no-progress"]) == 2
+    assert _base_dir_error("/proc/v3_output").format(
+        "cannot create it: No such file or directory") in caplog.text
+
+
+def test_a_read_only_base_dir_is_refused_before_step_1(tmp_path, caplog, monkeypatch):
+    """On a read-only mount it was a raw OSError 30, only after step 2 had started."""
+    import errno
+    real = Path.write_bytes
+
+    def read_only(self, data):
+        if self.name.startswith(".v3_write_probe"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(self, data)
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    assert main(["--demo", "--base-dir", str(tmp_path), "--no-progress"]) == 2
+    assert _base_dir_error(tmp_path).format(
+        "cannot write a file in it: Read-only file system") in caplog.text
+    assert "STEP 1/5" not in caplog.text and not (tmp_path / "data").exists()
