@@ -33,10 +33,9 @@ import torch  # noqa: E402
 
 from v3_binance_data import RENAMED_SYMBOLS, BinanceDownloader, format_download_table  # noqa: E402
 from v3_common import (ConfigError, V3Error, atomic_write_json, default_base_dir,  # noqa: E402
-                       log, pair_key, plural, progress, read_json, setup_logging, shorten,
-                       text_table, fmt_num)
+                       log, pair_key, plural, progress, read_json, setup_logging, shorten)
 from v3_config import (DEMO_COINS, PipelineConfig, check_config,  # noqa: E402,F401
-                       check_pairs, demo_config)
+                       check_pairs, config_from_args, config_with, demo_config)
 from v3_data_processor import WARMUP_CANDLES, prepare_dataset  # noqa: E402
 from v3_engine import train_jobs  # noqa: E402
 from v3_metrics import summarize_pairs  # noqa: E402
@@ -47,6 +46,7 @@ from v3_layout import RunLayout  # noqa: E402
 from v3_market_data import latest_candles, read_klines  # noqa: E402
 from v3_pair_download import load_offline_pair  # noqa: E402
 from v3_report import summary_sentences, write_report  # noqa: E402
+from v3_run_summary import interval_line, results_table  # noqa: E402
 from v3_train_step import features_info, finalize_pair, plan_pair  # noqa: E402
 from v3_results import (DOWNLOADED, FAILED, PREPROCESSED, SKIPPED, SUCCESS, TRAINED,  # noqa: E402
                         ResultsStore, now_iso, same_json)
@@ -62,9 +62,8 @@ class V3CoLabPipeline:
     def __init__(self, base_dir: str | Path | None = None, *, config: PipelineConfig | None = None,
                  coins: list[str] | None = None, timeframes: list[str] | None = None,
                  hf_token: str | None = None, **overrides):
-        self.config = config or PipelineConfig()
-        if overrides:  # e.g. source='synthetic', candles=2000
-            self.config = dataclasses.replace(self.config, **overrides)
+        # overrides: any PipelineConfig field, e.g. source='synthetic', candles=2000
+        self.config = config_with(config or PipelineConfig(), overrides)
         self.base_dir = Path(base_dir) if base_dir is not None else default_base_dir()
         self.layout = RunLayout(self.base_dir)
         self.store = ResultsStore(self.layout.results_path)
@@ -172,13 +171,14 @@ class V3CoLabPipeline:
             else:
                 renames.pop(r.requested_symbol, None)
             if not r.ok:
-                self.store.fail(r.symbol, r.interval, "download", r.error)
+                self._reject_data(r.symbol, r.interval, "download", r.error)
                 self.store.update(r.key, requested_symbol=r.requested_symbol)
                 continue
             status = self.store.status(r.key)
             self.store.update(r.key, symbol=r.symbol, interval=r.interval,
                               requested_symbol=r.requested_symbol, data=r.info(), reason=None,
-                              failed_step=None, status=status if status in TRAINED else DOWNLOADED)
+                              failed_step=None, data_rejected=None,
+                              status=status if status in TRAINED else DOWNLOADED)
             done[r.key] = r.info()
         if renames != (read_json(self.layout.renames_path, default=None) or {}) \
                 or not self.layout.renames_path.exists():
@@ -206,6 +206,19 @@ class V3CoLabPipeline:
             return dl.download_pairs(pairs, n_candles=c.candles, data_dir=self.data_dir,
                                      refresh=refresh, source=c.source)
 
+    def _reject_data(self, symbol: str, interval: str, step: str, err: BaseException) -> None:
+        """The pair's new candles failed `step`: a pair that has a model keeps it and records
+        why under `data_rejected` (shown in the results table and the report); any other
+        pair fails."""
+        key = pair_key(symbol, interval)
+        if self.store.status(key) not in TRAINED:
+            self.store.fail(symbol, interval, step, err)
+            return
+        reason = " ".join(str(err).split()) or type(err).__name__
+        log.error("%s %s: %s failed: %s. Kept the model trained on the earlier candles.",
+                  symbol, interval, step, reason.rstrip("."))
+        self.store.update(key, data_rejected={"step": step, "reason": reason})
+
     # -- step 3 ------------------------------------------------------------------------
     def step_3_preprocess_features(self, pairs: list[tuple[str, str]] | None = None) -> dict:
         """Indicators, train-only scaling + PCA and windows, saved to base_dir/processed."""
@@ -229,13 +242,16 @@ class V3CoLabPipeline:
                                        hint=c.short_data_hint())
                 data.save(self.processed_path(symbol, interval))  # only when it changed
             except V3Error as e:
-                self.store.fail(symbol, interval, "preprocess", e)
+                self._reject_data(symbol, interval, "preprocess", e)
                 continue
-            status = self.store.status(key)
+            entry = self.store.entry(key)
             done[key] = features_info(data)
+            rejected = entry.get("data_rejected")  # a refused download stays refused
             self.store.update(key, symbol=symbol, interval=interval, features=done[key],
-                              status=status if status in TRAINED else PREPROCESSED,
-                              reason=None, failed_step=None)
+                              status=entry.get("status") if entry.get("status") in TRAINED
+                              else PREPROCESSED, reason=None, failed_step=None,
+                              data_rejected=None if (rejected or {}).get("step") == "preprocess"
+                              else rejected)
         log.info("preprocessed %d of %s", len(done), plural(len(pairs), "pair"))
         return done
 
@@ -312,19 +328,10 @@ class V3CoLabPipeline:
 
     def _log_summary(self, pairs) -> None:
         results = self.store.load()
-        rows = []
-        for symbol, interval in pairs:
-            r = results.get(pair_key(symbol, interval), {})
-            t, b = r.get("test") or {}, (r.get("baseline") or {}).get("persistence") or {}
-            rows.append((pair_key(symbol, interval), r.get("status", "-"),
-                         fmt_num(t.get("mape"), ".4f"), fmt_num(b.get("mape"), ".4f"),
-                         fmt_num(t.get("directional_accuracy"), ".1f"),
-                         t.get("n_direction", "-"), r.get("reason") or r.get("skip_reason") or ""))
-        head = ("pair", "status", "MAPE %", "persist. %", "dir acc %", "n dir", "note")
         synthetic = any(results.get(pair_key(*p), {}).get("synthetic") for p in pairs)
         log.info("results (test split; persistence = 'next close = last close' on the same "
                  "samples)%s:\n%s", " [SYNTHETIC DATA]" if synthetic else "",
-                 text_table(head, rows, max_width={6: 90}))
+                 results_table(results, pairs))
         failed = [r for p in pairs if (r := results.get(pair_key(*p), {})).get("status") == FAILED]
         if failed and len(failed) == len(pairs):
             log.error("all %s failed (%s): the reasons are above and in %s", plural(len(pairs), "pair"),
@@ -430,6 +437,8 @@ class V3CoLabPipeline:
         paths = write_report(self.base_dir, results, plots=c.plots)
         log.info("%s%s", "[SYNTHETIC DATA] " if summary["synthetic"] else "",
                  summary_sentences(summary)[0].replace("**", ""))
+        if (line := interval_line(summary.get("intervals"))) is not None:
+            log.info("%s", line)
         log.info("report: %s (and %s)", paths["md"], paths["html"].name)
         return summary
 
@@ -493,32 +502,7 @@ def _as_list(v):
 
 def pipeline_from_args(args) -> tuple[V3CoLabPipeline, list[str]]:
     """The pipeline and the steps (in order) that the parsed options ask for."""
-    cfg = demo_config() if args.demo else PipelineConfig()
-    train_over = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                                    ("learning_rate", args.learning_rate), ("device", args.device),
-                                    ("seed", args.seed), ("engine", args.engine),
-                                    ("threads", args.threads), ("stop_on", args.stop_on))
-                  if v is not None}
-    api_urls = split_list(args.api_urls)
-    top = {k: v for k, v in (("candles", args.candles), ("source", args.source),
-                             ("data_dir", args.data_dir), ("hf_repo", args.hf_repo),
-                             ("hf_folder", args.hf_folder),
-                             ("api_urls", api_urls or None),
-                             ("archive_url", args.archive_url),
-                             ("download_workers", args.download_workers),
-                             ("walk_forward", args.walk_forward),
-                             ("fee_per_side", args.fee_per_side)) if v is not None}
-    flags = {"hf_private": args.private, "refresh": args.refresh}
-    top.update({k: True for k, v in flags.items() if v})
-    if args.hf_repo:
-        top["upload"] = True
-    if args.no_upload:
-        top["upload"] = False
-    if args.no_progress or args.quiet:
-        top["show_progress"] = False
-    if args.quantile_scale:
-        top["model"] = dataclasses.replace(cfg.model, quantile_scale=args.quantile_scale)
-    cfg = dataclasses.replace(cfg.with_training(**train_over), **top)
+    cfg = config_from_args(args)
     pipe = V3CoLabPipeline(args.base_dir, config=cfg, coins=split_list(args.coins),
                            timeframes=split_list(args.timeframes))
     asked = {s for group in args.steps for s in group} if args.steps else set(STEPS)

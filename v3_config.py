@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from v3_binance_data import api_urls_from_env
-from v3_cli import SOURCES
+from v3_cli import SOURCES, split_list
 from v3_common import (DEFAULT_COINS, DEFAULT_TIMEFRAMES, ConfigError, check_interval,
                        normalize_symbol)
 from v3_data_processor import WARMUP_CANDLES, FeatureConfig, check_feature_config
@@ -24,6 +24,8 @@ from v3_trainer import TrainConfig, check_train_config, resolve_device
 
 PRESETS = ("guide", "demo")
 DEMO_COINS = ("BTCUSDT", "ETHUSDT")
+# training settings that run_full_pipeline() and step_4_train_models() take
+RUN_TRAINING_ARGS = ("epochs", "batch_size", "learning_rate")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,56 @@ def demo_config() -> PipelineConfig:
         coins=DEMO_COINS, candles=2000, source="synthetic", preset="demo", upload=False,
         model=ModelConfig(hidden_size=32, num_layers=2),
         train=TrainConfig(epochs=5, patience=5))
+
+
+def config_from_args(args) -> PipelineConfig:
+    """The run's config from v3_colab_training's parsed options (v3_cli): the demo preset or
+    the guide's, with every option given replaced. Not yet checked (check_config)."""
+    cfg = demo_config() if args.demo else PipelineConfig()
+    train_over = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                                    ("learning_rate", args.learning_rate), ("device", args.device),
+                                    ("seed", args.seed), ("engine", args.engine),
+                                    ("threads", args.threads), ("stop_on", args.stop_on))
+                  if v is not None}
+    api_urls = split_list(args.api_urls)
+    top = {k: v for k, v in (("candles", args.candles), ("source", args.source),
+                             ("data_dir", args.data_dir), ("hf_repo", args.hf_repo),
+                             ("hf_folder", args.hf_folder),
+                             ("api_urls", api_urls or None),
+                             ("archive_url", args.archive_url),
+                             ("download_workers", args.download_workers),
+                             ("walk_forward", args.walk_forward),
+                             ("fee_per_side", args.fee_per_side)) if v is not None}
+    flags = {"hf_private": args.private, "refresh": args.refresh}
+    top.update({k: True for k, v in flags.items() if v})
+    if args.hf_repo:
+        top["upload"] = True
+    if args.no_upload:
+        top["upload"] = False
+    if args.no_progress or args.quiet:
+        top["show_progress"] = False
+    if args.quantile_scale:
+        top["model"] = dataclasses.replace(cfg.model, quantile_scale=args.quantile_scale)
+    return dataclasses.replace(cfg.with_training(**train_over), **top)
+
+
+def config_with(cfg: PipelineConfig, overrides: dict) -> PipelineConfig:
+    """`cfg` with PipelineConfig fields replaced (V3CoLabPipeline(candles=2000)); a training
+    setting such as epochs, or an unknown name, is a ConfigError that says where it goes."""
+    top = {f.name for f in dataclasses.fields(PipelineConfig)}
+    bad = [k for k in overrides if k not in top]
+    if not bad:
+        return dataclasses.replace(cfg, **overrides) if overrides else cfg
+    train = [k for k in bad if k in {f.name for f in dataclasses.fields(TrainConfig)}]
+    if train:
+        given = ", ".join(f"{k}={overrides[k]!r}" for k in train)
+        run = ", ".join(f"{k}={overrides[k]!r}" for k in train if k in RUN_TRAINING_ARGS)
+        fix = f"run_full_pipeline({run}) (or step_4_train_models), or " if run else ""
+        raise ConfigError(f"V3CoLabPipeline({given}): training settings are not pipeline "
+                          f"settings: pass them to {fix}the config: "
+                          f"config=PipelineConfig(train=TrainConfig({given})).")
+    raise ConfigError(f"V3CoLabPipeline() got {', '.join(map(repr, bad))}: not a setting of "
+                      f"PipelineConfig; it has {', '.join(sorted(top))}.")
 
 
 def check_pairs(coins, timeframes) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -170,6 +170,15 @@ def failed_pairs(results: dict) -> list[tuple[str, str, str]]:
             and v.get("status") == "failed"]
 
 
+def data_rejected_pairs(results: dict) -> list[tuple[str, str, str]]:
+    """(pair key, step, reason) of every pair whose newer candles a step refused while it
+    kept the model trained on its earlier candles (`data_rejected`)."""
+    return [(k, str(v["data_rejected"].get("step") or "-"),
+             str(v["data_rejected"].get("reason") or "-"))
+            for k, v in results.items() if not k.startswith("_") and isinstance(v, dict)
+            and isinstance(v.get("data_rejected"), dict)]
+
+
 def not_rescored(results: dict) -> list[tuple[str, str]]:
     """(pair key, reason) of every trained pair that --report-only could not re-score."""
     return [(k, str(v["rescore_error"])) for k, v in results.items()
@@ -190,6 +199,11 @@ def build_blocks(results: dict, plots: dict) -> list[tuple]:
     b.append(("h", 2, "Summary"))
     b.extend(("p", s) for s in summary_sentences(summary or {"n_pairs": 0},
                                                  n_failed=len(failed)))
+    rejected = data_rejected_pairs(results)
+    if rejected:
+        b.append(("p", f"{plural(len(rejected), 'pair')} ({', '.join(r[0] for r in rejected)}) "
+                       f"kept the model from earlier candles: the new ones were refused (see "
+                       f"\"Pairs whose new candles were refused\")."))
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     b.append(("p", f"Generated {now}. Every number below is in results/v3_training_results.json "
                    f"(per pair, and under `_summary`)."))
@@ -199,6 +213,11 @@ def build_blocks(results: dict, plots: dict) -> list[tuple]:
         b += [("h", 2, "Pairs that failed"),
               ("p", "These pairs have no test results; the step that failed and why:"),
               ("table", ["pair", "failed step", "reason"], [list(f) for f in failed])]
+    if rejected:
+        b += [("h", 2, "Pairs whose new candles were refused"),
+              ("p", "These pairs kept the model trained on their earlier candles; its numbers "
+                    "below are that model's. The step that refused the new candles and why:"),
+              ("table", ["pair", "refused at", "reason"], [list(x) for x in rejected])]
     stale = not_rescored(results)
     if stale:
         b += [("h", 2, "Pairs that could not be re-scored"),

@@ -45,7 +45,8 @@ class ResultsStore:
         before = results.get(key, {})
         entry = dict(before, **fields)
         for k in [k for k, v in entry.items() if v is None and k in (
-                "reason", "failed_step", "skip_reason", "rescore_error")]:
+                "reason", "failed_step", "skip_reason", "rescore_error", "data_rejected",
+                "walk_forward")]:
             del entry[k]  # a field that no longer applies
         if same_json(entry, before) and self.path.exists():
             return before

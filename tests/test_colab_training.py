@@ -665,3 +665,87 @@ def test_a_read_only_base_dir_is_refused_before_step_1(tmp_path, caplog, monkeyp
     assert _base_dir_error(tmp_path).format(
         "cannot write a file in it: Read-only file system") in caplog.text
     assert "STEP 1/5" not in caplog.text and not (tmp_path / "data").exists()
+
+
+@pytest.fixture(scope="module")
+def trained_from_csv(tmp_path_factory):
+    """BTCUSDT 1h trained from a folder of CSVs (source csv), 2 epochs."""
+    root = tmp_path_factory.mktemp("csvrun")
+    csv_dir = root / "csv"
+    write_klines(synthetic_klines("BTCUSDT", "1h", 700), csv_dir / "BTCUSDT_1h.csv")
+    p = V3CoLabPipeline(root / "out", config=tiny_config(source="csv", data_dir=str(csv_dir)),
+                        coins=["BTCUSDT"], timeframes=["1h"])
+    assert p.run_full_pipeline(epochs=2)["BTCUSDT_1h"]["status"] == "success"
+    return root
+
+
+def _break_csv(path: Path, how: str) -> str:
+    df = pd.read_csv(path)
+    if how == "nan":
+        df.loc[500, "close"] = float("nan")
+    elif how == "duplicate":
+        df.loc[500, "open_time"] = df.loc[499, "open_time"]
+    else:
+        df = df.drop(columns=["volume"])
+    df.to_csv(path, index=False)
+    return {"nan": ": NaN or inf in", "duplicate": ": duplicate open_time in 1 row: line 502",
+            "missing": " lacks the column(s) ['volume']"}[how]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["nan", "duplicate", "missing"])
+def test_a_refused_csv_for_a_trained_pair_says_so_and_keeps_the_model(trained_from_csv, tmp_path,
+                                                                      caplog, how):
+    """Issue 21 item 1: the pair was recorded as 'skipped, already trained', with no reason
+    and no failed step; the final table and the report hid the refusal."""
+    import shutil
+    shutil.copytree(trained_from_csv, tmp_path / "run")
+    base, csv = tmp_path / "run" / "out", tmp_path / "run" / "csv"
+    model = (base / "all_models" / "v3_model_BTCUSDT_1h.pt").read_bytes()
+    text = _break_csv(csv / "BTCUSDT_1h.csv", how)
+    p = V3CoLabPipeline(base, config=tiny_config(source="csv", data_dir=str(csv)),
+                        coins=["BTCUSDT"], timeframes=["1h"])
+    r = p.run_full_pipeline(epochs=2)["BTCUSDT_1h"]
+    assert r["status"] == "skipped" and r["data_rejected"]["step"] == "download"
+    assert text in r["data_rejected"]["reason"] and "failed_step" not in r
+    assert (base / "all_models" / "v3_model_BTCUSDT_1h.pt").read_bytes() == model
+    errors = [m.getMessage() for m in caplog.records if m.levelname == "ERROR"]
+    assert any(m.startswith(f"BTCUSDT 1h: download failed: {csv / 'BTCUSDT_1h.csv'}{text}")
+               and m.endswith(". Kept the model trained on the earlier candles.") for m in errors)
+    row = [ln for ln in caplog.text.splitlines() if ln.startswith("BTCUSDT_1h ")][-1]
+    assert row.split()[:2] == ["BTCUSDT_1h", "skipped"]
+    assert "earlier model kept; new candles failed download: BTCUSDT_1h.csv" + text[:12] in row
+    report = (base / "results" / "report.md").read_text()
+    assert ("1 pair (BTCUSDT_1h) kept the model from earlier candles: the new ones were refused "
+            "(see \"Pairs whose new candles were refused\").") in report
+    section = report.split("## Pairs whose new candles were refused")[1].split("\n## ")[0]
+    assert f"| BTCUSDT_1h | download | {csv / 'BTCUSDT_1h.csv'}{text}" in section
+    # a good file again: the refusal is gone from the results, the table and the report
+    write_klines(synthetic_klines("BTCUSDT", "1h", 700), csv / "BTCUSDT_1h.csv")
+    caplog.clear()
+    r = p.run_full_pipeline(epochs=2)["BTCUSDT_1h"]
+    assert "data_rejected" not in r and r["status"] == "skipped"
+    assert "earlier model kept" not in caplog.text
+    assert "refused" not in (base / "results" / "report.md").read_text()
+
+
+def test_the_log_sums_up_the_intervals(trained, caplog):
+    """Issue 21 item 7: the demo's log never mentioned the intervals."""
+    p, _ = trained
+    p.write_report()
+    line = next(r.getMessage() for r in caplog.records
+                if r.getMessage().startswith("intervals (test split, 4 pairs): the 80 % range "
+                                             "held on "))
+    assert "median pinball skill vs GARCH " in line and ", vs HAR " in line
+
+
+def test_a_training_setting_given_to_the_pipeline_says_where_it_goes(tmp_path):
+    """Issue 21 item 7: V3CoLabPipeline(epochs=5) was a TypeError about PipelineConfig."""
+    with pytest.raises(ConfigError) as e:
+        V3CoLabPipeline(tmp_path, epochs=5)
+    assert str(e.value) == ("V3CoLabPipeline(epochs=5): training settings are not pipeline "
+                            "settings: pass them to run_full_pipeline(epochs=5) (or "
+                            "step_4_train_models), or the config: "
+                            "config=PipelineConfig(train=TrainConfig(epochs=5)).")
+    with pytest.raises(ConfigError, match=r"^V3CoLabPipeline\(\) got 'epoch': not a setting"):
+        V3CoLabPipeline(tmp_path, epoch=5)
