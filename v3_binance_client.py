@@ -127,6 +127,11 @@ class WeightBudget:
 # API bases and the errors of a request
 
 
+# what to do when no API base answers, in the pipeline's words (v3_predict has its own)
+UNAVAILABLE_HINT = ("Set V3_BINANCE_API_URLS (or --api-urls) to a base that works from this "
+                    "machine, or use --source binance-archive or --source csv.")
+
+
 class ApiUnavailableError(DownloadError):
     """Every API base refused this machine (blocked, banned or unreachable)."""
 
@@ -176,8 +181,10 @@ class BinanceHttp:
 
     def __init__(self, api_urls: list[str] | str | None = None, *,
                  weight_budget: int | WeightBudget = WEIGHT_BUDGET_PER_MIN,
-                 timeout_s: float = 10.0, clock_ms: Callable[[], float] | None = None):
+                 timeout_s: float = 10.0, clock_ms: Callable[[], float] | None = None,
+                 unavailable_hint: str = UNAVAILABLE_HINT):
         self.bases = [ApiBase(u) for u in api_urls_from_env(api_urls)]
+        self.unavailable_hint = unavailable_hint  # the fixes the caller's user has
         self.budget = (weight_budget if isinstance(weight_budget, WeightBudget)
                        else WeightBudget(weight_budget))
         self.timeout_s = timeout_s
@@ -273,10 +280,8 @@ class BinanceHttp:
                 self.api_available = True
             return result
         self.api_available = False
-        raise ApiUnavailableError(
-            f"{label}: no Binance API base can be used ({'; '.join(reasons)}). Set "
-            f"V3_BINANCE_API_URLS (or --api-urls) to a base that works from this machine, or "
-            f"use --source binance-archive or --source csv.")
+        raise ApiUnavailableError(f"{label}: no Binance API base can be used "
+                                  f"({'; '.join(reasons)}). {self.unavailable_hint}")
 
     def _retrying(self, before_sleep: Callable[[tenacity.RetryCallState], None]
                   ) -> tenacity.Retrying:

@@ -31,7 +31,7 @@ import pandas as pd
 from v3_binance_archive import DAY_MS, ArchiveEmptyError, archive_url_from_env, fetch_archive_klines
 from v3_binance_client import (BACKOFF_S, BINANCE_WEIGHT_LIMIT_PER_MIN, DEFAULT_API_URLS,
                                EXCHANGE_INFO_WEIGHT, KLINES_WEIGHT, MAX_ATTEMPTS,
-                               MAX_RETRY_AFTER_S, WEIGHT_BUDGET_PER_MIN, ApiBase,
+                               MAX_RETRY_AFTER_S, UNAVAILABLE_HINT, WEIGHT_BUDGET_PER_MIN, ApiBase,
                                ApiUnavailableError, BinanceHttp, WeightBudget, api_urls_from_env,
                                make_client)
 from v3_candle_series import check_series, find_gaps, log_gaps, merge_klines
@@ -111,12 +111,13 @@ class BinanceDownloader(BinanceHttp):
     def __init__(self, api_urls: list[str] | str | None = None, *, archive_url: str | None = None,
                  archive_fallback: bool = True, workers: int = DEFAULT_WORKERS,
                  weight_budget: int | WeightBudget = WEIGHT_BUDGET_PER_MIN, timeout_s: float = 10.0,
-                 show_progress: bool = False, clock_ms: Callable[[], float] | None = None):
+                 show_progress: bool = False, clock_ms: Callable[[], float] | None = None,
+                 unavailable_hint: str = UNAVAILABLE_HINT):
         if not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"download workers must be an integer >= 1, got {workers!r} "
                               f"(default {DEFAULT_WORKERS}; Binance asks for few connections).")
         super().__init__(api_urls, weight_budget=weight_budget, timeout_s=timeout_s,
-                         clock_ms=clock_ms)
+                         clock_ms=clock_ms, unavailable_hint=unavailable_hint)
         self.archive_url = archive_url_from_env(archive_url)
         self.archive_fallback = archive_fallback
         self.workers = workers
@@ -412,12 +413,14 @@ class BinanceDownloader(BinanceHttp):
 
 def download_klines(symbol: str, interval: str, n_candles: int, *,
                     api_urls: list[str] | str | None = None, data_dir: str | Path,
-                    refresh: bool = False) -> pd.DataFrame:
+                    refresh: bool = False,
+                    unavailable_hint: str = UNAVAILABLE_HINT) -> pd.DataFrame:
     """One pair, the simple way: bring data_dir/SYMBOL_INTERVAL.csv up to date and return it.
 
-    Raises the pair's DownloadError instead of recording it.
+    Raises the pair's DownloadError instead of recording it. `unavailable_hint`: what the
+    caller's user can do when no API base answers (its messages and log lines say it).
     """
-    with BinanceDownloader(api_urls, workers=1) as dl:
+    with BinanceDownloader(api_urls, workers=1, unavailable_hint=unavailable_hint) as dl:
         r = dl.download_pairs([(symbol, interval)], n_candles=n_candles, data_dir=data_dir,
                               refresh=refresh)[0]
     if r.error is not None:

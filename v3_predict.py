@@ -117,7 +117,8 @@ def fetch_candles(symbol: str, interval: str, n_candles: int, *, data_dir: str |
     from v3_market_data import latest_candles
     try:
         df = download_klines(symbol, interval, n_candles, api_urls=api_urls,
-                             data_dir=data_dir or candle_cache_dir())
+                             data_dir=data_dir or candle_cache_dir(),
+                             unavailable_hint=OFFLINE_HINT)
     except ApiUnavailableError as e:  # its text names the pipeline's flags, not this command's
         log.debug("%s %s: %s", symbol, interval, e)
         raise ApiUnavailableError(f"{symbol} {interval}: no Binance API base can be used from "
@@ -285,8 +286,8 @@ def format_table(rows: list[dict]) -> str:
         t = r.get("test") or {}
         b = (r.get("baseline") or {}).get("persistence") or {}
         ret = r.get("predicted_return")
-        note = r.get("error") or ("SYNTHETIC" if (r.get("trained_on") or {}).get("synthetic")
-                                  else "")
+        note = r.get("note") or r.get("error") or (
+            "SYNTHETIC" if (r.get("trained_on") or {}).get("synthetic") else "")
         lines.append((pair_key(r["symbol"], r["interval"]), r.get("open_time_utc") or "-",
                       fmt_num(r.get("last_close"), ".6g"), fmt_num(r.get("predicted_close"), ".6g"),
                       _range(r.get("interval_80")),
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not pairs:
         return 1
-    rows = [_predict_row(args, symbol, interval) for symbol, interval in pairs]
+    rows = _predict_rows(args, pairs)
     if args.json:
         print(json.dumps(rows, indent=2, default=json_default))
     else:
@@ -362,18 +363,54 @@ def _chosen_pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
     return pairs
 
 
-def _predict_row(args: argparse.Namespace, symbol: str, interval: str) -> dict:
-    """One pair's forecast, or {'symbol', 'interval', 'error'} when it fails alone."""
+def _predict_rows(args: argparse.Namespace, pairs: list[tuple[str, str]]) -> list[dict]:
+    """Every pair's row. When the first pair cannot get candles from Binance (no API base
+    answers, or it kept failing), the others are not tried: each would wait through the
+    same retries (~45 s a pair) to fail the same way."""
+    rows: list[dict] = []
+    for n, (symbol, interval) in enumerate(pairs):
+        row, err = _predict_row(args, symbol, interval)
+        rows.append(row)
+        if _unreachable(err) and n + 1 < len(pairs):
+            rest = pairs[n + 1:]
+            log.error("%s %s: no candles from Binance; not trying the other %s (each would "
+                      "fail the same way after the same retries). Give the candles yourself: "
+                      "--data-dir DIR (a folder of SYMBOL_INTERVAL.csv files, such as a run's "
+                      "data/).", symbol, interval, plural(len(rest), "pair"))
+            rows += [{"symbol": s, "interval": i, "note": "not tried: no candles from Binance",
+                      "error": f"not tried: {symbol} {interval} got no candles from Binance "
+                               f"({type(err).__name__}). {OFFLINE_HINT}"} for s, i in rest]
+            break
+    return rows
+
+
+def _unreachable(err: BaseException | None) -> bool:
+    """The error says Binance cannot serve candles here now (no base answers, or retries
+    ran out), not something about this one pair."""
+    if err is None:
+        return False
+    from v3_binance_client import ApiUnavailableError  # lazy: loaded by the download already
+    return isinstance(err, (ApiUnavailableError, RetryableDownloadError))
+
+
+def _predict_row(args: argparse.Namespace, symbol: str, interval: str
+                 ) -> tuple[dict, V3Error | None]:
+    """One pair's forecast, or {'symbol', 'interval', 'error', 'note'} and the error when it
+    fails alone."""
     try:
         candles = None
         if args.data_dir:
             from v3_market_data import find_csv, read_klines  # lazy: pandas (see the top)
             candles = read_klines(find_csv(args.data_dir, symbol, interval))
         return predict_next(symbol, interval, model=args.model_dir or args.hub_repo,
-                            candles=candles, folder=args.hf_folder)
+                            candles=candles, folder=args.hf_folder), None
     except V3Error as e:
         log.warning("%s %s: %s", symbol, interval, e)
-        return {"symbol": symbol, "interval": interval, "error": f"{type(e).__name__}: {e}"}
+        text = str(e).removeprefix(f"{symbol} {interval}: ")  # the table names the pair
+        note = ("no candles from Binance: use --data-dir DIR" if _unreachable(e)
+                else f"{type(e).__name__}: {text}")
+        return {"symbol": symbol, "interval": interval, "error": f"{type(e).__name__}: {e}",
+                "note": note}, e
 
 
 if __name__ == "__main__":

@@ -276,7 +276,11 @@ def test_offline_hints_name_this_commands_options(trained, monkeypatch, caplog, 
         assert "--data-dir" in msg and "V3_BINANCE_API_URLS" in msg
         assert "--api-urls" not in msg and "--source" not in msg
     assert main(["--model-dir", str(trained), "--timeframes", "1h"]) == 1
-    assert "--data-dir" in caplog.text and "ApiUnavailableError" in capsys.readouterr().out
+    assert "--data-dir" in caplog.text
+    assert "no candles from Binance: use --data-dir DIR" in capsys.readouterr().out
+    assert main(["--model-dir", str(trained), "--timeframes", "1h", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)[0]["error"].startswith(
+        "ApiUnavailableError: BTCUSDT 1h: no Binance API base can be used from this machine")
 
     def archive_down(*args, **kw):
         raise RetryableDownloadError("BTCUSDT 1h: the archive is busy or unreachable: try "
@@ -333,3 +337,33 @@ def test_bench_predict_tiny_run(capsys):
     out = capsys.readouterr().out
     assert "machine:" in out and "predict_next (warm-up + window)" in out
     assert "features on all candles" in out
+
+
+def test_offline_the_cli_gives_up_after_the_first_pair_and_names_data_dir(trained, tmp_path,
+                                                                          monkeypatch, caplog,
+                                                                          capsys):
+    """Issue 21 item 2: with no network every pair repeated ~45 s of retries (3 min 11 s for
+    4 pairs), the note said only 'RetryableDownloadError...', and the hints named --api-urls
+    and --source, which v3_predict.py does not have. Real downloader, closed local ports, the
+    retries' waits not slept."""
+    import v3_binance_client
+    import v3_binance_data
+    monkeypatch.setenv("V3_BINANCE_API_URLS", "http://127.0.0.1:9/api")
+    monkeypatch.setenv("V3_BINANCE_ARCHIVE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("V3_CANDLE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(v3_binance_client, "_sleep", lambda s, stop=None: None)
+    tried = []
+    real = v3_binance_data.BinanceDownloader.download_pairs
+    monkeypatch.setattr(v3_binance_data.BinanceDownloader, "download_pairs",
+                        lambda self, pairs, **kw: tried.append(pairs) or real(self, pairs, **kw))
+    assert main(["--model-dir", str(trained)]) == 1
+    assert tried == [[("BTCUSDT", "15m")]]   # BTCUSDT 1h was not tried
+    assert ("BTCUSDT 15m: no candles from Binance; not trying the other 1 pair (each would fail "
+            "the same way after the same retries). Give the candles yourself: --data-dir DIR (a "
+            "folder of SYMBOL_INTERVAL.csv files, such as a run's data/).") in caplog.text
+    assert "--api-urls" not in caplog.text and "--source" not in caplog.text
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("BTCUSDT_15m ") and lines[1].endswith(
+        "  no candles from Binance: use --data-dir DIR")
+    assert lines[2].startswith("BTCUSDT_1h ") and lines[2].endswith(
+        "  not tried: no candles from Binance")
