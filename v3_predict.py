@@ -144,8 +144,10 @@ def predict_next(symbol: str, interval: str, *, model: str | Path | LoadedModel,
     Returns a dict: symbol, interval, open_time (ms, of the predicted candle) and its ISO
     form, last_open_time, last_close, predicted_close, predicted_return (simple, e.g. 0.001 =
     +0.1 %), predicted_log_return, direction ('up', 'down' or 'flat'), quantiles ({'0.05':
-    close, ..., '0.95': close}), interval_80 and interval_90 ([low, high] close; all three None
-    for a model without a quantile head), test and baseline (the
+    close, ..., '0.95': close}), median_close (the 0.50 quantile), interval_80 and interval_90
+    ([low, high] close; all four None for a model without a quantile head),
+    interval_80_test_coverage (the share of test candles that closed inside the model's 80 %
+    range: 0.8 when calibrated; None without one), test and baseline (the
     model's stored test metrics and the persistence baseline on the same samples), model
     (where it came from), trained_on (data range, source, synthetic).
     """
@@ -210,6 +212,7 @@ def _forecast(m: LoadedModel, symbol: str, interval: str, last_open: int, last_c
         "predicted_close": predicted, "predicted_return": math.expm1(log_ret),
         "predicted_log_return": log_ret,
         "direction": "up" if predicted > last_close else "down" if predicted < last_close else "flat",
+        "interval_80_test_coverage": _test_coverage_80(ck.get("test")),
         "test": ck.get("test"), "baseline": ck.get("baseline"),
         "model": f"{m.repo_id}@{m.revision}" if m.repo_id else str(m.path),
         "trained_on": {"data_range": ck.get("data_range"), "source": ck.get("source"),
@@ -222,8 +225,15 @@ def _intervals(closes: dict[str, float] | None) -> dict:
     None for a model without a quantile head."""
     def central(lo: str, hi: str):
         return [closes[lo], closes[hi]] if closes and lo in closes and hi in closes else None
-    return {"quantiles": closes, "interval_80": central("0.10", "0.90"),
-            "interval_90": central("0.05", "0.95")}
+    return {"quantiles": closes, "median_close": (closes or {}).get("0.50"),
+            "interval_80": central("0.10", "0.90"), "interval_90": central("0.05", "0.95")}
+
+
+def _test_coverage_80(test: dict | None) -> float | None:
+    """The share of test candles that closed inside the model's 80 % range (stored in the
+    checkpoint with the test metrics), or None for a model without one."""
+    cov = (((test or {}).get("interval") or {}).get("coverage") or {}).get("80")
+    return None if cov is None else float(cov)
 
 
 # ---------------------------------------------------------------------------------------
@@ -274,8 +284,16 @@ def _hub_model_names(hub_repo: str | None, *, folder: str, token: str | None,
 # ---------------------------------------------------------------------------------------
 # The command line
 
-TABLE_HEAD = ("pair", "next candle (UTC)", "last close", "predicted", "80 % range", "return %",
-              "dir", "test MAPE %", "persist. MAPE %", "test dir %", "note")
+TABLE_HEAD = ("pair", "next candle (UTC)", "last close", "point forecast",
+              "median [80 % range]", "held on test %", "return %", "dir", "test MAPE %",
+              "persist. MAPE %", "test dir %", "note")
+TABLE_FOOTER = (
+    "point forecast: the model's forecast of the next close (return % and dir follow it).\n"
+    "median [80 % range]: the middle of its forecast distribution, and the range the next close "
+    "should fall in 4 times out of 5;\nheld on test %: how many of the test candles closed "
+    "inside such a range (80 % when it is calibrated).\n"
+    "Metrics are the model's test split; persistence = 'next close = last close' on the same "
+    "samples. Not financial advice.")
 
 
 def format_table(rows: list[dict]) -> str:
@@ -285,20 +303,24 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         t = r.get("test") or {}
         b = (r.get("baseline") or {}).get("persistence") or {}
-        ret = r.get("predicted_return")
+        ret, cov = r.get("predicted_return"), r.get("interval_80_test_coverage")
         note = r.get("note") or r.get("error") or (
             "SYNTHETIC" if (r.get("trained_on") or {}).get("synthetic") else "")
         lines.append((pair_key(r["symbol"], r["interval"]), r.get("open_time_utc") or "-",
                       fmt_num(r.get("last_close"), ".6g"), fmt_num(r.get("predicted_close"), ".6g"),
-                      _range(r.get("interval_80")),
+                      _range(r.get("median_close"), r.get("interval_80")),
+                      fmt_num(None if cov is None else 100 * cov, ".1f"),
                       fmt_num(None if ret is None else 100 * ret, "+.3f"), r.get("direction", "-"),
                       fmt_num(t.get("mape"), ".3f"), fmt_num(b.get("mape"), ".3f"),
                       fmt_num(t.get("directional_accuracy"), ".1f"), note))
     return text_table(TABLE_HEAD, lines, max_width={len(TABLE_HEAD) - 1: NOTE_WIDTH})
 
 
-def _range(iv: list[float] | None) -> str:
-    return "-" if not iv else f"{fmt_num(iv[0], '.6g')} .. {fmt_num(iv[1], '.6g')}"
+def _range(median: float | None, iv: list[float] | None) -> str:
+    """'35125 [34977.6 .. 35248.9]': the median and the 80 % range ('-' without a range)."""
+    if not iv:
+        return "-"
+    return f"{fmt_num(median, '.6g')} [{fmt_num(iv[0], '.6g')} .. {fmt_num(iv[1], '.6g')}]"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -333,8 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=2, default=json_default))
     else:
         print(format_table(rows))
-        print("Metrics are the model's test split; persistence = 'next close = last close' on "
-              "the same samples. Not financial advice.")
+        print(TABLE_FOOTER)
     return 0 if any("error" not in r for r in rows) else 1
 
 

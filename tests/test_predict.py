@@ -96,6 +96,29 @@ def test_the_table_shows_the_80_percent_range():
     assert "80 % range" in format_table([dict(row, interval_80=None)])
 
 
+def test_the_table_shows_the_median_with_the_range_and_how_often_it_held_on_test():
+    """Issue 21 item 6: 'predicted' (the point head) stood next to an 80 % range whose median
+    differed (35107.9 against 35125.0), and nothing said what the range meant or how often
+    it held on test."""
+    row = {"symbol": "BTCUSDT", "interval": "1h", "last_close": 35130.4,
+           "predicted_close": 35107.9, "median_close": 35125.0, "predicted_return": -0.00064,
+           "direction": "down", "interval_80": [34977.6, 35248.9],
+           "interval_80_test_coverage": 0.7927}
+    head, line = format_table([row]).splitlines()
+    import re
+    assert re.split(r" {2,}", head)[:6] == ["pair", "next candle (UTC)", "last close",
+                                           "point forecast", "median [80 % range]",
+                                           "held on test %"]
+    assert re.split(r" {2,}", line)[:6] == ["BTCUSDT_1h", "-", "35130.4", "35107.9",
+                                           "35125 [34977.6 .. 35248.9]", "79.3"]
+    assert v3_predict.TABLE_FOOTER.splitlines()[:3] == [
+        "point forecast: the model's forecast of the next close (return % and dir follow it).",
+        "median [80 % range]: the middle of its forecast distribution, and the range the next "
+        "close should fall in 4 times out of 5;",
+        "held on test %: how many of the test candles closed inside such a range (80 % when it "
+        "is calibrated)."]
+
+
 def test_an_earlier_test_sample_also_matches(trained):
     saved = pd.read_csv(trained / "results" / "predictions" / "BTCUSDT_1h.csv")
     row = saved.iloc[len(saved) // 2]
@@ -228,6 +251,11 @@ def test_cli_table_and_json(trained, capsys):
     assert [(r["symbol"], r["interval"]) for r in rows] == [("BTCUSDT", "1h")]
     assert {"open_time", "last_close", "predicted_close", "predicted_return", "direction",
             "test", "baseline"} <= set(rows[0])
+    # the median and how often the 80 % range held on test (issue 21 item 6)
+    ckpt = torch.load(trained / "all_models" / "v3_model_BTCUSDT_1h.pt", weights_only=True)
+    assert rows[0]["interval_80_test_coverage"] == ckpt["test"]["interval"]["coverage"]["80"]
+    assert rows[0]["median_close"] == rows[0]["quantiles"]["0.50"]
+    assert rows[0]["interval_80"][0] < rows[0]["median_close"] < rows[0]["interval_80"][1]
 
 
 def test_cli_errors(trained, tmp_path, capsys):
@@ -301,7 +329,8 @@ def test_table_rows_are_not_padded_and_print_no_negative_zero():
     lines = v3_predict.format_table([ok, failed]).splitlines()
     assert all(not ln.endswith(" ") for ln in lines)
     # the note (last column) is shortened: no line is wider than the header plus NOTE_WIDTH
-    assert len(lines[0]) <= 140 and lines[0].endswith("note")  # one column more: 80 % range
+    # one column more: the 80 % range, and one more: how often such a range held on test
+    assert len(lines[0]) <= 165 and lines[0].endswith("note")
     assert max(len(ln) for ln in lines) <= len(lines[0]) - len("note") + v3_predict.NOTE_WIDTH
     assert lines[2].rstrip().endswith("...") and "DownloadError: the market data could" in lines[2]
     cells = lines[1].split()
