@@ -509,8 +509,10 @@ def pipeline_from_args(args) -> tuple[V3CoLabPipeline, list[str]]:
     return pipe, [s for s in STEPS if s in asked]
 
 
-def _run_steps(pipe: V3CoLabPipeline, c: PipelineConfig, steps: list[str], args) -> int | None:
-    """Run the steps; the number of pairs the last step produced (None: no step produced)."""
+def _run_steps(pipe: V3CoLabPipeline, c: PipelineConfig, steps: list[str], args
+               ) -> tuple[int | None, bool]:
+    """Run the steps: the number of pairs the last step produced (None: no step produced),
+    and whether an upload asked for was skipped for want of a token (its error is logged)."""
     produced = None
     for step in steps:
         if step == "setup":
@@ -522,18 +524,20 @@ def _run_steps(pipe: V3CoLabPipeline, c: PipelineConfig, steps: list[str], args)
         elif step == "train":
             produced = pipe.usable(pipe._train(c, retrain=args.retrain))
         elif step == "upload":
-            if not c.upload:
-                log.info("STEP 5/5: upload switched off (--no-upload, or --demo without --hf-repo)")
+            if not c.upload:  # a step asked for by name is shown even with --quiet
+                (log.warning if args.steps else log.info)(
+                    "STEP 5/5: upload switched off (--no-upload, or --demo without --hf-repo)")
             elif produced == 0 or not pipe.usable():
                 log.error("STEP 5/5: no pair trained, nothing to upload: see the reasons in %s",
                           pipe.results_path)
-                return 0
+                return 0, False
             elif pipe.step_5_upload_to_huggingface() is None and (args.hf_repo or args.steps):
                 # asked for by name, and skipped for want of a token: not a success
                 log.error("STEP 5/5: the upload you asked for was skipped: no Hugging Face "
-                          "token (set HF_TOKEN or run `hf auth login`; --no-upload to skip)")
-                return 0
-    return produced
+                          "token (set HF_TOKEN or run `hf auth login`; --no-upload to skip); "
+                          "%s ready in %s", plural(pipe.usable(), "model"), pipe.models_dir)
+                return produced, True
+    return produced, False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -547,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
         # the one check, before any work (an upload only reads base_dir)
         c = pipe.checked_config(writable=args.report_only or steps != ["upload"])
         if c.preset == "demo":
-            log.info("demo preset: SYNTHETIC candles, small model (hidden %d, %d layers), %s",
+            log.info("demo preset: %s, small model (hidden %d, %d layers), %s",
+                     "SYNTHETIC candles" if c.source == "synthetic" else f"candles from {c.source}",
                      c.model.hidden_size, c.model.num_layers, plural(c.train.epochs, "epoch"))
         if args.report_only:
             pipe._report(c, rescore=True)
@@ -557,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
                           plural(len(failed), "pair"), ", ".join(failed))
                 return 1
             return 0 if pipe.usable() else 1
-        produced = _run_steps(pipe, c, steps, args)
+        produced, upload_skipped = _run_steps(pipe, c, steps, args)
     except V3Error as e:
         log.error("%s: %s", type(e).__name__, e)
         return 2
@@ -566,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
                     pipe.base_dir if pipe else "base_dir")
         return 130
     log.info("done in %.1f s; outputs in %s", time.perf_counter() - t0, pipe.base_dir.resolve())
+    if upload_skipped:
+        return 1
     if produced == 0:
         log.error("nothing usable was produced: see %s", pipe.results_path)
         return 1

@@ -562,6 +562,11 @@ def test_an_upload_asked_for_without_a_token_exits_1_even_quiet(trained, tmp_pat
     assert rc == 1
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert any("the upload you asked for was skipped: no Hugging Face token" in m for m in errors)
+    # issue 21 item 7: it went on with "nothing usable was produced", with 4 models there
+    assert errors[-1] == ("STEP 5/5: the upload you asked for was skipped: no Hugging Face token "
+                          "(set HF_TOKEN or run `hf auth login`; --no-upload to skip); 4 models "
+                          f"ready in {p0.models_dir}")
+    assert "nothing usable was produced" not in caplog.text
 
 
 def test_quiet_hides_progress_bars(tmp_path):
@@ -749,3 +754,22 @@ def test_a_training_setting_given_to_the_pipeline_says_where_it_goes(tmp_path):
                             "config=PipelineConfig(train=TrainConfig(epochs=5)).")
     with pytest.raises(ConfigError, match=r"^V3CoLabPipeline\(\) got 'epoch': not a setting"):
         V3CoLabPipeline(tmp_path, epoch=5)
+
+
+def test_an_upload_asked_for_by_name_and_switched_off_is_shown_even_quiet(tmp_path, caplog):
+    """Issue 21 item 7: `--quiet --steps upload` printed nothing, though a skipped step you
+    asked for is always shown."""
+    assert main(["--demo", "--base-dir", str(tmp_path), "--quiet", "--steps", "upload"]) == 0
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "STEP 5/5: upload switched off (--no-upload, or --demo without --hf-repo)")]
+
+
+def test_the_demo_preset_names_the_source_it_was_given(tmp_path, caplog):
+    """Issue 21 item 7: `--demo --source csv` logged 'demo preset: SYNTHETIC candles'."""
+    assert main(["--demo", "--source", "csv", "--data-dir", str(tmp_path), "--base-dir",
+                 str(tmp_path / "out"), "--steps", "setup", "--no-progress"]) == 0
+    assert ("demo preset: candles from csv, small model (hidden 32, 2 layers), 5 epochs"
+            in caplog.text) and "SYNTHETIC" not in caplog.text
+    caplog.clear()
+    assert main(["--demo", "--base-dir", str(tmp_path / "out"), "--steps", "setup"]) == 0
+    assert "demo preset: SYNTHETIC candles, small model (hidden 32, 2 layers)" in caplog.text
