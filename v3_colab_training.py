@@ -312,6 +312,8 @@ class V3CoLabPipeline:
         self._log_summary(pairs)
         if c.walk_forward:
             self._walk_forward(c, retrain=retrain)
+        else:
+            self._drop_failed_walk_forward(pairs)
         self._report(c)
         return self.store.load()
 
@@ -400,6 +402,16 @@ class V3CoLabPipeline:
                 continue
             done[key] = self.store.update(key, walk_forward=wf)["walk_forward"]
         return done
+
+    def _drop_failed_walk_forward(self, pairs) -> None:
+        """A walk-forward that failed in an earlier run is superseded by this valid run, which
+        asked for none: it leaves the results and the report."""
+        for key in (pair_key(s, i) for s, i in pairs):
+            wf = self.store.entry(key).get("walk_forward") or {}
+            if wf.get("status") == FAILED:
+                log.info("%s: dropped an earlier run's failed walk-forward (%s folds: %s)", key,
+                         wf.get("k", "?"), shorten(wf.get("reason", "?"), 120))
+                self.store.update(key, walk_forward=None)
 
     def write_report(self, *, rescore: bool = False) -> dict:
         """The across-pair summary (into the results JSON under '_summary') and

@@ -13,11 +13,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from v3_binance_data import api_urls_from_env
 from v3_cli import SOURCES, split_list
 from v3_common import (DEFAULT_COINS, DEFAULT_TIMEFRAMES, ConfigError, check_interval,
                        normalize_symbol)
 from v3_data_processor import WARMUP_CANDLES, FeatureConfig, check_feature_config
+from v3_evaluation import walk_forward_folds
 from v3_hub import check_folder, check_repo_id
 from v3_lstm_model import ModelConfig, check_model_config
 from v3_trainer import TrainConfig, check_train_config, resolve_device
@@ -173,9 +176,42 @@ def check_config(c: PipelineConfig) -> PipelineConfig:
     if not isinstance(c.walk_forward, int) or c.walk_forward < 0:
         raise ConfigError(f"walk_forward={c.walk_forward!r} must be a number of folds >= 1 "
                           f"(or 0 for none), e.g. --walk-forward 3.")
+    _check_walk_forward(c)
     if c.preset not in PRESETS:
         raise ConfigError(f"preset {c.preset!r} is not one of {', '.join(PRESETS)}.")
     return dataclasses.replace(c, coins=coins, timeframes=timeframes)
+
+
+def _check_walk_forward(c: PipelineConfig) -> None:
+    """ConfigError when `walk_forward` folds cannot fit in `candles` candles per pair, even
+    with no gaps (gaps only take samples away): v3_evaluation.walk_forward_folds' own rule,
+    on the most samples that many candles can give."""
+    k, f = c.walk_forward, c.features
+    n = c.candles - WARMUP_CANDLES - f.seq_len   # samples from gap-free candles
+    if not k or _folds_fit(k, n, f):
+        return
+    test = n - int(n * f.train_frac) - int(n * f.val_frac)
+    most = max((j for j in range(1, k) if _folds_fit(j, n, f)), default=0)
+    left = n - k * test
+    # each fold's test block is a test split (a share of the samples): more candles do not
+    # make room for more folds, fewer folds do
+    raise ConfigError(
+        f"walk_forward={k} does not fit: each fold tests {test} samples (the test split of the "
+        f"{n} that {c.candles} candles give after the warm-up {WARMUP_CANDLES} and the window "
+        f"{f.seq_len}), so {k} folds leave the first fold "
+        + (f"{left} samples" if left > 0 else "nothing") + " to train and validate on. "
+        + (f"Use --walk-forward {most} or fewer." if most else
+           "Not one fold fits: use more candles (--candles)."))
+
+
+def _folds_fit(k: int, n_samples: int, f: FeatureConfig) -> bool:
+    test = n_samples - int(n_samples * f.train_frac) - int(n_samples * f.val_frac)
+    try:
+        walk_forward_folds(np.arange(n_samples), k, test_size=test, train_frac=f.train_frac,
+                           val_frac=f.val_frac, min_samples=f.min_split_samples)
+    except ConfigError:
+        return False
+    return True
 
 
 def _check_source(c: PipelineConfig) -> None:

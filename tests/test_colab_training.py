@@ -773,3 +773,41 @@ def test_the_demo_preset_names_the_source_it_was_given(tmp_path, caplog):
     caplog.clear()
     assert main(["--demo", "--base-dir", str(tmp_path / "out"), "--steps", "setup"]) == 0
     assert "demo preset: SYNTHETIC candles, small model (hidden 32, 2 layers)" in caplog.text
+
+
+def test_walk_forward_folds_that_cannot_fit_are_refused_before_any_work(tmp_path, caplog):
+    """Issue 21 item 7: `--walk-forward 50` ran, and every pair failed with 'leaves the first
+    fold -10660 samples'."""
+    assert main(["--demo", "--base-dir", str(tmp_path), "--walk-forward", "50"]) == 2
+    assert ("ConfigError: walk_forward=50 does not fit: each fold tests 246 samples (the test "
+            "split of the 1640 that 2000 candles give after the warm-up 300 and the window 60), "
+            "so 50 folds leave the first fold nothing to train and validate on. Use "
+            "--walk-forward 5 or fewer.") in caplog.text
+    assert not (tmp_path / "data").exists()
+    with pytest.raises(ConfigError, match="so 6 folds leave the first fold 164 samples"):
+        V3CoLabPipeline(tmp_path, config=dataclasses.replace(demo_config(), walk_forward=6)
+                        ).checked_config()
+    V3CoLabPipeline(tmp_path, config=dataclasses.replace(demo_config(), walk_forward=5)
+                    ).checked_config()   # 5 fit
+
+
+@pytest.mark.slow
+def test_a_failed_walk_forward_leaves_the_report_after_a_later_valid_run(trained, tmp_path,
+                                                                         caplog):
+    """Issue 21 item 7: a failed walk-forward stayed in the report after later valid runs."""
+    import shutil
+    p0, _ = trained
+    shutil.copytree(p0.base_dir, tmp_path / "copy")
+    p = V3CoLabPipeline(tmp_path / "copy", config=p0.config, coins=["BTCUSDT"],
+                        timeframes=["1h"])
+    reason = ("BTCUSDT 1h: walk-forward with 50 folds of 59 test samples leaves the first fold "
+              "-2566 samples of 384 for training + validation")
+    p.store.update("BTCUSDT_1h", walk_forward={"k": 50, "status": "failed", "reason": reason})
+    p.write_report()
+    assert "| BTCUSDT_1h | failed: " + reason in (p.results_dir / "report.md").read_text()
+    p.step_4_train_models(epochs=2)   # a valid run: the pair is skipped, no walk-forward asked
+    assert ("BTCUSDT_1h: dropped an earlier run's failed walk-forward (50 folds: BTCUSDT 1h: "
+            "walk-forward with 50 folds of 59 test samples leaves the first fold -2566 "
+            "samples of 384 for training +...)") in caplog.text
+    assert "walk_forward" not in p.store.entry("BTCUSDT_1h")
+    assert "failed: " + reason not in (p.results_dir / "report.md").read_text()
