@@ -10,6 +10,7 @@ The pipeline calls it once per run; every step then receives the same checked va
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,15 +18,18 @@ import numpy as np
 
 from v3_binance_data import api_urls_from_env
 from v3_cli import SOURCES, split_list
-from v3_common import (DEFAULT_COINS, DEFAULT_TIMEFRAMES, ConfigError, check_interval,
-                       normalize_symbol)
+from v3_common import (DEFAULT_COINS, DEFAULT_TIMEFRAMES, INTERVAL_MS, ConfigError,
+                       check_interval, normalize_symbol, utc_minute)
 from v3_data_processor import WARMUP_CANDLES, FeatureConfig, check_feature_config
 from v3_evaluation import walk_forward_folds
 from v3_hub import check_folder, check_repo_id
 from v3_lstm_model import ModelConfig, check_model_config
+from v3_market_data import SYNTHETIC_END_MS
 from v3_trainer import TrainConfig, check_train_config, resolve_device
 
 PRESETS = ("guide", "demo")
+MAX_CANDLES = 5_000_000  # per pair: more than Binance has for any pair (1m since 2017)
+SYNTHETIC_FIRST_MS = 1_483_228_800_000  # 2017-01-01 00:00 UTC: synthetic series start no earlier
 DEMO_COINS = ("BTCUSDT", "ETHUSDT")
 # training settings that run_full_pipeline() and step_4_train_models() take
 RUN_TRAINING_ARGS = ("epochs", "batch_size", "learning_rate")
@@ -162,6 +166,7 @@ def check_config(c: PipelineConfig) -> PipelineConfig:
             f"candles={c.candles!r} is too few: need >= {need} per pair (indicator warm-up "
             f"{WARMUP_CANDLES} + window {c.features.seq_len} + enough windows for the "
             f"70/15/15 splits). The guide uses 3000.")
+    _check_candle_cap(c, timeframes)
     check_model_config(c.model)
     check_train_config(c.train)
     if c.train.stop_on == "pinball" and not c.model.quantiles:
@@ -180,6 +185,29 @@ def check_config(c: PipelineConfig) -> PipelineConfig:
     if c.preset not in PRESETS:
         raise ConfigError(f"preset {c.preset!r} is not one of {', '.join(PRESETS)}.")
     return dataclasses.replace(c, coins=coins, timeframes=timeframes)
+
+
+def _check_candle_cap(c: PipelineConfig, timeframes: tuple[str, ...]) -> None:
+    """ConfigError for more candles than any source can give: MAX_CANDLES for all, and for
+    synthetic candles (which end at a fixed time) a start before SYNTHETIC_FIRST_MS."""
+    if c.candles > MAX_CANDLES:
+        raise ConfigError(
+            f"candles={c.candles:,} is more than V3 takes ({MAX_CANDLES:,} per pair): no Binance "
+            f"pair has that many (1m candles since 2017 are under 5 million), and one pair's "
+            f"indicators alone would need {c.candles * 50 * 8 / 1e9:,.0f} GB of memory. Use "
+            f"--candles {MAX_CANDLES} or fewer (the guide uses 3000).")
+    if c.source != "synthetic":
+        return
+    for tf in sorted(timeframes, key=INTERVAL_MS.get, reverse=True):  # the longest first
+        most = (SYNTHETIC_END_MS - SYNTHETIC_FIRST_MS) // INTERVAL_MS[tf] + 1
+        if c.candles > most:
+            first = SYNTHETIC_END_MS - (c.candles - 1) * INTERVAL_MS[tf]
+            year = (dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=first)).year
+            raise ConfigError(
+                f"candles={c.candles} synthetic {tf} candles would start in {year}: synthetic "
+                f"series end at {utc_minute(SYNTHETIC_END_MS)} and start no earlier than "
+                f"{utc_minute(SYNTHETIC_FIRST_MS)}, which is {most} {tf} candles. Use --candles "
+                f"{most} or fewer.")
 
 
 def _check_walk_forward(c: PipelineConfig) -> None:

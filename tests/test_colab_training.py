@@ -811,3 +811,21 @@ def test_a_failed_walk_forward_leaves_the_report_after_a_later_valid_run(trained
             "samples of 384 for training +...)") in caplog.text
     assert "walk_forward" not in p.store.entry("BTCUSDT_1h")
     assert "failed: " + reason not in (p.results_dir / "report.md").read_text()
+
+
+def test_too_many_candles_are_refused_with_the_cap_and_why(tmp_path, caplog):
+    """Issue 21 item 7: `--candles 1000000` on synthetic data started in 1910 with no word,
+    and `--candles 1000000000` died with a raw MemoryError."""
+    assert main(["--demo", "--base-dir", str(tmp_path), "--candles", "1000000"]) == 2
+    assert ("ConfigError: candles=1000000 synthetic 1h candles would start in 1910: synthetic "
+            "series end at 2025-01-01 00:00 UTC and start no earlier than 2017-01-01 00:00 UTC, "
+            "which is 70129 1h candles. Use --candles 70129 or fewer.") in caplog.text
+    assert main(["--base-dir", str(tmp_path), "--candles", "1000000000", "--no-upload"]) == 2
+    assert ("ConfigError: candles=1,000,000,000 is more than V3 takes (5,000,000 per pair): no "
+            "Binance pair has that many (1m candles since 2017 are under 5 million), and one "
+            "pair's indicators alone would need 400 GB of memory. Use --candles 5000000 or "
+            "fewer (the guide uses 3000).") in caplog.text
+    assert not (tmp_path / "data").exists()
+    # 70129 hourly candles end at 2025-01-01 and start on 2017-01-01: allowed
+    cfg = dataclasses.replace(demo_config(), candles=70129, timeframes=("15m", "1h"))
+    V3CoLabPipeline(tmp_path, config=cfg).checked_config()
