@@ -153,7 +153,9 @@ def _card_row(key: str, r: dict) -> list[str]:
     iv = t.get("interval") or {}
     garch = ((r.get("baseline") or {}).get("garch") or {}).get("interval") or {}
     pct = lambda v: None if v is None else 100 * v  # noqa: E731
-    return [key, str(r.get("status", "-")), fmt_num(t.get("mape"), ".4f"),
+    # success / skipped say what the last local run did; on the Hub the model is just trained
+    status = "trained" if r.get("status") in ("success", "skipped") else r.get("status", "-")
+    return [key, str(status), fmt_num(t.get("mape"), ".4f"),
             fmt_num(b.get("mape"), ".4f"), fmt_num(t.get("rmse"), ".6g"),
             fmt_num(b.get("rmse"), ".6g"), fmt_num(t.get("directional_accuracy"), ".1f"),
             fmt_num(pct((iv.get("coverage") or {}).get("80")), ".1f"),

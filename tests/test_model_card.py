@@ -94,3 +94,14 @@ def test_the_card_needs_neither_the_hub_code_nor_torch():
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_status_column_says_trained_not_what_the_last_local_run_did():
+    """Issue 21 item 7: a model the last local run skipped (already trained) read 'skipped'
+    on the Hub."""
+    results = one_pair()
+    results["BTCUSDT_1h"] = dict(results["SOLUSDT_1h"], symbol="BTCUSDT", status="skipped",
+                                 skip_reason="already trained: all 5 epochs (best 1)")
+    rows = parse_card(build_model_card(results, None, repo_id="a/b"))[1]
+    assert rows["BTCUSDT_1h"]["status"] == "trained" and rows["SOLUSDT_1h"]["status"] == "trained"
+    assert "skipped" not in build_model_card(results, None, repo_id="a/b")
