@@ -249,7 +249,7 @@ def test_both_engines_record_the_validation_pinball_of_the_quantile_head(pairs):
         model = V3LSTMModel(MODEL)
         model.load_state_dict(out.best_state)
         va = data.split("val")
-        unit = data.vol_scale[va].astype(np.float64)
+        unit = data.unit(MODEL.quantile_scale)[va].astype(np.float64)
         q = predict_quantiles_standardized(model, data, va) / unit[:, None]
         y = data.target[va]
         pin = quantile_pinball(torch.as_tensor(q, dtype=torch.float64),
