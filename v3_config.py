@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from v3_binance_data import api_urls_from_env
-from v3_cli import SOURCES, split_list
+from v3_cli import SOURCES
 from v3_common import (DEFAULT_COINS, DEFAULT_TIMEFRAMES, INTERVAL_MS, ConfigError,
                        check_interval, normalize_symbol, utc_minute)
 from v3_data_processor import WARMUP_CANDLES, FeatureConfig, check_feature_config
@@ -86,37 +86,6 @@ def demo_config() -> PipelineConfig:
         coins=DEMO_COINS, candles=2000, source="synthetic", preset="demo", upload=False,
         model=ModelConfig(hidden_size=32, num_layers=2),
         train=TrainConfig(epochs=5, patience=5))
-
-
-def config_from_args(args) -> PipelineConfig:
-    """The run's config from v3_colab_training's parsed options (v3_cli): the demo preset or
-    the guide's, with every option given replaced. Not yet checked (check_config)."""
-    cfg = demo_config() if args.demo else PipelineConfig()
-    train_over = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                                    ("learning_rate", args.learning_rate), ("device", args.device),
-                                    ("seed", args.seed), ("engine", args.engine),
-                                    ("threads", args.threads), ("stop_on", args.stop_on))
-                  if v is not None}
-    api_urls = split_list(args.api_urls)
-    top = {k: v for k, v in (("candles", args.candles), ("source", args.source),
-                             ("data_dir", args.data_dir), ("hf_repo", args.hf_repo),
-                             ("hf_folder", args.hf_folder),
-                             ("api_urls", api_urls or None),
-                             ("archive_url", args.archive_url),
-                             ("download_workers", args.download_workers),
-                             ("walk_forward", args.walk_forward),
-                             ("fee_per_side", args.fee_per_side)) if v is not None}
-    flags = {"hf_private": args.private, "refresh": args.refresh}
-    top.update({k: True for k, v in flags.items() if v})
-    if args.hf_repo:
-        top["upload"] = True
-    if args.no_upload:
-        top["upload"] = False
-    if args.no_progress or args.quiet:
-        top["show_progress"] = False
-    if args.quantile_scale:
-        top["model"] = dataclasses.replace(cfg.model, quantile_scale=args.quantile_scale)
-    return dataclasses.replace(cfg.with_training(**train_over), **top)
 
 
 def config_with(cfg: PipelineConfig, overrides: dict) -> PipelineConfig:

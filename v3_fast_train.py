@@ -42,7 +42,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from v3_common import ConfigError, V3Error, log, progress
+from v3_common import ConfigError, StorageError, V3Error, log, progress
 from v3_fast_group import TrainGroup
 from v3_lstm_model import V3LSTMModel
 from v3_trainer import TrainConfig, TrainJob
@@ -193,12 +193,18 @@ def _finish(group: TrainGroup, ms: list[int], *, on_done, on_error, out: dict) -
 
 
 def _save_running(group: TrainGroup) -> None:
-    """The resume state of every unfinished slot that has a checkpoint_fn."""
+    """The resume state of every unfinished slot that has a checkpoint_fn. One that cannot be
+    saved (a StorageError: a full disk, no permission) is logged and its model trains on: its
+    final save, in _finish, fails that pair alone, as the plain loop does."""
     ms = [m for m, s in enumerate(group.slots) if not s.finished and s.job.checkpoint_fn]
     if ms:
         cpu = group.cpu_blocks(ms)
         for m in ms:
-            _callback(group.slots[m].job.checkpoint_fn, group.resume_state(m, cpu))
+            try:
+                _callback(group.slots[m].job.checkpoint_fn, group.resume_state(m, cpu))
+            except StorageError as e:
+                log.warning("%s: its training state was not saved: %s", group.slots[m].job.desc,
+                            " ".join(str(e).split()))
 
 
 def _save_interrupted(group: TrainGroup) -> None:

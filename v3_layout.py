@@ -10,21 +10,24 @@
       results/predictions/SYMBOL_INTERVAL.csv  per-sample test predictions
       results/walk_forward/SYMBOL_INTERVAL_foldK.csv
       results/report.md, report.html, plots/*.png
+      .v3.lock, .v3.lock.holder             the run folder's lock and who holds it (v3_run_lock)
 
 Pipeline, hub, report and predict ask a `RunLayout` for paths instead of spelling them.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from v3_common import ConfigError, pair_key
+from v3_common import BaseDirError, pair_key
 
 RESULTS_FILE = "v3_training_results.json"
 CONFIG_FILE = "config.json"
 RENAMES_FILE = "symbol_renames.json"  # in data/: requested -> traded symbol (MATICUSDT -> POLUSDT)
+LOCK_FILE = ".v3.lock"
 MODEL_GLOB = "v3_model_*.pt"
 MODEL_NAME_RE = re.compile(r"v3_model_([A-Z0-9]+)_(\w+)\.pt$")
 
@@ -43,8 +46,9 @@ class RunLayout:
         object.__setattr__(self, "base_dir", Path(self.base_dir))
 
     def check_writable(self) -> None:
-        """Create base_dir and write (then remove) a probe file in it; ConfigError naming the
-        folder and the system's reason when that fails (a file, a read-only mount, /proc)."""
+        """Create base_dir and write (then remove) a probe file in it; BaseDirError (a
+        ConfigError) naming the folder and the system's reason when that fails (a file, a
+        read-only mount, /proc)."""
         base = self.base_dir
         if base.exists() and not base.is_dir():
             why = "it is a file, not a folder"
@@ -57,8 +61,9 @@ class RunLayout:
                 return
             except OSError as e:
                 what = "write a file in it" if base.is_dir() else "create it"
-                why = f"cannot {what}: {e.strerror or type(e).__name__}"
-        raise ConfigError(f"base_dir {base}: {why}. V3 writes its candles, models and results "
+                why = (f"cannot {what}: {e.strerror or type(e).__name__}"
+                       f" ({errno.errorcode.get(e.errno or 0, type(e).__name__)})")
+        raise BaseDirError(f"base_dir {base}: {why}. V3 writes its candles, models and results "
                           f"there: pass a folder you can write to (--base-dir DIR, V3_BASE_DIR "
                           f"or base_dir=).")
 
@@ -108,6 +113,16 @@ class RunLayout:
     @property
     def renames_path(self) -> Path:
         return self.data_dir / RENAMES_FILE
+
+    @property
+    def lock_path(self) -> Path:
+        """The run folder's lock (a FileLock: held while a step runs)."""
+        return self.base_dir / LOCK_FILE
+
+    @property
+    def lock_holder_path(self) -> Path:
+        """Who holds the lock (pid, host, since, command), for the second run's message."""
+        return self.base_dir / f"{LOCK_FILE}.holder"
 
     @property
     def report_md(self) -> Path:

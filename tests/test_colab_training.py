@@ -634,7 +634,7 @@ def test_a_bare_usd_coin_is_refused_with_the_usdt_pair(tmp_path, caplog):
 
 
 def _base_dir_error(base) -> str:
-    return (f"ConfigError: base_dir {base}: {{}}. V3 writes its candles, models and results "
+    return (f"BaseDirError: base_dir {base}: {{}}. V3 writes its candles, models and results "
             f"there: pass a folder you can write to (--base-dir DIR, V3_BASE_DIR or base_dir=).")
 
 
@@ -653,7 +653,7 @@ def test_a_base_dir_under_proc_is_a_named_error(caplog):
     """It was a raw FileNotFoundError with exit code 1."""
     assert main(["--demo", "--base-dir", "/proc/v3_output", "--no-progress"]) == 2
     assert _base_dir_error("/proc/v3_output").format(
-        "cannot create it: No such file or directory") in caplog.text
+        "cannot create it: No such file or directory (ENOENT)") in caplog.text
 
 
 def test_a_read_only_base_dir_is_refused_before_step_1(tmp_path, caplog, monkeypatch):
@@ -668,7 +668,7 @@ def test_a_read_only_base_dir_is_refused_before_step_1(tmp_path, caplog, monkeyp
     monkeypatch.setattr(Path, "write_bytes", read_only)
     assert main(["--demo", "--base-dir", str(tmp_path), "--no-progress"]) == 2
     assert _base_dir_error(tmp_path).format(
-        "cannot write a file in it: Read-only file system") in caplog.text
+        "cannot write a file in it: Read-only file system (EROFS)") in caplog.text
     assert "STEP 1/5" not in caplog.text and not (tmp_path / "data").exists()
 
 

@@ -41,7 +41,7 @@ def test_card_table_lists_failed_pairs_without_metrics():
                               "reason": "no data", "data": {"source": "binance"}}}
     card = build_model_card(results, None, repo_id="a/b")
     meta, rows = parse_card(card)
-    assert list(rows["ETHUSDT_1h"].values())[1:] == ["failed"] + ["-"] * 9 + ["binance"]
+    assert list(rows["ETHUSDT_1h"].values())[1:] == ["failed"] + ["-"] * 10 + ["binance"]
     assert len(CARD_COLUMNS) == len(rows["ETHUSDT_1h"])
     assert "synthetic-data" not in meta["tags"] and "Synthetic data" not in card
     assert "# V3 cryptocurrency forecasters: 0 BiLSTM-attention models" in card

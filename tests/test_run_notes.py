@@ -1,10 +1,14 @@
-"""v3_run_summary: the results table's notes and the one line on the intervals (issue 21)."""
+"""v3_run_notes: the results table's notes and the one line on the intervals (issue 21)."""
 from __future__ import annotations
 
-from v3_run_summary import data_rejected_note, interval_line, pair_note, results_table
+from pathlib import Path
+
+from v3_results import log_summary
+from v3_run_notes import data_rejected_note, interval_line, pair_note, still_refused
 
 
-def test_a_refused_download_is_the_note_of_a_pair_that_kept_its_model():
+def test_a_refused_download_is_the_note_of_a_pair_that_kept_its_model(caplog):
+    caplog.set_level("INFO", logger="v3")
     entry = {"status": "skipped", "skip_reason": "already trained: all 5 epochs (best 1)",
              "data_rejected": {"step": "download",
                                "reason": "/data/in/BTCUSDT_1h.csv: NaN or inf in ['close']"}}
@@ -12,10 +16,13 @@ def test_a_refused_download_is_the_note_of_a_pair_that_kept_its_model():
                                 "BTCUSDT_1h.csv: NaN or inf in ['close']")
     assert pair_note({"skip_reason": "already trained"}) == "already trained"
     assert data_rejected_note({"status": "success"}) == ""
-    table = results_table({"BTCUSDT_1h": entry}, [("BTCUSDT", "1h")])
-    assert table.splitlines()[1] == (
+    log_summary({"BTCUSDT_1h": entry}, [("BTCUSDT", "1h")], Path("results.json"))
+    assert caplog.records[-1].getMessage().splitlines()[2] == (
         "BTCUSDT_1h  skipped  -       -           -          -      earlier model kept; new "
         "candles failed download: BTCUSDT_1h.csv: NaN or inf in ['close']")
+    # step 3 accepting the earlier file does not undo a refused download; its own refusal goes
+    assert still_refused(entry, "preprocess") == entry["data_rejected"]
+    assert still_refused({"data_rejected": {"step": "preprocess"}}, "preprocess") is None
 
 
 def test_the_interval_line_gives_coverage_and_skill_against_garch_and_har():

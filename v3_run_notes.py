@@ -1,28 +1,43 @@
-"""What a run tells its user at the end of step 4, from the results JSON: the results table
-(one row per pair, with a note saying why a pair was skipped, failed, or kept its model when
-its new candles were refused) and one line on the intervals.
+"""What a run notes about a pair beyond its status, and the log's line on the intervals.
 
-    from v3_run_summary import results_table, interval_line, pair_note
-    print(results_table(results, [("BTCUSDT", "15m")]))
+    entry["data_rejected"] = refusal("BTCUSDT", "1h", "download", err)   # logs it
+    pair_note(entry)          # the results table's note: a refusal, a failure or a skip reason
     interval_line(results["_summary"].get("intervals"))   # None without interval blocks
 
-Pure functions of the results: the pipeline logs them, the report reuses `data_rejected_note`.
+A pair that has a model and whose newer candles a step refuses (a CSV with a NaN, a download
+that failed) keeps that model: its status stays `success` / `skipped`, and `data_rejected`
+{step, reason} says what happened, in the results table (v3_results.log_summary) and the
+report (v3_report). Pure functions of the results; nothing here writes.
 """
 from __future__ import annotations
 
 import re
 
-from v3_common import fmt_num, pair_key, plural, text_table
+from v3_common import fmt_num, log, plural
 
-RESULTS_HEAD = ("pair", "status", "MAPE %", "persist. %", "dir acc %", "n dir", "note")
-NOTE_WIDTH = 90  # the table's note column is shortened to this, at a word boundary
 CSV_PATH = re.compile(r"/[^/]+\.csv(\.gz)?:?$")  # a candle file's path, shown by its name
+
+
+def refusal(symbol: str, interval: str, step: str, err: BaseException) -> dict:
+    """The `data_rejected` block of a trained pair whose new candles failed `step`; logs it
+    as the error it is, saying that the model from the earlier candles is kept."""
+    reason = " ".join(str(err).split()) or type(err).__name__
+    log.error("%s %s: %s failed: %s. Kept the model trained on the earlier candles.",
+              symbol, interval, step, reason.rstrip("."))
+    return {"step": step, "reason": reason}
+
+
+def still_refused(entry: dict, step: str) -> dict | None:
+    """The pair's `data_rejected` once `step` has accepted its candles: a refusal by another
+    step (a download that failed, while step 3 read the earlier file) stays."""
+    dr = entry.get("data_rejected")
+    return None if not dr or dr.get("step") == step else dr
 
 
 def data_rejected_note(entry: dict) -> str:
     """'earlier model kept; new candles failed download: BTCUSDT_1h.csv: NaN ...' for a pair
-    with a model whose newer candles a step refused (`data_rejected`; folders left out of the
-    reason, which the log and the results give whole), else ''."""
+    whose newer candles a step refused (`data_rejected`; the file named without its folder,
+    which the log and the results give whole), else ''."""
     dr = entry.get("data_rejected") or {}
     if not dr:
         return ""
@@ -37,21 +52,8 @@ def pair_note(entry: dict) -> str:
             or "")
 
 
-def results_table(results: dict, pairs: list[tuple[str, str]]) -> str:
-    """The test-split table of step 4, one row per pair, the persistence baseline beside it."""
-    rows = []
-    for symbol, interval in pairs:
-        r = results.get(pair_key(symbol, interval), {})
-        t, b = r.get("test") or {}, (r.get("baseline") or {}).get("persistence") or {}
-        rows.append((pair_key(symbol, interval), r.get("status", "-"),
-                     fmt_num(t.get("mape"), ".4f"), fmt_num(b.get("mape"), ".4f"),
-                     fmt_num(t.get("directional_accuracy"), ".1f"),
-                     t.get("n_direction", "-"), pair_note(r)))
-    return text_table(RESULTS_HEAD, rows, max_width={6: NOTE_WIDTH})
-
-
 def interval_line(s: dict | None) -> str | None:
-    """'intervals (test split, N pairs): the 80 % range held on 80.3 % of candles (median; ...'
+    """'intervals (test split, N pairs): the 80 % range held on 80.3 % of the candles ...'
     from `_summary.intervals` (v3_interval_scores.summarize_intervals); None without it."""
     if not s or not s.get("n_pairs"):
         return None
