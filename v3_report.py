@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import re
 from pathlib import Path
 
 from v3_common import atomic_write_bytes, fmt_num, plural
@@ -425,8 +426,11 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;
 
 def to_html(blocks: list[tuple]) -> str:
     def inline(s: str) -> str:
-        parts = html.escape(s).split("**")
-        return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+        """Markdown's `code` and **bold**, escaped; a lone backtick stays a backtick."""
+        text = re.sub(r"`([^`]+)`", lambda m: f"\0{m.group(1)}\1", s)  # \0 \1: code marks
+        parts = html.escape(text).split("**")
+        text = "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+        return text.replace("\0", "<code>").replace("\1", "</code>")
 
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            "<title>V3 evaluation report</title>", f"<style>{_CSS}</style></head><body>"]

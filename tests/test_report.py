@@ -756,3 +756,12 @@ def test_interval_table_script_prints_every_trained_pair(run, capsys):
     # here: the same pairs, so the recomputed summary must be the stored one)
     assert mod.main(["--base-dir", str(p.base_dir), str(p.base_dir)]) == 0
     assert capsys.readouterr().out == out
+
+
+def test_html_renders_code_spans_instead_of_literal_backticks():
+    """Issue 21 item 7: report.html showed `_summary` with its backticks."""
+    from v3_report import to_html
+    page = to_html([("p", "Every number is in the JSON (under `_summary`); **all `k` pairs**, "
+                          "a < b, and one ` alone.")])
+    assert ("<p>Every number is in the JSON (under <code>_summary</code>); <strong>all "
+            "<code>k</code> pairs</strong>, a &lt; b, and one ` alone.</p>") in page
