@@ -310,19 +310,31 @@ if str(BASE_DIR) not in sys.path:
 for module in [m for m in sys.modules if m.startswith("v3_")]:
     del sys.modules[module]  # always run the modules cell 2 fetched last
 importlib.invalidate_caches()
-from v3_colab_training import DEMO_COINS, PipelineConfig, V3CoLabPipeline, demo_config
+from v3_colab_training import (DEMO_COINS, ConfigError, PipelineConfig, V3CoLabPipeline,
+                               demo_config)
+
+
+def env_int(name, default):
+    """A whole-number override from the environment (V3_EPOCHS, V3_CANDLES), or default."""
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a whole number: set it to one (for example "
+                          f"{name}=50) or unset it (os.environ.pop({name!r}))") from None
+
 
 config = demo_config() if DEMO else PipelineConfig()  # demo: synthetic candles, small model
 if DEMO and not env.get("V3_COINS"):
     COINS = DEMO_COINS
-if env.get("V3_EPOCHS"):
-    EPOCHS = int(env["V3_EPOCHS"])
-elif DEMO:
-    EPOCHS = None  # None keeps the preset's 5 epochs
+# None keeps the demo preset's 5 epochs
+EPOCHS = env_int("V3_EPOCHS", None if DEMO else EPOCHS)
 pipeline = V3CoLabPipeline(
     BASE_DIR, config=config, coins=COINS, timeframes=TIMEFRAMES, hf_repo=HF_REPO,
     upload=config.upload or HF_REPO is not None,  # the demo uploads only to a repo you name
-    candles=int(env.get("V3_CANDLES") or config.candles))
+    candles=env_int("V3_CANDLES", config.candles))
 try:
     results = pipeline.run_full_pipeline(epochs=EPOCHS, batch_size=32, learning_rate=0.001)
 except KeyboardInterrupt:

@@ -449,3 +449,16 @@ def test_readme_colab_section_links_the_notebook():
     assert "python v3_colab_cell.py" in section and NOTEBOOK_NAME in section
     for var in ("V3_BASE_DIR", "V3_REPO_URL", "V3_DEMO", "HF_TOKEN"):
         assert var in section
+
+
+@pytest.mark.parametrize("name", ["V3_EPOCHS", "V3_CANDLES"])
+def test_cell3_names_an_environment_variable_that_is_not_a_number(tmp_path, fake_pip, name):
+    """Issue 21 item 7: V3_EPOCHS=abc raised a raw ValueError ("invalid literal for int()")."""
+    env = _offline_env(tmp_path, fake_pip, V3_BASE_DIR=str(tmp_path / "content"),
+                       V3_DEMO="1", **{name: "abc"})
+    out = _run_cell(3, env, cwd=ROOT)
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[-1] == (
+        f"v3_common.ConfigError: {name}='abc' is not a whole number: set it to one (for example "
+        f"{name}=50) or unset it (os.environ.pop('{name}'))")
+    assert "invalid literal" not in out.stderr and not (tmp_path / "content" / "data").exists()
