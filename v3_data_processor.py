@@ -29,7 +29,7 @@ import pandas as pd
 
 from v3_common import (INTERVAL_MS, REQUIRED_COLUMNS, CheckpointError, ConfigError,
                        DamagedFileError, DataValidationError, InsufficientDataError, atomic_write_bytes,
-                       check_interval, log, plural, utc_minute)
+                       check_interval, log, plural, shorten, utc_minute)
 from v3_har import HarFit, fit_har, range_features
 from v3_indicators import FEATURE_DOCS, feature_names, indicator_table
 
@@ -328,7 +328,7 @@ class PreparedData:
             raise
         except NPZ_DAMAGE as e:
             raise DamagedFileError(f"{path} is damaged ({type(e).__name__}: "
-                                   f"{' '.join(str(e).split())[:160]}): step 3 (preprocess) "
+                                   f"{shorten(str(e), 160)}): step 3 (preprocess) "
                                    f"writes it again.", path=path) from e
 
     @classmethod

@@ -56,11 +56,16 @@ def plan_pair(layout: RunLayout, cfg, symbol: str, interval: str, *, retrain: bo
     key = f"{symbol}_{interval}"
     data = PreparedData.load(layout.processed_path(symbol, interval))
     resume = None if retrain else load_resume_state(layout.resume_path(symbol, interval))
-    if resume is not None and (resume.get("model_config") != cfg.model.to_dict() or
-                               resume.get("feature_config") != cfg.features.to_dict() or
-                               resume.get("feature_set_version") != FEATURE_SET_VERSION):
-        log.info("%s: the model or feature settings changed since the last training; "
-                 "training from scratch", key)
+    changed = settings_changed(resume, cfg) if resume is not None else []
+    if changed and resume.get("completed"):  # another run's finished model: say what goes
+        log.warning("%s: its finished model was trained with other settings (%s); this run "
+                    "trains it from scratch with its own, replacing %s and its training "
+                    "state. Use another --base-dir to keep both.", key, ", ".join(changed),
+                    layout.relative(layout.model_path(symbol, interval)))
+        resume = None
+    elif changed:
+        log.info("%s: the model or feature settings changed since the last training (%s); "
+                 "training from scratch", key, ", ".join(changed))
         resume = None
     as_trained = True
     if resume is not None and resume.get("data_fingerprint") != fingerprint(data):
@@ -100,6 +105,18 @@ def plan_pair(layout: RunLayout, cfg, symbol: str, interval: str, *, retrain: bo
                              desc=label))
 
 
+def settings_changed(resume: dict, cfg) -> list[str]:
+    """What differs between a training state's model and feature settings and `cfg`'s:
+    ['model hidden_size 128 -> 32', ...]; [] when it can be resumed."""
+    out = [f"feature set v{resume.get('feature_set_version')} -> v{FEATURE_SET_VERSION}"] \
+        if resume.get("feature_set_version") != FEATURE_SET_VERSION else []
+    for part, now in (("model", cfg.model.to_dict()), ("feature", cfg.features.to_dict())):
+        old = resume.get(f"{part}_config") or {}
+        out += [f"{part} {k} {old.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(old) | set(now))
+                if old.get(k) != now.get(k)]
+    return out
+
+
 def _skip_plan(layout: RunLayout, cfg, symbol: str, interval: str, reason: str,
                data: PreparedData | None, prior: dict) -> PairPlan | None:
     """The skip of a finished pair, or None when its model file is missing or damaged.
@@ -110,7 +127,7 @@ def _skip_plan(layout: RunLayout, cfg, symbol: str, interval: str, reason: str,
         loaded = load_model_file(layout.model_path(symbol, interval))
     except CheckpointError as e:
         log.warning("%s: its model file cannot be read (%s); training it again",
-                    key, " ".join(str(e).split())[:200])
+                    key, shorten(str(e), 200))
         return None
     ppath = layout.predictions_path(symbol, interval)
     problem = predictions_problem(ppath, data) if data is not None else None

@@ -516,9 +516,16 @@ def test_a_truncated_model_file_is_retrained_not_skipped(trained, tmp_path, capl
     p = V3CoLabPipeline(base, config=p0.config, coins=["BTCUSDT"], timeframes=["1h"])
     path = p.model_path("BTCUSDT", "1h")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    from v3_common import CheckpointError, shorten
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
     r = p.step_4_train_models(epochs=2)["BTCUSDT_1h"]
     assert r["status"] == "success"  # trained again, not "skipped, already trained"
-    assert "its model file cannot be read" in caplog.text
+    # issue 21 item 7: the reason was cut mid-word at 200 characters; now at a word, with '...'
+    assert len(str(err.value)) > 200
+    assert (f"BTCUSDT_1h: its model file cannot be read ({shorten(str(err.value), 200)}); "
+            f"training it again") in caplog.text
+    assert shorten(str(err.value), 200).endswith("...")
     load_checkpoint(path)  # whole again
 
 
@@ -829,3 +836,21 @@ def test_too_many_candles_are_refused_with_the_cap_and_why(tmp_path, caplog):
     # 70129 hourly candles end at 2025-01-01 and start on 2017-01-01: allowed
     cfg = dataclasses.replace(demo_config(), candles=70129, timeframes=("15m", "1h"))
     V3CoLabPipeline(tmp_path, config=cfg).checked_config()
+
+
+@pytest.mark.slow
+def test_a_run_with_other_settings_says_it_replaces_a_finished_model(tmp_path, caplog):
+    """Issue 21 item 7: a --demo run after a non-demo run retrained its finished pair and
+    overwrote its training state without a word (so resuming the first run retrained it
+    again). Now it says what changed and what it replaces."""
+    p = V3CoLabPipeline(tmp_path, config=tiny_config(), coins=["BTCUSDT"], timeframes=["1h"])
+    assert p.run_full_pipeline(epochs=2)["BTCUSDT_1h"]["status"] == "success"
+    other = tiny_config(model=dataclasses.replace(TINY_MODEL, hidden_size=12, num_layers=2))
+    caplog.clear()
+    q = V3CoLabPipeline(tmp_path, config=other, coins=["BTCUSDT"], timeframes=["1h"])
+    assert q.run_full_pipeline(epochs=2)["BTCUSDT_1h"]["status"] == "success"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert ("BTCUSDT_1h: its finished model was trained with other settings (model hidden_size "
+            "8 -> 12, model num_layers 1 -> 2); this run trains it from scratch with its own, "
+            "replacing all_models/v3_model_BTCUSDT_1h.pt and its training state. Use another "
+            "--base-dir to keep both.") in warnings
