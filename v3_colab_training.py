@@ -215,8 +215,9 @@ class V3CoLabPipeline:
         for symbol, interval in progress(pairs, enabled=c.show_progress, desc="features", unit="pair"):
             key = pair_key(symbol, interval)
             src, dst = self.layout.data_path(symbol, interval), self.processed_path(symbol, interval)
-            if not src.exists():
-                if self.store.status(key) != FAILED:
+            if not src.exists():  # (a refused download says why already)
+                if self.store.status(key) != FAILED and not self.store.entry(key).get(
+                        "data_rejected"):
                     self.store.fail(symbol, interval, "preprocess", ConfigError(
                         f"no data file {src.name}: run step 2 (download) first."))
                 continue

@@ -854,3 +854,20 @@ def test_a_run_with_other_settings_says_it_replaces_a_finished_model(tmp_path, c
             "8 -> 12, model num_layers 1 -> 2); this run trains it from scratch with its own, "
             "replacing all_models/v3_model_BTCUSDT_1h.pt and its training state. Use another "
             "--base-dir to keep both.") in warnings
+
+
+@pytest.mark.slow
+def test_a_refused_download_whose_earlier_candles_moved_aside_still_says_why(trained_from_csv,
+                                                                            tmp_path, caplog):
+    """A delisted pair's old candles are moved to data/stale/: its model (and features) are
+    still kept by step 4, and the refusal, not 'no data file: run step 2', is the note."""
+    import shutil
+    shutil.copytree(trained_from_csv, tmp_path / "run")
+    base, csv = tmp_path / "run" / "out", tmp_path / "run" / "csv"
+    _break_csv(csv / "BTCUSDT_1h.csv", "nan")
+    (base / "data" / "BTCUSDT_1h.csv").unlink()
+    p = V3CoLabPipeline(base, config=tiny_config(source="csv", data_dir=str(csv)),
+                        coins=["BTCUSDT"], timeframes=["1h"])
+    r = p.run_full_pipeline(epochs=2)["BTCUSDT_1h"]
+    assert r["status"] == "skipped" and r["data_rejected"]["step"] == "download"
+    assert "no data file" not in caplog.text and "preprocess failed" not in caplog.text
