@@ -1,8 +1,8 @@
 """One group of v3_fast_train's fast engine: M jobs trained as one batched computation.
 
 `TrainGroup` holds every weight, AdamW moment and best weight of its M models stacked along a
-leading model axis, each model's `GroupSlot` (its place in the group and its early-stopping
-bookkeeping, as v3_trainer.train_model keeps it), the static per-batch tables, the training
+leading model axis, each model's `GroupSlot` (its place in the group, and the RunRecord of
+v3_train_state that v3_trainer.train_model keeps too), the static per-batch tables, the training
 step (captured in a CUDA graph on CUDA), one epoch with its validation pass, re-packing when
 models finish, and each model's results in train_model's formats (TrainOutcome, the resume
 state). v3_fast_train groups the jobs and runs the groups; the kernels are v3_fast_kernels'.
@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from v3_checkpoint import RESUME_FORMAT
 from v3_common import log
 from v3_fast_kernels import (block_layout, cosine_warm_restarts_lr, grouped_adamw_,
                              grouped_forward_with_quantiles, pack_states, pick_cell, unpack_state)
 from v3_lstm_model import ModelConfig, V3LSTMModel, quantile_pinball
-from v3_trainer import TrainJob, TrainOutcome, stop_loss
+from v3_train_state import RunRecord
+from v3_trainer import TrainJob, TrainOutcome
 
 EVAL_ROWS = 4096              # validation windows per chunk, over all models of a group
 GRAPH_WARMUP_STEPS = 2        # eager steps on a side stream before capture, as torch's docs do
@@ -29,21 +29,14 @@ GRAPH_WARMUP_STEPS = 2        # eager steps on a side stream before capture, as 
 
 @dataclass
 class GroupSlot:
-    """One job's place in a group, and its early-stopping bookkeeping (as train_model's)."""
+    """One job's place in a group, and its run's RunRecord (v3_train_state, as train_model's)."""
     job: TrainJob
     n_train: int
     n_batches: int
     n_val: int
-    start_epoch: int = 0
-    epoch: int = 0
-    best_val: float = float("inf")
-    best_epoch: int = 0
-    bad: int = 0
+    record: RunRecord
     has_best: bool = False
-    stopped_early: bool = False
-    history: list = field(default_factory=list)
     finished: bool = False
-    seconds_before: float = 0.0     # training time of the runs this one resumes
 
 
 def _initial_state(job, cfg, cache: dict) -> dict:
@@ -110,20 +103,14 @@ class TrainGroup:
         states, best_states, opt_states = [], [], []
         self.slots: list[GroupSlot] = []
         for job in jobs:
-            d = job.data
-            n_train = int(d.n_train)
-            slot = GroupSlot(job=job, n_train=n_train, n_val=int(d.n_val),
-                         n_batches=(n_train + cfg.batch_size - 1) // cfg.batch_size)
-            r = job.resume
+            n_train, r = int(job.data.n_train), job.resume
+            slot = GroupSlot(job=job, n_train=n_train, n_val=int(job.data.n_val),
+                             n_batches=(n_train + cfg.batch_size - 1) // cfg.batch_size,
+                             record=RunRecord.from_resume(r, t_start=self.t_start))
             if r:
                 states.append(r["model_state"])
                 opt_states.append(r.get("optimizer_state"))
-                slot.start_epoch = slot.epoch = int(r["epoch"])
-                slot.best_val, slot.best_epoch = float(r["best_val_loss"]), int(r["best_epoch"])
-                slot.history = list(r.get("history", []))
-                slot.bad = 0 if r.get("stopped_early") else int(r.get("bad_epochs", 0))
                 slot.has_best = r.get("best_state") is not None
-                slot.seconds_before = float(r.get("train_seconds", 0.0))
                 best_states.append(r["best_state"] if slot.has_best else r["model_state"])
             else:
                 states.append(_initial_state(job, cfg, init_cache))
@@ -303,9 +290,9 @@ class TrainGroup:
         perms: dict = {}
         for m in active:
             s = self.slots[m]
-            d, ep = s.job.data, s.epoch
+            d, ep = s.job.data, s.record.epoch
             if (s.n_train, ep) not in perms:
-                torch.manual_seed(c.seed * 100_003 + ep)  # as train_model: (seed, epoch)
+                torch.manual_seed(RunRecord.epoch_seed(c.seed, ep))  # as train_model
                 perms[(s.n_train, ep)] = torch.randperm(s.n_train, device="cpu").numpy()
             perm = perms[(s.n_train, ep)]
             tr, nb_m = d.split("train"), s.n_batches
@@ -327,7 +314,8 @@ class TrainGroup:
                          (self.do_tab, do)):
             dst.copy_(torch.from_numpy(src))
         # dropout masks: one stream for the group, seeded by (seed, epoch) like the shuffles
-        torch.manual_seed(c.seed * 100_003 + min(self.slots[m].epoch for m in active) + 7919)
+        first = min(self.slots[m].record.epoch for m in active)
+        torch.manual_seed(RunRecord.epoch_seed(c.seed, first) + 7919)
         return max(self.slots[m].n_batches for m in active)
 
     @torch.no_grad()
@@ -374,27 +362,15 @@ class TrainGroup:
             [val, self.sse.to(val.dtype), val_pin, self.spin.to(val.dtype)]).cpu().tolist()
         improved, done = [], []
         for m in active:
-            s = self.slots[m]
-            s.epoch += 1
-            val_loss, train_loss = float(val_host[m]), float(sse_host[m]) / s.n_train
-            entry = {"epoch": s.epoch, "train_loss": train_loss, "val_loss": val_loss,
-                     "lr": self._lr(float(s.epoch))}
-            if self.with_q:
-                entry.update(train_pinball=float(spin_host[m]) / s.n_train,
-                             val_pinball=float(vpin_host[m]))
-            entry["val_stop"] = stop = stop_loss(c.stop_on, val_loss, entry.get("val_pinball"),
-                                                 self.q_weight)
-            s.history.append(entry)
-            if stop < s.best_val - c.min_delta:
-                s.best_val, s.best_epoch, s.bad, s.has_best = stop, s.epoch, 0, True
+            s, rec = self.slots[m], self.slots[m].record
+            if rec.end_epoch(c, train_loss=float(sse_host[m]) / s.n_train,
+                             val_loss=float(val_host[m]), lr=self._lr(float(rec.epoch + 1)),
+                             q_weight=self.q_weight, with_quantiles=self.with_q,
+                             train_pinball=float(spin_host[m]) / s.n_train,
+                             val_pinball=float(vpin_host[m]), desc=s.job.desc):
+                s.has_best = True
                 improved.append(m)
-            else:
-                s.bad += 1
-            if c.early_stopping and s.bad >= c.patience:
-                s.stopped_early = True
-                log.info("%s: early stop at epoch %d (best %.5f at epoch %d)",
-                         s.job.desc, s.epoch, s.best_val, s.best_epoch)
-            if s.stopped_early or s.epoch >= c.epochs:
+            if rec.finished(c.epochs):
                 s.finished = True
                 done.append(m)
         if improved:
@@ -448,16 +424,17 @@ class TrainGroup:
     def resume_state(self, m: int, cpu: dict) -> dict:
         """Slot m's training state in train_model's resume format (RESUME_FORMAT)."""
         c, s, r = self.cfg, self.slots[m], cpu["row"][m]
+        rec = s.record
         model_state = unpack_state(cpu["params"], self.layout, r)
         model = V3LSTMModel(self.model_cfg)
         model.load_state_dict(model_state)
         opt = torch.optim.AdamW(model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
             opt, T_0=c.scheduler_t0, T_mult=c.scheduler_t_mult, eta_min=c.eta_min)
-        if s.epoch > 0:
+        if rec.epoch > 0:
             with warnings.catch_warnings():  # stepping the scheduler with no optimizer step
                 warnings.simplefilter("ignore")
-                sched.step(float(s.epoch))
+                sched.step(float(rec.epoch))
         step = float(cpu["steps"][r])
         if step > 0:
             avg = unpack_state(cpu["exp_avg"], self.layout, r)
@@ -466,19 +443,14 @@ class TrainGroup:
                 opt.state[p] = {"step": torch.tensor(step), "exp_avg": avg[name],
                                 "exp_avg_sq": avg_sq[name]}
         best = unpack_state(cpu["best"], self.layout, r) if s.has_best else model_state
-        return {"format": RESUME_FORMAT, "model_state": model_state,
-                "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict(),
-                "scaler_state": {}, "epoch": s.epoch, "best_val_loss": s.best_val,
-                "best_epoch": s.best_epoch, "best_state": best, "bad_epochs": s.bad,
-                "stopped_early": s.stopped_early, "history": list(s.history),
-                "epochs_requested": c.epochs, "train_config": c.to_dict(),
-                "train_seconds": s.seconds_before + time.monotonic() - self.t_start}
+        return rec.resume_dict(c, model_state=model_state, optimizer_state=opt.state_dict(),
+                               scheduler_state=sched.state_dict(), best_state=best)
 
     def outcome(self, m: int, cpu: dict) -> TrainOutcome:
-        s = self.slots[m]
+        rec = self.slots[m].record
         state = self.resume_state(m, cpu)
-        return TrainOutcome(best_state=state["best_state"], best_val_loss=s.best_val,
-                            best_epoch=s.best_epoch, epochs_done=s.epoch,
-                            stopped_early=s.stopped_early, history=list(s.history),
+        return TrainOutcome(best_state=state["best_state"], best_val_loss=rec.best_val,
+                            best_epoch=rec.best_epoch, epochs_done=rec.epoch,
+                            stopped_early=rec.stopped_early, history=list(rec.history),
                             resume_state=state, seconds=state["train_seconds"],
                             engine="fast-graph" if self.graph is not None else "fast-eager")

@@ -204,40 +204,40 @@ def _save_running(group: TrainGroup) -> None:
 def _save_interrupted(group: TrainGroup) -> None:
     """On KeyboardInterrupt: save the unfinished slots that trained an epoch in this run."""
     ms = [m for m, s in enumerate(group.slots)
-          if not s.finished and s.job.checkpoint_fn and s.epoch > s.start_epoch]
+          if not s.finished and s.job.checkpoint_fn and s.record.epoch > s.record.start_epoch]
     cpu = group.cpu_blocks(ms) if ms else {}
     for m in ms:
         s = group.slots[m]
         _callback(s.job.checkpoint_fn, group.resume_state(m, cpu))
         log.warning("%s: interrupted after epoch %d; its state is saved, re-run to "
-                    "resume", s.job.desc, s.epoch)
+                    "resume", s.job.desc, s.record.epoch)
 
 
 def _run_group(group: TrainGroup, cfg, *, show_progress: bool, on_done, on_error, out: dict,
                on_epoch=None) -> None:
     last_save = time.monotonic()
     save_every_s = cfg.checkpoint_every_s
-    first = min(s.epoch for s in group.slots)
+    first = min(s.record.epoch for s in group.slots)
     bar = progress(total=max(0, cfg.epochs - first), enabled=show_progress, unit="epoch",
                    desc=f"train {len(group.slots)} models (fast)")
     try:
         for s in group.slots:  # resumed jobs that have nothing left to train
-            if s.epoch >= cfg.epochs:
+            if s.record.epoch >= cfg.epochs:
                 s.finished = True
         _finish(group, [m for m, s in enumerate(group.slots) if s.finished],
                 on_done=on_done, on_error=on_error, out=out)
         while any(not s.finished for s in group.slots):
             if group.idle_fraction() >= REPACK_IDLE_FRACTION:
                 group.repack()
-            before = min(s.epoch for s in group.slots if not s.finished)
+            before = min(s.record.epoch for s in group.slots if not s.finished)
             done = group.run_epoch()
             _finish(group, done, on_done=on_done, on_error=on_error, out=out)
             live = [s for s in group.slots if not s.finished]
-            bar.update(min((s.epoch for s in live), default=cfg.epochs) - before)
-            vals = [s.history[-1]["val_loss"] for s in group.slots if s.history]
+            bar.update(min((s.record.epoch for s in live), default=cfg.epochs) - before)
+            vals = [s.record.history[-1]["val_loss"] for s in group.slots if s.record.history]
             bar.set_postfix(training=len(live), val=f"{np.mean(vals):.4f}" if vals else "-")
             if on_epoch:
-                _callback(on_epoch, min((s.epoch for s in live), default=cfg.epochs), len(live))
+                _callback(on_epoch, min((s.record.epoch for s in live), default=cfg.epochs), len(live))
             if live and time.monotonic() - last_save >= save_every_s:
                 t_save = time.monotonic()
                 _save_running(group)

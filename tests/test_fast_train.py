@@ -489,7 +489,7 @@ def test_a_failure_inside_torch_hands_unfinished_models_to_the_plain_loop(pairs,
     real = fast_group.TrainGroup.run_epoch
 
     def oom_in_epoch_2(self):
-        if min(s.epoch for s in self.slots) == 1:
+        if min(s.record.epoch for s in self.slots) == 1:
             raise RuntimeError("CUDA out of memory (test)")
         return real(self)
 
