@@ -130,8 +130,11 @@ class TrainGroup:
     # -- set-up ---------------------------------------------------------------------------
     def _optimizer_blocks(self, opt_states: list):
         """AdamW moments as blocks, from each job's saved torch AdamW state (or zeros), and
-        each model's step count. torch numbers the state by named_parameters order."""
-        index = {n: i for i, n in enumerate(self.param_names)}
+        each model's step count. torch numbers the state by named_parameters order (not the
+        blocks' order: nn.LSTM lists a layer's forward weights, then its reverse ones)."""
+        with torch.device("meta"):   # names only: no memory, no draw from the generator
+            names = [n for n, _ in V3LSTMModel(self.model_cfg).named_parameters()]
+        index = {n: i for i, n in enumerate(names)}
         avg = {b: torch.zeros_like(t) for b, t in self.params.items()}
         avg_sq = {b: torch.zeros_like(t) for b, t in self.params.items()}
         steps = []

@@ -35,6 +35,7 @@ from v3_market_data import synthetic_klines
 from v3_engine import train_jobs
 from v3_checkpoint import load_checkpoint, model_from_checkpoint
 from v3_trainer import TrainConfig, TrainJob, predict_quantiles_standardized, predict_standardized
+from tests.conftest import assert_same_state, without_time
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (bench/run_gpu_check.sh)")
@@ -344,6 +345,18 @@ def test_checkpoints_during_training_and_on_interrupt(pairs, monkeypatch, caplog
     for key in out:
         assert out[key].epochs_done == 6
         assert_same_training(whole[key], out[key])
+
+
+def test_a_saved_state_comes_back_into_a_group_unchanged(pairs):
+    """A resume state (after AdamW steps) packed into a new group and written out again is
+    the same state, every tensor exact: the moments go back to the parameters they belong to
+    (torch numbers them in named_parameters order, not in the blocks' order)."""
+    one, cfg = dict(list(pairs.items())[:1]), dataclasses.replace(TRAIN, epochs=1, engine="fast")
+    state = train_jobs(make_jobs(one), cfg, show_progress=False)["BTCUSDT"].resume_state
+    assert state["optimizer_state"]["state"][0]["step"] > 0
+    group = fast_group.TrainGroup([dataclasses.replace(j, resume=state) for j in make_jobs(one)],
+                                  cfg, torch.device("cpu"), use_graph=False, label="t")
+    assert_same_state(without_time(group.resume_state(0, group.cpu_blocks([0]))), without_time(state))
 
 
 def test_a_step_on_padded_tables_changes_nothing(pairs):
