@@ -9,6 +9,7 @@ state). v3_fast_train groups the jobs and runs the groups; the kernels are v3_fa
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -37,6 +38,16 @@ class GroupSlot:
     record: RunRecord
     has_best: bool = False
     finished: bool = False
+
+
+@dataclass
+class GroupState:
+    """A group's training state at the end of an epoch: its slots (each with a copy of its
+    record) and copies of its stacked blocks, on the device. TrainGroup.saved is the latest,
+    what a KeyboardInterrupt saves: never the half-trained epoch."""
+    slots: list[GroupSlot]
+    blocks: dict                    # 'params', 'best', 'exp_avg', 'exp_avg_sq': {block: (M, ...)}
+    steps: torch.Tensor             # (M,) AdamW steps
 
 
 def _initial_state(job, cfg, cache: dict) -> dict:
@@ -95,6 +106,7 @@ class TrainGroup:
         self.cell = pick_cell(device)
         self.use_graph = use_graph and device.type == "cuda"
         self.graph = None
+        self.saved: GroupState | None = None   # the state after the last finished epoch
         self.with_q = bool(self.model_cfg.quantiles)          # the quantile head
         self.q_weight = float(self.model_cfg.quantile_weight)
         self.q_levels = torch.tensor(self.model_cfg.quantiles, dtype=torch.float32, device=device)
@@ -381,6 +393,7 @@ class TrainGroup:
             with torch.no_grad():
                 for b, t in self.params.items():
                     self.best[b].index_copy_(0, idx, t.detach().index_select(0, idx))
+        self.keep_state()
         return done
 
     # -- leaving the group ------------------------------------------------------------------
@@ -413,20 +426,34 @@ class TrainGroup:
                  len(keep), M_old)
 
     # -- results ----------------------------------------------------------------------------
-    def cpu_blocks(self, ms: list[int]) -> dict:
-        """Weights, best weights, AdamW moments and step counts of slots `ms`, copied to the
-        CPU once per block; resume_state(m, cpu) slices them."""
+    def _blocks(self) -> dict:
+        return {"params": self.params, "best": self.best, "exp_avg": self.exp_avg,
+                "exp_avg_sq": self.exp_avg_sq}
+
+    @torch.no_grad()
+    def keep_state(self) -> None:
+        """Keep the state of now (an epoch boundary) as `saved`: one copy of every block on
+        the device (cheaper than to the CPU: no transfer, no wait) and of every record."""
+        self.saved = GroupState(
+            slots=[dataclasses.replace(s, record=s.record.copy()) for s in self.slots],
+            blocks={n: {b: t.detach().clone() for b, t in d.items()} for n, d in self._blocks().items()},
+            steps=self.steps.clone())
+
+    def cpu_blocks(self, ms: list[int], state: GroupState | None = None) -> dict:
+        """Weights, best weights, AdamW moments and step counts of slots `ms` (of the group
+        now, or of `state`), copied to the CPU once per block; resume_state(m, cpu) slices them."""
+        blocks, steps = (state.blocks, state.steps) if state else (self._blocks(), self.steps)
         idx = torch.tensor(ms, device=self.device)
-        cpu = {"row": {m: r for r, m in enumerate(ms)}, "steps": self.steps.index_select(0, idx).cpu()}
+        cpu = {"row": {m: r for r, m in enumerate(ms)}, "steps": steps.index_select(0, idx).cpu()}
         with torch.no_grad():
-            for name, d in (("params", self.params), ("best", self.best),
-                            ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+            for name, d in blocks.items():
                 cpu[name] = {b: t.detach().index_select(0, idx).cpu() for b, t in d.items()}
         return cpu
 
-    def resume_state(self, m: int, cpu: dict) -> dict:
-        """Slot m's training state in train_model's resume format (RESUME_FORMAT)."""
-        c, s, r = self.cfg, self.slots[m], cpu["row"][m]
+    def resume_state(self, m: int, cpu: dict, state: GroupState | None = None) -> dict:
+        """Slot m's training state (of the group now, or of `state`) in train_model's resume
+        format (RESUME_FORMAT)."""
+        c, s, r = self.cfg, (state or self).slots[m], cpu["row"][m]
         rec = s.record
         model_state = unpack_state(cpu["params"], self.layout, r)
         model = V3LSTMModel(self.model_cfg)

@@ -45,6 +45,7 @@ import torch
 from v3_common import ConfigError, V3Error, log, progress
 from v3_fast_group import TrainGroup
 from v3_lstm_model import V3LSTMModel
+from v3_train_state import log_interrupted
 from v3_trainer import TrainConfig, TrainJob
 
 REPACK_IDLE_FRACTION = 0.25   # re-pack a group once this share of its slots has finished
@@ -69,9 +70,10 @@ def _group_jobs(jobs: list, cfg, device: torch.device) -> list[list]:
         nd = 2 if mc.bidirectional else 1
         n_params = sum(p.numel() for p in V3LSTMModel(mc).parameters())
         # a step keeps ~20 floats per (layer, direction, time step, sample, hidden unit)
-        # for the backward; weights, gradients, AdamW moments and best weights ~8 copies
+        # for the backward; weights, gradients, AdamW moments and best weights ~8 copies,
+        # and the copy of the last finished epoch's (TrainGroup.keep_state) 4 more
         per_model = 4 * (20 * mc.hidden_size * nd * mc.num_layers * T * cfg.batch_size
-                         + 8 * n_params)
+                         + 12 * n_params)
         size = max(1, min(size, int(0.5 * free) // per_model))
     return [g[i:i + size] for g in by_key.values() for i in range(0, len(g), size)]
 
@@ -193,24 +195,31 @@ def _finish(group: TrainGroup, ms: list[int], *, on_done, on_error, out: dict) -
 
 
 def _save_running(group: TrainGroup) -> None:
-    """The resume state of every unfinished slot that has a checkpoint_fn."""
-    ms = [m for m, s in enumerate(group.slots) if not s.finished and s.job.checkpoint_fn]
+    """The resume state of every unfinished slot that has a checkpoint_fn (group.saved: the
+    state after the epoch just finished)."""
+    state = group.saved
+    ms = [m for m, s in enumerate(state.slots) if not s.finished and s.job.checkpoint_fn]
     if ms:
-        cpu = group.cpu_blocks(ms)
+        cpu = group.cpu_blocks(ms, state)
         for m in ms:
-            _callback(group.slots[m].job.checkpoint_fn, group.resume_state(m, cpu))
+            _callback(state.slots[m].job.checkpoint_fn, group.resume_state(m, cpu, state))
 
 
 def _save_interrupted(group: TrainGroup) -> None:
-    """On KeyboardInterrupt: save the unfinished slots that trained an epoch in this run."""
-    ms = [m for m, s in enumerate(group.slots)
-          if not s.finished and s.job.checkpoint_fn and s.record.epoch > s.record.start_epoch]
-    cpu = group.cpu_blocks(ms) if ms else {}
+    """On KeyboardInterrupt: save the state after the last finished epoch (group.saved,
+    never the half-trained one) of the slots that were unfinished then and trained an epoch
+    in this run, so a resumed run repeats the interrupted epoch from its start. (A slot that
+    had just finished is not saved: its last saved state repeats its last epochs.)"""
+    state = group.saved
+    if state is None:
+        return
+    ms = [m for m, s in enumerate(state.slots) if not s.finished and s.job.checkpoint_fn
+          and s.record.epoch > s.record.start_epoch]
+    cpu = group.cpu_blocks(ms, state) if ms else {}
     for m in ms:
-        s = group.slots[m]
-        _callback(s.job.checkpoint_fn, group.resume_state(m, cpu))
-        log.warning("%s: interrupted after epoch %d; its state is saved, re-run to "
-                    "resume", s.job.desc, s.record.epoch)
+        s = state.slots[m]
+        _callback(s.job.checkpoint_fn, group.resume_state(m, cpu, state))
+        log_interrupted(s.job.desc, s.record.epoch)
 
 
 def _run_group(group: TrainGroup, cfg, *, show_progress: bool, on_done, on_error, out: dict,

@@ -51,6 +51,12 @@ def cpu_copy(obj):
     return obj
 
 
+def log_interrupted(desc: str, epoch: int) -> None:
+    """The warning both engines give when a KeyboardInterrupt saved a model's state."""
+    log.warning("%s: interrupted after epoch %d; its state is saved, re-run to resume (from "
+                "the start of epoch %d)", desc, epoch, epoch + 1)
+
+
 @dataclass
 class RunRecord:
     """The bookkeeping of one model's training run (both engines). `cfg` arguments are the

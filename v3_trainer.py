@@ -37,7 +37,7 @@ import torch.nn as nn
 from v3_common import ConfigError, log, progress
 from v3_data_processor import PreparedData
 from v3_lstm_model import ModelConfig, V3LSTMModel, quantile_pinball
-from v3_train_state import STOP_ON, RunRecord
+from v3_train_state import STOP_ON, RunRecord, cpu_copy, log_interrupted
 
 
 @dataclass(frozen=True)
@@ -298,11 +298,27 @@ def _on_device(data: PreparedData, device: torch.device, quantile_scale: str) ->
                      train_yq=yq[tr], val_yq=yq[va])
 
 
-def _train_epoch(run: _PlainRun, d: _OnDevice, ep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One epoch over the shuffled training samples (seeded by (seed, epoch)); returns the
-    summed MSE and pinball loss, still on the device."""
+def _batch_loss(run: _PlainRun, d: _OnDevice, b: torch.Tensor):
+    """(loss, MSE, pinball or None) of the training samples `b`: the loss is what backward
+    sees, MSE + quantile_weight x pinball with a quantile head."""
+    model = run.model
+    x = _batch_windows(d.feats, d.train_ends[b], d.offsets)  # (B, T, K)
+    with run.autocast():
+        if model.has_quantiles:
+            pred, q = model.forward_with_quantiles(x)
+            mse = nn.functional.mse_loss(pred.float(), d.train_y[b])
+            pin = quantile_pinball(q.float(), d.train_yq[b], model.quantile_levels).mean()
+            return mse + run.q_weight * pin, mse, pin
+        mse = nn.functional.mse_loss(model(x).float(), d.train_y[b])
+    return mse, mse, None
+
+
+def _train_epoch(run: _PlainRun, d: _OnDevice, ep: int, *,
+                 max_batches: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch over the shuffled training samples (seeded by (seed, epoch)), or its first
+    `max_batches` batches; returns the summed MSE and pinball loss, still on the device."""
     cfg, model, opt, scaler = run.cfg, run.model, run.opt, run.scaler
-    device, with_q = d.feats.device, model.has_quantiles
+    device = d.feats.device
     n_train = len(d.train_ends)
     n_batches = (n_train + cfg.batch_size - 1) // cfg.batch_size
     torch.manual_seed(RunRecord.epoch_seed(cfg.seed, ep))  # dropout and shuffle: (seed, epoch)
@@ -311,20 +327,12 @@ def _train_epoch(run: _PlainRun, d: _OnDevice, ep: int) -> tuple[torch.Tensor, t
     loss_sum = torch.zeros((), device=device)
     pin_sum = torch.zeros((), device=device)
     opt.zero_grad(set_to_none=True)
-    for i in range(n_batches):
+    for i in range(n_batches if max_batches is None else min(n_batches, max_batches)):
         b = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-        x = _batch_windows(d.feats, d.train_ends[b], d.offsets)  # (B, T, K)
-        with run.autocast():
-            if with_q:
-                pred, q = model.forward_with_quantiles(x)
-                mse = nn.functional.mse_loss(pred.float(), d.train_y[b])
-                pin = quantile_pinball(q.float(), d.train_yq[b], model.quantile_levels).mean()
-                loss = mse + run.q_weight * pin
-            else:
-                mse = loss = nn.functional.mse_loss(model(x).float(), d.train_y[b])
+        loss, mse, pin = _batch_loss(run, d, b)
         scaler.scale(loss / cfg.grad_accum_steps).backward()
         loss_sum += mse.detach() * len(b)
-        if with_q:
+        if pin is not None:
             pin_sum += pin.detach() * len(b)
         if (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == n_batches:
             scaler.unscale_(opt)
@@ -356,12 +364,13 @@ def _end_epoch(run: _PlainRun, d: _OnDevice, loss_sum: torch.Tensor, pin_sum: to
 
 
 def _resume_state(run: _PlainRun) -> dict:
-    """Everything needed to continue the run (RESUME_FORMAT), on the CPU."""
+    """Everything needed to continue the run (RESUME_FORMAT), copied to the CPU: later
+    steps do not change it, so train_model keeps the one of the last finished epoch."""
     model, scaler = run.model, run.scaler
     return run.record.resume_dict(
-        run.cfg, model_state=_cpu_state(model), optimizer_state=run.opt.state_dict(),
-        scheduler_state=run.sched.state_dict(),
-        scaler_state=scaler.state_dict() if scaler.is_enabled() else {},
+        run.cfg, model_state=_cpu_state(model), optimizer_state=cpu_copy(run.opt.state_dict()),
+        scheduler_state=cpu_copy(run.sched.state_dict()),
+        scaler_state=cpu_copy(scaler.state_dict()) if scaler.is_enabled() else {},
         best_state=run.best_state if run.best_state is not None else _cpu_state(model))
 
 
@@ -373,6 +382,9 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
     `resume` is a previous outcome's `resume_state`: training continues from its last epoch
     (weights, optimizer and scheduler state) up to `cfg.epochs`. `checkpoint_fn(resume_state)`
     is called every `cfg.checkpoint_every_s` seconds, at the end, and on KeyboardInterrupt.
+    An interrupt saves the state after the last finished epoch (kept on the CPU after every
+    epoch), never the half-trained one, so the resumed run repeats the interrupted epoch from
+    its start and ends exactly as an uninterrupted run would.
     """
     check_train_config(cfg)
     device = resolve_device(cfg.device)
@@ -380,22 +392,23 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
     d = _on_device(data, device, model_cfg.quantile_scale)
     rec = run.record
     rec.t_start = last_save = time.monotonic()
-    start_epoch = rec.start_epoch
-    bar = progress(range(start_epoch, cfg.epochs), enabled=show_progress, desc=desc, unit="epoch",
-                   total=cfg.epochs, initial=start_epoch)
+    bar = progress(range(rec.start_epoch, cfg.epochs), enabled=show_progress, desc=desc,
+                   unit="epoch", total=cfg.epochs, initial=rec.start_epoch)
+    saved = None                    # the resume state after the last epoch this run finished
     try:
         for ep in bar:
             loss_sum, pin_sum = _train_epoch(run, d, ep)
-            if _end_epoch(run, d, loss_sum, pin_sum, bar, desc):
+            stop = _end_epoch(run, d, loss_sum, pin_sum, bar, desc)
+            saved = _resume_state(run)
+            if stop:
                 break
             if checkpoint_fn and time.monotonic() - last_save >= cfg.checkpoint_every_s:
-                checkpoint_fn(_resume_state(run))
+                checkpoint_fn(dict(saved))
                 last_save = time.monotonic()
     except KeyboardInterrupt:
-        if checkpoint_fn and rec.epoch > start_epoch:
-            checkpoint_fn(_resume_state(run))
-            log.warning("%s: interrupted after epoch %d; its state is saved, re-run to resume",
-                        desc, rec.epoch)
+        if checkpoint_fn and saved is not None:
+            checkpoint_fn(dict(saved))
+            log_interrupted(desc, saved["epoch"])
         raise
     finally:
         bar.close()

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hst
 
 import v3_fast_group as fast_group
 import v3_fast_kernels as kernels
@@ -345,6 +347,80 @@ def test_checkpoints_during_training_and_on_interrupt(pairs, monkeypatch, caplog
     for key in out:
         assert out[key].epochs_done == 6
         assert_same_training(whole[key], out[key])
+
+
+# dropout, so the group's random masks must repeat too; 8, 10 and 11 batches an epoch
+INTERRUPT_MODEL = dataclasses.replace(MODEL, dropout=0.3)
+INTERRUPT_TRAIN = dataclasses.replace(TRAIN, epochs=3, early_stopping=False, engine="fast")
+
+
+@pytest.fixture(scope="module")
+def fast_uninterrupted(pairs):
+    """The fast run without interrupt, and each job's state after every epoch."""
+    states: dict = {}
+    jobs = [dataclasses.replace(j, checkpoint_fn=lambda st, k=j.key: states.setdefault(k, []).append(st))
+            for j in make_jobs(pairs, INTERRUPT_MODEL)]
+    return train_jobs(jobs, INTERRUPT_TRAIN, show_progress=False), states
+
+
+@pytest.mark.slow
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=hst.sampled_from(["step", "validation", "checkpoint"]), epoch=hst.integers(1, 3),
+       step=hst.integers(0, 10))
+def test_fast_engine_interrupted_anywhere_resumes_to_exactly_the_uninterrupted_run(
+        pairs, fast_uninterrupted, caplog, where, epoch, step):
+    """As the plain loop's test (tests/test_trainer.py): Ctrl-C before the grouped step
+    `step` of epoch `epoch`, in its validation pass or while the states after it are saved,
+    keeps each job's state after its last finished epoch; the resumed group ends with every
+    tensor equal to the uninterrupted run's."""
+    whole, per_epoch = fast_uninterrupted
+    saved: dict = {}
+    calls = {"val": 0, "ckpt": 0}
+    real_step, real_val = fast_group.TrainGroup._train_step, fast_group.TrainGroup._validate
+
+    def train_step(self):
+        if where == "step" and self.slots[0].record.epoch == epoch - 1 and int(self.step_i) == step:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    def validate(self):
+        calls["val"] += 1
+        if where == "validation" and calls["val"] == epoch:
+            raise KeyboardInterrupt
+        return real_val(self)
+
+    def checkpoint_fn(state, key):
+        calls["ckpt"] += 1
+        if where == "checkpoint" and calls["ckpt"] == 3 * (epoch - 1) + 2:   # the second job's
+            raise KeyboardInterrupt
+        saved.setdefault(key, []).append(state)
+
+    jobs = [dataclasses.replace(j, checkpoint_fn=lambda st, k=j.key: checkpoint_fn(st, k))
+            for j in make_jobs(pairs, INTERRUPT_MODEL)]
+    caplog.clear()
+    with pytest.MonkeyPatch.context() as mp, caplog.at_level(logging.WARNING, logger="v3"):
+        mp.setattr(fast_group.TrainGroup, "_train_step", train_step)
+        mp.setattr(fast_group.TrainGroup, "_validate", validate)
+        with pytest.raises(KeyboardInterrupt):
+            train_jobs(jobs, INTERRUPT_TRAIN, show_progress=False)
+    last_done = epoch if where == "checkpoint" else epoch - 1
+    if last_done == 0:
+        assert saved == {} and "interrupted" not in caplog.text
+    for key in pairs:
+        if last_done:
+            assert saved[key][-1]["epoch"] == last_done
+            assert_same_state(without_time(saved[key][-1]), without_time(per_epoch[key][last_done - 1]))
+            assert f"{key}: interrupted after epoch {last_done}; its state is saved" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="v3"):
+        resumed = train_jobs([dataclasses.replace(j, resume=saved[j.key][-1] if saved else None,
+                                                  checkpoint_fn=None) for j in jobs],
+                             INTERRUPT_TRAIN, show_progress=False)
+    assert "with the plain loop" not in caplog.text      # the fast engine resumed them itself
+    assert {o.engine for o in resumed.values()} == {"fast-eager"}
+    for key in pairs:
+        assert_same_state(without_time(resumed[key].resume_state),
+                          without_time(whole[key].resume_state), key)
+        assert resumed[key].history == whole[key].history
 
 
 def test_a_saved_state_comes_back_into_a_group_unchanged(pairs):

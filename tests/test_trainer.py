@@ -5,8 +5,10 @@ import logging
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tests.conftest import TINY_FEATURES, TINY_MODEL, TINY_TRAIN
+from tests.conftest import TINY_FEATURES, TINY_MODEL, TINY_TRAIN, assert_same_state, without_time
 from v3_common import CheckpointError, ConfigError
 from v3_data_processor import prepare_dataset
 from v3_interval_scores import pinball_loss
@@ -409,3 +411,83 @@ def test_a_checkpoint_rebuilds_the_quantile_head(tmp_path, data):
     te = data.split("test")
     np.testing.assert_array_equal(v3_trainer.predict_quantiles_standardized(loaded.model, data, te),
                                   v3_trainer.predict_quantiles_standardized(ref, data, te))
+
+
+# ---------------------------------------------------------------------------------------
+# Ctrl-C anywhere, then resume: exactly the uninterrupted run (issue 21)
+
+# two layers and dropout, so the random generator's state matters too; 9 batches an epoch
+INTERRUPT_MODEL = dataclasses.replace(TINY_MODEL, num_layers=2, dropout=0.3)
+INTERRUPT_TRAIN = dataclasses.replace(TINY_TRAIN, epochs=3, batch_size=32, early_stopping=False)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data):
+    """The run without interrupt, and its state after every epoch (checkpoint_every_s=0)."""
+    states: list = []
+    out = train_model(data, INTERRUPT_MODEL, INTERRUPT_TRAIN, show_progress=False,
+                      checkpoint_fn=states.append)
+    return out, states
+
+
+def interrupt_at(monkeypatch, where: str, epoch: int, batch: int):
+    """Raise KeyboardInterrupt in epoch `epoch` (1-based): before the forward of training
+    batch `batch`, in the validation pass, or in the checkpoint_fn call after the epoch.
+    Returns the checkpoint_fn, which keeps what it is given."""
+    calls = {"batch": 0, "val": 0, "ckpt": 0}
+    n_batches, saved = -(-268 // INTERRUPT_TRAIN.batch_size), []
+    real_loss, real_mse = v3_trainer._batch_loss, v3_trainer._mse
+
+    def batch_loss(*a, **k):
+        calls["batch"] += 1
+        if where == "batch" and calls["batch"] == (epoch - 1) * n_batches + batch + 1:
+            raise KeyboardInterrupt
+        return real_loss(*a, **k)
+
+    def mse(*a, **k):
+        calls["val"] += 1
+        if where == "validation" and calls["val"] == epoch:
+            raise KeyboardInterrupt
+        return real_mse(*a, **k)
+
+    def checkpoint_fn(state):
+        calls["ckpt"] += 1
+        if where == "checkpoint" and calls["ckpt"] == epoch:
+            raise KeyboardInterrupt
+        saved.append(state)
+
+    monkeypatch.setattr(v3_trainer, "_batch_loss", batch_loss)
+    monkeypatch.setattr(v3_trainer, "_mse", mse)
+    return checkpoint_fn, saved
+
+
+@pytest.mark.slow
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.sampled_from(["batch", "validation", "checkpoint"]), epoch=st.integers(1, 3),
+       batch=st.integers(0, 8))
+def test_an_interrupt_anywhere_resumes_to_exactly_the_uninterrupted_run(
+        data, uninterrupted, caplog, where, epoch, batch):
+    """Ctrl-C at a random batch (or in validation, or while saving) saves the state after the
+    last finished epoch, never the half-trained one, and the resumed run ends with every
+    tensor (weights, best weights, AdamW moments and steps, scheduler) and every history
+    value equal to the uninterrupted run's. Exact: same code, same inputs, one thread."""
+    assert data.n_train == 268                            # 9 batches of 32 (the last of 12)
+    whole, per_epoch = uninterrupted
+    caplog.clear()                                        # one test call, many examples
+    with pytest.MonkeyPatch.context() as mp, caplog.at_level(logging.WARNING, logger="v3"):
+        checkpoint_fn, saved = interrupt_at(mp, where, epoch, batch)
+        with pytest.raises(KeyboardInterrupt):
+            train_model(data, INTERRUPT_MODEL, INTERRUPT_TRAIN, show_progress=False,
+                        checkpoint_fn=checkpoint_fn)
+    last_done = epoch if where == "checkpoint" else epoch - 1   # finished before the interrupt
+    if last_done == 0:
+        assert saved == [] and "interrupted" not in caplog.text
+    else:
+        assert saved[-1]["epoch"] == last_done
+        assert_same_state(without_time(saved[-1]), without_time(per_epoch[last_done - 1]))
+        assert (f"train: interrupted after epoch {last_done}; its state is saved, re-run to "
+                f"resume (from the start of epoch {last_done + 1})") in caplog.text
+    resumed = train_model(data, INTERRUPT_MODEL, INTERRUPT_TRAIN, show_progress=False,
+                          resume=saved[-1] if saved else None)
+    assert_same_state(without_time(resumed.resume_state), without_time(whole.resume_state))
+    assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
