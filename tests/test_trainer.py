@@ -18,6 +18,7 @@ import v3_trainer
 from v3_checkpoint import load_checkpoint, load_resume_state
 from v3_trainer import TrainConfig, amp_dtype, check_train_config, predict_standardized, train_model
 from v3_lstm_model import V3LSTMModel
+from v3_train_state import RunRecord
 
 
 @pytest.fixture(scope="module")
@@ -491,3 +492,29 @@ def test_an_interrupt_anywhere_resumes_to_exactly_the_uninterrupted_run(
                           resume=saved[-1] if saved else None)
     assert_same_state(without_time(resumed.resume_state), without_time(whole.resume_state))
     assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
+
+
+def test_run_record_stops_on_val_stop_and_round_trips_through_a_resume_state(caplog):
+    """v3_train_state.RunRecord, the bookkeeping both engines share: min_delta and patience
+    on val_stop (here the pinball, stop_on='pinball'), and from_resume(resume_dict()) gives
+    the same record back (the bad-epoch count restarts after an early stop)."""
+    cfg = dataclasses.replace(TINY_TRAIN, epochs=9, patience=2, min_delta=0.01, stop_on="pinball")
+    rec = RunRecord()
+    got = [rec.end_epoch(cfg, train_loss=1.0, val_loss=9.0, lr=1e-3, q_weight=0.5,
+                         with_quantiles=True, train_pinball=0.5, val_pinball=p, desc="X")
+           for p in (0.50, 0.495, 0.40)]
+    assert got == [True, False, True]          # 0.495 is better by less than min_delta
+    assert (rec.epoch, rec.best_epoch, rec.best_val, rec.bad) == (3, 3, 0.40, 0)
+    assert [h["val_stop"] for h in rec.history] == [0.50, 0.495, 0.40]
+    state = rec.resume_dict(cfg, model_state={}, optimizer_state={}, scheduler_state={},
+                            best_state={})
+    back = RunRecord.from_resume(state, t_start=rec.t_start)
+    assert dataclasses.replace(back, seconds_before=0.0) == dataclasses.replace(rec, start_epoch=3)
+    with caplog.at_level(logging.INFO, logger="v3"):
+        for _ in range(2):
+            rec.update(0.45, cfg, desc="X")
+    assert rec.stopped_early and rec.finished(cfg.epochs) and not RunRecord().finished(1)
+    assert "X: early stop at epoch 3 (best 0.40000 at epoch 3)" in caplog.text
+    assert RunRecord.from_resume(rec.resume_dict(cfg, model_state={}, optimizer_state={},
+                                                 scheduler_state={}, best_state={})).bad == 0
+    assert RunRecord.epoch_seed(42, 3) == 42 * 100_003 + 3
