@@ -5,7 +5,9 @@ leading model axis, each model's `GroupSlot` (its place in the group, and the Ru
 v3_train_state that v3_trainer.train_model keeps too), the static per-batch tables, the training
 step (captured in a CUDA graph on CUDA), one epoch with its validation pass, re-packing when
 models finish, and each model's results in train_model's formats (TrainOutcome, the resume
-state). v3_fast_train groups the jobs and runs the groups; the kernels are v3_fast_kernels'.
+state). After every epoch it keeps a device copy of its state (`saved`, what an interrupt
+saves); `trial` runs the first steps of an epoch and puts everything back (v3_fast_check).
+v3_fast_train groups the jobs and runs the groups; the kernels are v3_fast_kernels'.
 """
 from __future__ import annotations
 
@@ -431,13 +433,59 @@ class TrainGroup:
                 "exp_avg_sq": self.exp_avg_sq}
 
     @torch.no_grad()
-    def keep_state(self) -> None:
-        """Keep the state of now (an epoch boundary) as `saved`: one copy of every block on
-        the device (cheaper than to the CPU: no transfer, no wait) and of every record."""
-        self.saved = GroupState(
+    def _copy_state(self) -> GroupState:
+        return GroupState(
             slots=[dataclasses.replace(s, record=s.record.copy()) for s in self.slots],
             blocks={n: {b: t.detach().clone() for b, t in d.items()} for n, d in self._blocks().items()},
             steps=self.steps.clone())
+
+    def keep_state(self) -> None:
+        """Keep the state of now (an epoch boundary) as `saved`: one copy of every block on
+        the device (cheaper than to the CPU: no transfer, no wait) and of every record."""
+        self.saved = self._copy_state()
+
+    @torch.no_grad()
+    def _restore(self, state: GroupState) -> None:
+        """Put `state` (of these same slots) back, in place: a captured graph keeps working."""
+        for name, d in self._blocks().items():
+            for b, t in d.items():
+                t.copy_(state.blocks[name][b])
+        self.steps.copy_(state.steps)
+        for t in (*self.acc, self.sse, self.spin, self.step_i):
+            t.zero_()
+
+    def trial(self, n_steps: int) -> tuple[list[int], dict, dict]:
+        """The first `n_steps` training steps of every unfinished slot's next epoch and a
+        validation pass, with dropout off (the engines draw different masks), through the
+        same path as run_epoch (a CUDA graph where it captures one); then every weight,
+        moment and step count is put back. Returns the slots trained, their losses
+        (host lists over them: 'train_mse_sum', 'train_pinball_sum', 'val_mse',
+        'val_pinball') and cpu_blocks of them after the steps. v3_fast_train's first-group
+        check compares these with the plain loop."""
+        active = [m for m, s in enumerate(self.slots) if not s.finished]
+        before, model_cfg = self._copy_state(), self.model_cfg
+        self.model_cfg = dataclasses.replace(model_cfg, dropout=0.0)
+        try:
+            if self.use_graph and self.graph is None:
+                self._capture()
+            self._fill_tables(active)
+            self._restore(before)                # zero accumulators, step 0
+            for _ in range(n_steps):
+                if self.graph is not None:
+                    self.graph.replay()
+                else:
+                    self._train_step()
+            val, val_pin = self._validate()
+            losses = torch.stack([self.sse.to(val.dtype), self.spin.to(val.dtype), val, val_pin])
+            losses = dict(zip(("train_mse_sum", "train_pinball_sum", "val_mse", "val_pinball"),
+                              losses[:, active].cpu().tolist()))
+            cpu = self.cpu_blocks(active)
+        finally:
+            self.model_cfg = model_cfg
+            if self.graph is not None and model_cfg.dropout > 0:
+                self.graph = None                # captured without dropout: capture again
+            self._restore(before)
+        return active, losses, cpu
 
     def cpu_blocks(self, ms: list[int], state: GroupState | None = None) -> dict:
         """Weights, best weights, AdamW moments and step counts of slots `ms` (of the group

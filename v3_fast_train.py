@@ -27,6 +27,11 @@ CPU and a resume state in the plain loop's format (torch AdamW and scheduler sta
 checkpoints do not change and either engine can continue what the other saved (jobs that
 resume are trained here too, each from its own epoch).
 
+Guarded: on a GPU (CHECK_DEVICES) the first group to train is first checked against the
+plain loop (v3_fast_check: one step and one validation pass on copies of the same models and
+batches); when they disagree the run trains with the plain loop and the outcomes say why.
+A KeyboardInterrupt saves each model's state after its last finished epoch (TrainGroup.saved).
+
 On purpose different from the plain loop: dropout masks are drawn for the whole group (the
 same seed and the same group of pairs give the same run, but not the plain loop's masks), and
 the engine trains in fp32 only (with TF32 matrix products on CUDA, see TF32_MATMUL). With
@@ -43,6 +48,7 @@ import numpy as np
 import torch
 
 from v3_common import ConfigError, V3Error, log, progress
+from v3_fast_check import check_against_plain_loop
 from v3_fast_group import TrainGroup
 from v3_lstm_model import V3LSTMModel
 from v3_train_state import log_interrupted
@@ -55,6 +61,14 @@ MAX_GROUP_MODELS = 64         # models per group at most (more are split into se
 # TF32 is also what PyTorch lets cuDNN use by default (torch.backends.cudnn.allow_tf32), and
 # the benchmark checks quality against the plain loop. The setting is restored afterwards.
 TF32_MATMUL = True
+# Device types on which a run's first group is checked against the plain loop before it
+# trains (v3_fast_check): every GPU, until the fast engine has a record on them; the CPU runs
+# the same kernels as the CPU tests check, so it is not checked again (tests switch it on).
+CHECK_DEVICES = ("cuda",)
+
+
+class _Disagreement(Exception):
+    """The first group's check found the engines apart; the message says how."""
 
 
 def _group_jobs(jobs: list, cfg, device: torch.device) -> list[list]:
@@ -81,16 +95,19 @@ def _group_jobs(jobs: list, cfg, device: torch.device) -> list[list]:
 def train_jobs_fast(jobs: list[TrainJob], cfg: TrainConfig, *, device: torch.device,
                     show_progress: bool = True, on_done: Callable | None = None,
                     on_error: Callable | None = None,
-                    fallback: Callable[[list], dict] | None = None,
+                    fallback: Callable[[list, str], dict] | None = None,
                     on_epoch: Callable[[int, int], object] | None = None) -> dict:
     """Train `jobs` in groups; same contract as v3_engine.train_jobs (which calls this):
     `on_done(job, outcome)` as each model finishes, a V3Error from one job goes to
     `on_error` and the others go on. Returns {job.key: outcome} for the jobs that finished.
 
     If a group fails inside torch (a RuntimeError such as CUDA out of memory), its
-    unfinished jobs go to `fallback(jobs)` (the plain loop), with a warning saying why. A
-    RuntimeError from on_done, on_error or a checkpoint_fn is not such a failure: it reaches
-    the caller, as it does from the plain loop. `on_epoch(epoch, training)` after each epoch
+    unfinished jobs go to `fallback(jobs, reason)` (the plain loop), with a warning saying
+    why. On a device in CHECK_DEVICES (every GPU) the first group to train is first checked
+    against the plain loop (v3_fast_check); if they disagree, every job not yet finished
+    goes to `fallback`, with the reason. A RuntimeError from on_done, on_error or a
+    checkpoint_fn is not such a failure: it reaches the caller, as it does from the plain
+    loop. `on_epoch(epoch, training)` after each epoch
     of a group: the epoch its slowest model has finished, and how many are still training
     (bench/bench_gpu_training.py prints its progress with it)."""
     out: dict = {}
@@ -125,41 +142,51 @@ def train_jobs_fast(jobs: list[TrainJob], cfg: TrainConfig, *, device: torch.dev
             left = _train_groups(groups, cfg, device, use_graph=use_graph,
                                  show_progress=show_progress, on_done=on_done,
                                  on_error=on_error, out=out, can_fall_back=fallback is not None,
-                                 on_epoch=on_epoch)
+                                 on_epoch=on_epoch, check=device.type in CHECK_DEVICES)
     finally:
         torch.set_float32_matmul_precision(precision)
-    if left:
-        out.update(fallback(left))
+    for left_jobs, reason in left:
+        out.update(fallback(left_jobs, reason))
     return out
 
 
 def _train_groups(groups, cfg, device, *, use_graph, show_progress, on_done, on_error, out,
-                  can_fall_back: bool, on_epoch=None) -> list:
-    """Train each group; returns the jobs of failed groups that are left to train."""
-    left_all = []
+                  can_fall_back: bool, on_epoch=None, check: bool = False) -> list:
+    """Train each group; returns (jobs, reason) for what is left to the plain loop: the
+    unfinished jobs of a group that failed inside torch, or, when the first group to train
+    disagreed with the plain loop (`check`), every job not yet finished."""
+    left_all, guard = [], {"pending": check and can_fall_back}
     for gi, group_jobs in enumerate(groups, 1):
         label = f"fast engine, group {gi}/{len(groups)}" if len(groups) > 1 else "fast engine"
         group = None
         try:
             group = TrainGroup(group_jobs, cfg, device, use_graph=use_graph, label=label)
             _run_group(group, cfg, show_progress=show_progress, on_done=on_done,
-                       on_error=on_error, out=out, on_epoch=on_epoch)
+                       on_error=on_error, out=out, on_epoch=on_epoch, guard=guard)
         except V3Error as e:
             if group is not None or on_error is None:  # from on_done/on_error: not ours to catch
                 raise
             for job in group_jobs:
                 on_error(job, e)
-        except RuntimeError as e:
-            if not can_fall_back or getattr(e, "v3_from_callback", False):
+        except (RuntimeError, _Disagreement) as e:
+            if isinstance(e, RuntimeError) and (not can_fall_back or
+                                                getattr(e, "v3_from_callback", False)):
                 raise
             left = [j for j in group_jobs if j.key not in out and
                     (group is None or any(s.job is j and not s.finished for s in group.slots))]
-            log.warning("%s failed (%s: %s); training its %d unfinished models with the plain "
-                        "loop", label, type(e).__name__, str(e)[:300], len(left))
             del group
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            left_all += left
+            if isinstance(e, _Disagreement):
+                left += [j for later in groups[gi:] for j in later]
+                log.warning("%s: %s; training all %d unfinished models with the plain loop "
+                            "(the results say so: engine, engine_fallback_reason). Please "
+                            "report it with the GPU's name.", label, e, len(left))
+                return left_all + [(left, str(e))]
+            reason = f"fast engine failed ({type(e).__name__}: {str(e)[:300]})"
+            log.warning("%s failed (%s: %s); training its %d unfinished models with the plain "
+                        "loop", label, type(e).__name__, str(e)[:300], len(left))
+            left_all.append((left, reason))
     return left_all
 
 
@@ -223,7 +250,9 @@ def _save_interrupted(group: TrainGroup) -> None:
 
 
 def _run_group(group: TrainGroup, cfg, *, show_progress: bool, on_done, on_error, out: dict,
-               on_epoch=None) -> None:
+               on_epoch=None, guard: dict | None = None) -> None:
+    """Train the group to the end. guard["pending"]: check it against the plain loop first
+    (v3_fast_check), and raise _Disagreement when they disagree."""
     last_save = time.monotonic()
     save_every_s = cfg.checkpoint_every_s
     first = min(s.record.epoch for s in group.slots)
@@ -235,6 +264,11 @@ def _run_group(group: TrainGroup, cfg, *, show_progress: bool, on_done, on_error
                 s.finished = True
         _finish(group, [m for m, s in enumerate(group.slots) if s.finished],
                 on_done=on_done, on_error=on_error, out=out)
+        if guard and guard["pending"] and any(not s.finished for s in group.slots):
+            guard["pending"] = False
+            reason = check_against_plain_loop(group, cfg)
+            if reason:
+                raise _Disagreement(reason)
         while any(not s.finished for s in group.slots):
             if group.idle_fraction() >= REPACK_IDLE_FRACTION:
                 group.repack()

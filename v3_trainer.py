@@ -211,6 +211,7 @@ class TrainOutcome:
     resume_state: dict = field(default_factory=dict)  # everything needed to continue
     seconds: float = 0.0            # training wall time, over this run and the ones it resumes
     engine: str = "plain"           # 'plain', 'fast-graph' (CUDA graphs) or 'fast-eager'
+    engine_fallback_reason: str | None = None  # why the plain loop trained it instead of 'fast'
 
 
 @dataclass
@@ -419,6 +420,35 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
                         best_epoch=rec.best_epoch, epochs_done=rec.epoch,
                         stopped_early=rec.stopped_early, history=rec.history,
                         resume_state=final, seconds=final["train_seconds"])
+
+
+@dataclass
+class PlainTrial:
+    """What the plain loop computes in plain_trial: the fast engine's first group is checked
+    against it (v3_fast_train.check_against_plain_loop)."""
+    train_mse_sum: float            # squared errors summed over the trial's training samples
+    train_pinball_sum: float        # mean pinball per sample, summed the same way (0 without)
+    val_mse: float                  # after the trial's optimizer step
+    val_pinball: float | None
+    model_state: dict               # the weights after that step (CPU)
+    exp_avg: dict                   # AdamW's first moment by parameter name (CPU)
+
+
+def plain_trial(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
+                resume: dict | None, batches: int, device: torch.device) -> PlainTrial:
+    """The plain loop's first `batches` batches of the epoch after `resume` (None: a fresh
+    model), then one validation pass, exactly as train_model runs them (same seeds, shuffle,
+    accumulation, clipping and AdamW); dropout as model_cfg says."""
+    run = _set_up_run(model_cfg, cfg, device, resume)
+    d = _on_device(data, device, model_cfg.quantile_scale)
+    loss_sum, pin_sum = _train_epoch(run, d, run.record.epoch, max_batches=batches)
+    val, val_pin = _mse(run.model, d.feats, d.val_ends, d.val_y, d.offsets, cfg.eval_batch_size,
+                        run.autocast, with_pinball=True, yq=d.val_yq)
+    exp_avg = {n: run.opt.state[p]["exp_avg"].detach().to("cpu", copy=True)
+               for n, p in run.model.named_parameters() if p in run.opt.state}
+    return PlainTrial(train_mse_sum=float(loss_sum), train_pinball_sum=float(pin_sum),
+                      val_mse=val, val_pinball=val_pin, model_state=_cpu_state(run.model),
+                      exp_avg=exp_avg)
 
 
 @torch.no_grad()
