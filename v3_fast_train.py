@@ -232,15 +232,15 @@ def _save_running(group: TrainGroup) -> None:
             _callback(state.slots[m].job.checkpoint_fn, group.resume_state(m, cpu, state))
 
 
-def _save_interrupted(group: TrainGroup) -> None:
+def _save_interrupted(group: TrainGroup, out: dict) -> None:
     """On KeyboardInterrupt: save the state after the last finished epoch (group.saved,
-    never the half-trained one) of the slots that were unfinished then and trained an epoch
-    in this run, so a resumed run repeats the interrupted epoch from its start. (A slot that
-    had just finished is not saved: its last saved state repeats its last epochs.)"""
+    never the half-trained one) of the models that trained an epoch in this run and are
+    not yet handed over (in `out`), so a resumed run repeats the interrupted epoch from its
+    start; a model that had just finished resumes finished."""
     state = group.saved
     if state is None:
         return
-    ms = [m for m, s in enumerate(state.slots) if not s.finished and s.job.checkpoint_fn
+    ms = [m for m, s in enumerate(state.slots) if s.job.key not in out and s.job.checkpoint_fn
           and s.record.epoch > s.record.start_epoch]
     cpu = group.cpu_blocks(ms, state) if ms else {}
     for m in ms:
@@ -260,7 +260,7 @@ def _run_group(group: TrainGroup, cfg, *, show_progress: bool, on_done, on_error
                    desc=f"train {len(group.slots)} models (fast)")
     try:
         for s in group.slots:  # resumed jobs that have nothing left to train
-            if s.record.epoch >= cfg.epochs:
+            if s.record.finished(cfg.epochs):
                 s.finished = True
         _finish(group, [m for m, s in enumerate(group.slots) if s.finished],
                 on_done=on_done, on_error=on_error, out=out)
@@ -290,7 +290,7 @@ def _run_group(group: TrainGroup, cfg, *, show_progress: bool, on_done, on_error
                 if cfg.checkpoint_every_s > 0:
                     save_every_s = max(cfg.checkpoint_every_s, 10 * (last_save - t_save))
     except KeyboardInterrupt:
-        _save_interrupted(group)
+        _save_interrupted(group, out)
         raise
     finally:
         bar.close()

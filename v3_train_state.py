@@ -73,13 +73,15 @@ class RunRecord:
 
     @classmethod
     def from_resume(cls, resume: dict | None, *, t_start: float = 0.0) -> "RunRecord":
-        """A fresh record (resume None), or the one a resume state (resume_dict) left."""
+        """A fresh record (resume None), or the one a resume state (resume_dict) left. A run
+        that stopped early stays stopped: resuming it trains nothing more (the state of a
+        model interrupted while it was handed over, before its state was marked complete)."""
         if not resume:
             return cls(t_start=t_start)
         epoch = int(resume["epoch"])
         return cls(start_epoch=epoch, epoch=epoch, best_val=float(resume["best_val_loss"]),
-                   best_epoch=int(resume["best_epoch"]),
-                   bad=0 if resume.get("stopped_early") else int(resume.get("bad_epochs", 0)),
+                   best_epoch=int(resume["best_epoch"]), bad=int(resume.get("bad_epochs", 0)),
+                   stopped_early=bool(resume.get("stopped_early", False)),
                    history=list(resume.get("history", [])),
                    seconds_before=float(resume.get("train_seconds", 0.0)), t_start=t_start)
 

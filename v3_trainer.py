@@ -393,7 +393,8 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
     d = _on_device(data, device, model_cfg.quantile_scale)
     rec = run.record
     rec.t_start = last_save = time.monotonic()
-    bar = progress(range(rec.start_epoch, cfg.epochs), enabled=show_progress, desc=desc,
+    end = rec.start_epoch if rec.finished(cfg.epochs) else cfg.epochs   # stopped early: none
+    bar = progress(range(rec.start_epoch, end), enabled=show_progress, desc=desc,
                    unit="epoch", total=cfg.epochs, initial=rec.start_epoch)
     saved = None                    # the resume state after the last epoch this run finished
     try:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as hst
 
 import v3_fast_check as check
@@ -369,6 +369,7 @@ def fast_uninterrupted(pairs):
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(where=hst.sampled_from(["step", "validation", "checkpoint"]), epoch=hst.integers(1, 3),
        step=hst.integers(0, 10))
+@example(where="checkpoint", epoch=3, step=0)     # while the finished models are handed over
 def test_fast_engine_interrupted_anywhere_resumes_to_exactly_the_uninterrupted_run(
         pairs, fast_uninterrupted, caplog, where, epoch, step):
     """As the plain loop's test (tests/test_trainer.py): Ctrl-C before the grouped step
@@ -405,6 +406,8 @@ def test_fast_engine_interrupted_anywhere_resumes_to_exactly_the_uninterrupted_r
         mp.setattr(fast_group.TrainGroup, "_validate", validate)
         with pytest.raises(KeyboardInterrupt):
             train_jobs(jobs, INTERRUPT_TRAIN, show_progress=False)
+    # in the last epoch the interrupted checkpoint is the final one of a finished model that
+    # is being handed over (ETHUSDT's): it and SOLUSDT are saved finished, BTCUSDT went before
     last_done = epoch if where == "checkpoint" else epoch - 1
     if last_done == 0:
         assert saved == {} and "interrupted" not in caplog.text
@@ -412,7 +415,8 @@ def test_fast_engine_interrupted_anywhere_resumes_to_exactly_the_uninterrupted_r
         if last_done:
             assert saved[key][-1]["epoch"] == last_done
             assert_same_state(without_time(saved[key][-1]), without_time(per_epoch[key][last_done - 1]))
-            assert f"{key}: interrupted after epoch {last_done}; its state is saved" in caplog.text
+            assert (f"{key}: interrupted after epoch {last_done}; its state is saved" in caplog.text) \
+                == (key != "BTCUSDT" or last_done < INTERRUPT_TRAIN.epochs)
     with caplog.at_level(logging.WARNING, logger="v3"):
         resumed = train_jobs([dataclasses.replace(j, resume=saved[j.key][-1] if saved else None,
                                                   checkpoint_fn=None) for j in jobs],
@@ -435,6 +439,20 @@ def test_a_saved_state_comes_back_into_a_group_unchanged(pairs):
     group = fast_group.TrainGroup([dataclasses.replace(j, resume=state) for j in make_jobs(one)],
                                   cfg, torch.device("cpu"), use_graph=False, label="t")
     assert_same_state(without_time(group.resume_state(0, group.cpu_blocks([0]))), without_time(state))
+
+
+@pytest.mark.parametrize("engine", ["plain", "fast"])
+def test_a_state_that_stopped_early_resumes_finished(pairs, engine):
+    """What an interrupt while a finished model is handed over leaves (its state not yet
+    marked complete): resuming it trains nothing more, in either engine."""
+    one = {"ETHUSDT": pairs["ETHUSDT"]}                  # stops early at epoch 3 (of 8)
+    cfg = dataclasses.replace(TRAIN, engine=engine)
+    first = train_jobs(make_jobs(one), cfg, show_progress=False)["ETHUSDT"]
+    assert first.stopped_early and first.epochs_done == 3
+    again = train_jobs([dataclasses.replace(j, resume=first.resume_state) for j in make_jobs(one)],
+                       cfg, show_progress=False)["ETHUSDT"]
+    assert again.stopped_early and again.epochs_done == 3 and again.history == first.history
+    assert_same_state(without_time(again.resume_state), without_time(first.resume_state))
 
 
 def test_a_step_on_padded_tables_changes_nothing(pairs):

@@ -497,7 +497,7 @@ def test_an_interrupt_anywhere_resumes_to_exactly_the_uninterrupted_run(
 def test_run_record_stops_on_val_stop_and_round_trips_through_a_resume_state(caplog):
     """v3_train_state.RunRecord, the bookkeeping both engines share: min_delta and patience
     on val_stop (here the pinball, stop_on='pinball'), and from_resume(resume_dict()) gives
-    the same record back (the bad-epoch count restarts after an early stop)."""
+    the same record back (one that stopped early stays stopped)."""
     cfg = dataclasses.replace(TINY_TRAIN, epochs=9, patience=2, min_delta=0.01, stop_on="pinball")
     rec = RunRecord()
     got = [rec.end_epoch(cfg, train_loss=1.0, val_loss=9.0, lr=1e-3, q_weight=0.5,
@@ -515,6 +515,7 @@ def test_run_record_stops_on_val_stop_and_round_trips_through_a_resume_state(cap
             rec.update(0.45, cfg, desc="X")
     assert rec.stopped_early and rec.finished(cfg.epochs) and not RunRecord().finished(1)
     assert "X: early stop at epoch 3 (best 0.40000 at epoch 3)" in caplog.text
-    assert RunRecord.from_resume(rec.resume_dict(cfg, model_state={}, optimizer_state={},
-                                                 scheduler_state={}, best_state={})).bad == 0
+    stopped = RunRecord.from_resume(rec.resume_dict(cfg, model_state={}, optimizer_state={},
+                                                    scheduler_state={}, best_state={}))
+    assert stopped.stopped_early and stopped.bad == 2 and stopped.finished(cfg.epochs)
     assert RunRecord.epoch_seed(42, 3) == 42 * 100_003 + 3
