@@ -214,7 +214,7 @@ class BinanceDownloader(BinanceHttp):
                 raise check.error
             self._download_pair(out, n_candles, Path(data_dir), refresh=refresh)
         except (V3Error, OSError) as e:
-            if isinstance(e, OSError):  # disk full, permissions: the old file is intact
+            if isinstance(e, OSError) and not isinstance(e, V3Error):  # the old file is intact
                 e = DownloadError(f"{check.symbol} {interval}: cannot write the candles "
                                   f"({type(e).__name__}: {e}); the previous file is unchanged.")
             out.error = e
@@ -426,6 +426,22 @@ def download_klines(symbol: str, interval: str, n_candles: int, *,
 
 
 # ---------------------------------------------------------------------------------------
+
+
+def sources_to_refresh(pairs: list[tuple[str, str]],
+                       prior_source: Callable[[str, str], str | None]) -> set[tuple[str, str]]:
+    """The pairs (under their requested or renamed symbol) whose saved candles came from
+    another source (synthetic, csv; `prior_source(symbol, interval)`): downloaded afresh
+    instead of appended to."""
+    refresh = set()
+    for s, i in pairs:
+        for sym in {s, RENAMED_SYMBOLS.get(s, s)}:
+            prior = prior_source(sym, i)
+            if prior not in (None, "binance", "binance-archive"):
+                log.info("%s %s: the saved candles came from %r; downloading afresh", sym, i,
+                         prior)
+                refresh.add((sym, i))
+    return refresh
 
 
 def _symbol_check(s: str, status: dict[str, str] | None) -> SymbolCheck:

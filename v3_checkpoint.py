@@ -7,10 +7,13 @@ fitted PCA transform and everything else needed to predict; `LoadedModel` is one
 continues where it stopped.
 
 Checkpoints hold only tensors, numbers, strings, lists and dicts, so
-`torch.load(path, weights_only=True)` reads them.
+`torch.load(path, weights_only=True)` reads them. A model file carries `content_sha256`, the
+sha256 of its tensors (weights, scaler and PCA), and load_checkpoint checks it and that every
+tensor is finite: garbage written inside a file, which torch would load, is a CheckpointError.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +47,9 @@ def _save(obj: dict, path: str | Path) -> None:
 
 
 def save_checkpoint(path: str | Path, *, model_state: dict, model_config: ModelConfig,
-                    data: PreparedData, feature_config: dict, meta: dict) -> None:
-    """The model file a user keeps: best weights + everything needed to predict."""
+                    data: PreparedData, feature_config: dict, meta: dict) -> str:
+    """The model file a user keeps: best weights + everything needed to predict. Returns its
+    content_sha256."""
     obj = {
         "format": CHECKPOINT_FORMAT,
         "model_state": model_state,
@@ -65,7 +69,45 @@ def save_checkpoint(path: str | Path, *, model_state: dict, model_config: ModelC
         "torch_version": str(torch.__version__),  # a plain str: weights_only refuses TorchVersion
         **meta,
     }
+    obj["content_sha256"] = content_sha256(obj)
     _save(obj, path)
+    return obj["content_sha256"]
+
+
+TENSOR_GROUPS = ("model_state", "transform")  # what content_sha256 covers
+
+
+def content_sha256(ckpt: dict) -> str:
+    """sha256 of a checkpoint's tensors (the weights, the scaler and PCA), by name, dtype,
+    shape and bytes: what a model file must still hold when it is loaded again."""
+    h = hashlib.sha256()
+    for group in TENSOR_GROUPS:
+        tensors = ckpt.get(group) or {}
+        for name in sorted(tensors):
+            t = torch.as_tensor(tensors[name]).detach().cpu().contiguous()
+            h.update(f"{group}.{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_tensors(ckpt: dict, path: Path) -> None:
+    """CheckpointError when the tensors do not match the file's content_sha256 (files from
+    before the hash have none) or one holds NaN/inf."""
+    stored = ckpt.get("content_sha256")
+    if stored is not None and stored != content_sha256(ckpt):
+        raise CheckpointError(
+            f"{path} is damaged: its tensors do not match the sha256 stored in it (garbage "
+            f"written inside the file?). Re-train the pair (step 4 does it by itself) or "
+            f"re-download the file.")
+    for group in TENSOR_GROUPS:
+        for name, t in (ckpt.get(group) or {}).items():
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                bad = int((~torch.isfinite(t)).sum())
+                if bad:
+                    raise CheckpointError(
+                        f"{path} is damaged: {group} {name} holds {bad} NaN/inf "
+                        f"value{'s' if bad > 1 else ''}. Re-train the pair (step 4 does it by "
+                        f"itself) or re-download the file.")
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -94,6 +136,7 @@ def load_checkpoint(path: str | Path) -> dict:
                               f"Re-train the pair with this version.")
     # an older readable format: its model config as it was trained (the fields added
     # since take their values of then, not today's defaults)
+    _check_tensors(ckpt, path)
     upgrade = READABLE_FORMATS[ckpt["format"]]
     if isinstance(ckpt.get("model_config"), dict):
         ckpt["model_config"] = {**upgrade, **ckpt["model_config"]}

@@ -30,6 +30,33 @@ def steps_type(value: str) -> list[str]:
     return names
 
 
+def config_overrides(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The options given, as (TrainConfig fields, PipelineConfig fields); `quantile_scale`
+    among the latter is ModelConfig's, for the caller to fold into the model config."""
+    train = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                               ("learning_rate", args.learning_rate), ("device", args.device),
+                               ("seed", args.seed), ("engine", args.engine),
+                               ("threads", args.threads), ("stop_on", args.stop_on))
+             if v is not None}
+    top = {k: v for k, v in (("candles", args.candles), ("source", args.source),
+                             ("data_dir", args.data_dir), ("hf_repo", args.hf_repo),
+                             ("hf_folder", args.hf_folder),
+                             ("api_urls", split_list(args.api_urls) or None),
+                             ("archive_url", args.archive_url),
+                             ("download_workers", args.download_workers),
+                             ("walk_forward", args.walk_forward),
+                             ("fee_per_side", args.fee_per_side),
+                             ("quantile_scale", args.quantile_scale)) if v is not None}
+    top.update({k: True for k, v in (("hf_private", args.private), ("refresh", args.refresh)) if v})
+    if args.hf_repo:
+        top["upload"] = True
+    if args.no_upload:
+        top["upload"] = False
+    if args.no_progress or args.quiet:
+        top["show_progress"] = False
+    return train, top
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="v3_colab_training.py",
@@ -86,6 +113,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                         "report per-fold and pooled metrics")
     p.add_argument("--fee-per-side", type=float, metavar="FRAC",
                    help="backtest fee per side as a fraction (default 0.001 = 0.1 %%)")
+    p.add_argument("--wait-lock", action="store_true",
+                   help="when another V3 run holds --base-dir, wait for it to finish instead of "
+                        "exiting with code 2")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: re-score the saved models and rewrite results/report.md "
                         "and report.html")

@@ -5,7 +5,7 @@
     p.COINS = ["BTCUSDT", "ETHUSDT"]         # optional subset of the guide's 20 coins
     p.run_full_pipeline(epochs=100, batch_size=32, learning_rate=0.001)
 
-Steps and the module behind each: 1 setup (here), 2 download (v3_binance_data: binance |
+Steps and the module behind each: 1 setup (v3_setup), 2 download (v3_binance_data: binance |
 binance-archive | csv | synthetic), 3 indicators + PCA (v3_data_processor), 4 training
 (v3_engine, v3_train_step; scoring v3_evaluation, report v3_report), 5 Hugging Face upload
 (v3_hub). This class only sequences them: it folds COINS / TIMEFRAMES and the caller's
@@ -18,23 +18,21 @@ from __future__ import annotations
 
 import sys
 
-from v3_cli import STEPS, build_parser, split_list
+from v3_cli import STEPS, build_parser, config_overrides, split_list
 
 if __name__ == "__main__":
     build_parser().parse_args()  # --help and usage errors answer before torch loads (lazy on purpose)
 
 import dataclasses  # noqa: E402
-import importlib  # noqa: E402
+import functools  # noqa: E402
+import os  # noqa: E402
 import time  # noqa: E402
-import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import torch  # noqa: E402
-
-from v3_binance_data import RENAMED_SYMBOLS, BinanceDownloader, format_download_table  # noqa: E402
-from v3_common import (ConfigError, V3Error, atomic_write_json, default_base_dir,  # noqa: E402
-                       log, pair_key, plural, progress, read_json, setup_logging, shorten,
-                       text_table, fmt_num)
+from v3_binance_data import BinanceDownloader, format_download_table, sources_to_refresh  # noqa: E402
+from v3_common import (ConfigError, DamagedFileError, RetryableUploadError,  # noqa: E402
+                       StorageError, V3Error, atomic_write_json, default_base_dir, log, pair_key,
+                       plural, progress, read_json_or_set_aside, setup_logging, shorten)
 from v3_config import (DEMO_COINS, PipelineConfig, check_config,  # noqa: E402,F401
                        check_pairs, demo_config)
 from v3_data_processor import WARMUP_CANDLES, prepare_dataset  # noqa: E402
@@ -47,27 +45,40 @@ from v3_layout import RunLayout  # noqa: E402
 from v3_market_data import latest_candles, read_klines  # noqa: E402
 from v3_pair_download import load_offline_pair  # noqa: E402
 from v3_report import summary_sentences, write_report  # noqa: E402
-from v3_train_step import features_info, finalize_pair, plan_pair  # noqa: E402
+from v3_run_lock import RunLock  # noqa: E402
+from v3_setup import setup_environment  # noqa: E402
+from v3_train_step import (features_info, finalize_pair, kept_features, plan_pair,  # noqa: E402
+                           rebuild_results, with_disk_need)
 from v3_results import (DOWNLOADED, FAILED, PREPROCESSED, SKIPPED, SUCCESS, TRAINED,  # noqa: E402
-                        ResultsStore, now_iso, same_json)
+                        ResultsStore, log_summary, now_iso, read_renames, same_json)
 from v3_trainer import cpu_threads, resolve_device  # noqa: E402
 
-PACKAGES = (("torch", "torch"), ("numpy", "numpy"), ("pandas", "pandas"),
-            ("sklearn", "scikit-learn"), ("tqdm", "tqdm"), ("binance", "python-binance"),
-            ("huggingface_hub", "huggingface-hub"), ("matplotlib", "matplotlib"))
+
+def _locked(method):
+    """A step method runs holding the run folder's lock (v3_run_lock; re-entrant)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.run_lock:
+            return method(self, *args, **kwargs)
+    return run
+
 
 class V3CoLabPipeline:
-    """The guide's five-step pipeline. `COINS` and `TIMEFRAMES` can be replaced per instance."""
+    """The guide's five-step pipeline. `COINS` and `TIMEFRAMES` can be replaced per instance.
+    Every step holds the run folder's lock: a second pipeline on the same base_dir raises
+    RunLockedError (naming the holder), or waits for it with `wait_for_lock=True`."""
 
     def __init__(self, base_dir: str | Path | None = None, *, config: PipelineConfig | None = None,
                  coins: list[str] | None = None, timeframes: list[str] | None = None,
-                 hf_token: str | None = None, **overrides):
+                 hf_token: str | None = None, wait_for_lock: bool = False, **overrides):
         self.config = config or PipelineConfig()
         if overrides:  # e.g. source='synthetic', candles=2000
             self.config = dataclasses.replace(self.config, **overrides)
         self.base_dir = Path(base_dir) if base_dir is not None else default_base_dir()
         self.layout = RunLayout(self.base_dir)
-        self.store = ResultsStore(self.layout.results_path)
+        self.store = ResultsStore(self.layout.results_path,
+                                  rebuild=lambda: rebuild_results(self.layout))
+        self.run_lock = RunLock(self.layout, wait=wait_for_lock)
         # a string stays a string, so that the config check can say that a list is needed
         self.COINS = _as_list(self.config.coins if coins is None else coins)
         self.TIMEFRAMES = _as_list(self.config.timeframes if timeframes is None else timeframes)
@@ -108,39 +119,21 @@ class V3CoLabPipeline:
     def pairs(self) -> list[tuple[str, str]]:
         """The requested pairs, a renamed coin replaced by the symbol step 2 downloaded
         (data/symbol_renames.json: MATICUSDT -> POLUSDT, FTMUSDT -> SUSDT)."""
-        renames = read_json(self.layout.renames_path, default={}) or {}
+        renames = self._renames()
         return list(dict.fromkeys((renames.get(s, s), i) for s, i in self.requested_pairs()))
 
+    def _renames(self) -> dict:
+        return read_renames(self.layout.renames_path, self.store.load)
+
     # -- step 1 ------------------------------------------------------------------------
+    @_locked
     def step_1_setup_environment(self) -> dict:
-        """Create the folders, check the packages, report the device."""
-        log.info("STEP 1/5: setup (base_dir %s)", self.base_dir.resolve())
-        for d in self.layout.folders():
-            d.mkdir(parents=True, exist_ok=True)
-        versions, missing = {}, []
-        for mod, pip_name in PACKAGES:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    versions[pip_name] = getattr(importlib.import_module(mod), "__version__", "?")
-            except ImportError:
-                missing.append(pip_name)
-        if missing:
-            log.warning("missing packages: %s. Install them with: pip install %s",
-                        ", ".join(missing), " ".join(missing))
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            self.device_report = {"device": "cuda", "name": props.name,
-                                  "memory_gb": round(props.total_memory / 1e9, 2)}
-            log.info("GPU: %s (%.2f GB)", props.name, props.total_memory / 1e9)
-        else:
-            self.device_report = {"device": "cpu", "name": "cpu", "memory_gb": None}
-            log.info("No GPU found: training will run on the CPU and will be slow "
-                     "(in Colab: Runtime > Change runtime type > GPU).")
-        self.device_report.update(packages=versions, missing=missing)
+        """Create the folders, check the packages, report the device (v3_setup)."""
+        self.device_report = setup_environment(self.layout)
         return self.device_report
 
     # -- step 2 ------------------------------------------------------------------------
+    @_locked
     def step_2_download_binance_data(self) -> dict:
         """Fetch candles for every pair into base_dir/data (source: binance, binance-archive, csv
         or synthetic). Ends with a table; one pair failing never stops the others."""
@@ -148,7 +141,6 @@ class V3CoLabPipeline:
 
     def _download(self, c: PipelineConfig) -> dict:
         pairs = self.requested_pairs()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         log.info("STEP 2/5: download %s x %d candles from %s%s", plural(len(pairs), "pair"),
                  c.candles, c.source,
                  " (SYNTHETIC data, not market prices)" if c.source == "synthetic" else "")
@@ -160,7 +152,7 @@ class V3CoLabPipeline:
                                           min_candles=c.features.min_candles())
                         for s, i in progress(pairs, enabled=c.show_progress, desc="download",
                                              unit="pair")]
-        renames = read_json(self.layout.renames_path, default={}) or {}
+        renames = self._renames()
         done = {}
         for r in outcomes:
             if r.renamed:
@@ -176,8 +168,7 @@ class V3CoLabPipeline:
                               requested_symbol=r.requested_symbol, data=r.info(), reason=None,
                               failed_step=None, status=status if status in TRAINED else DOWNLOADED)
             done[r.key] = r.info()
-        if renames != (read_json(self.layout.renames_path, default=None) or {}) \
-                or not self.layout.renames_path.exists():
+        if not self.layout.renames_path.exists() or renames != self._renames():
             atomic_write_json(self.layout.renames_path, renames)
         log.info("download summary (%d of %s ok):\n%s", len(done), plural(len(pairs), "pair"),
                  format_download_table(outcomes))
@@ -186,16 +177,8 @@ class V3CoLabPipeline:
     def _download_binance(self, c: PipelineConfig, pairs: list[tuple[str, str]]) -> list:
         """Sources 'binance' and 'binance-archive' through v3_binance_data.BinanceDownloader.
         A file another source wrote (synthetic, csv) is replaced, not appended to."""
-        refresh: bool | set = c.refresh
-        if not refresh:
-            refresh = set()
-            for s, i in pairs:
-                for sym in {s, RENAMED_SYMBOLS.get(s, s)}:
-                    prior = (self.store.entry(pair_key(sym, i)).get("data") or {}).get("source")
-                    if prior not in (None, "binance", "binance-archive"):
-                        log.info("%s %s: the saved candles came from %r; downloading afresh",
-                                 sym, i, prior)
-                        refresh.add((sym, i))
+        refresh = c.refresh or sources_to_refresh(pairs, lambda sym, i: (
+            self.store.entry(pair_key(sym, i)).get("data") or {}).get("source"))
         with BinanceDownloader(c.api_urls,
                                archive_url=c.archive_url, workers=c.download_workers,
                                show_progress=c.show_progress) as dl:
@@ -203,17 +186,22 @@ class V3CoLabPipeline:
                                      refresh=refresh, source=c.source)
 
     # -- step 3 ------------------------------------------------------------------------
+    @_locked
     def step_3_preprocess_features(self, pairs: list[tuple[str, str]] | None = None) -> dict:
         """Indicators, train-only scaling + PCA and windows, saved to base_dir/processed."""
         return self._preprocess(self.checked_config(), pairs)
 
-    def _preprocess(self, c: PipelineConfig, pairs: list[tuple[str, str]] | None = None) -> dict:
+    def _preprocess(self, c: PipelineConfig, pairs: list[tuple[str, str]] | None = None, *,
+                    retrain: bool = False) -> dict:
+        """Step 3 for `pairs` (default all). A trained pair whose candle file lost candles and
+        gained none keeps its features and model (v3_train_step.kept_features) unless
+        `retrain`."""
         pairs = pairs or self.pairs()
         log.info("STEP 3/5: indicators + PCA for %s", plural(len(pairs), "pair"))
         done = {}
         for symbol, interval in progress(pairs, enabled=c.show_progress, desc="features", unit="pair"):
             key = pair_key(symbol, interval)
-            src = self.layout.data_path(symbol, interval)
+            src, dst = self.layout.data_path(symbol, interval), self.processed_path(symbol, interval)
             if not src.exists():
                 if self.store.status(key) != FAILED:
                     self.store.fail(symbol, interval, "preprocess", ConfigError(
@@ -223,25 +211,32 @@ class V3CoLabPipeline:
                 data = prepare_dataset(latest_candles(read_klines(src), c.candles), c.features,
                                        interval=interval, name=f"{symbol} {interval}",
                                        hint=c.short_data_hint())
-                data.save(self.processed_path(symbol, interval))  # only when it changed
+                kept = None if retrain else kept_features(self.layout, symbol, interval, data)
+                if kept is None:
+                    data.save(dst)  # only when it changed
+                else:
+                    data = kept
+                    _touch(dst)  # not stale: step 4 need not warn again
+                status = self.store.status(key)
+                done[key] = features_info(data)
+                self.store.update(key, symbol=symbol, interval=interval, features=done[key],
+                                  status=status if status in TRAINED else PREPROCESSED,
+                                  reason=None, failed_step=None)
             except V3Error as e:
                 self.store.fail(symbol, interval, "preprocess", e)
                 continue
-            status = self.store.status(key)
-            done[key] = features_info(data)
-            self.store.update(key, symbol=symbol, interval=interval, features=done[key],
-                              status=status if status in TRAINED else PREPROCESSED,
-                              reason=None, failed_step=None)
         log.info("preprocessed %d of %s", len(done), plural(len(pairs), "pair"))
         return done
 
     # -- step 4 ------------------------------------------------------------------------
+    @_locked
     def step_4_train_models(self, epochs: int | None = None, batch_size: int | None = None,
                             learning_rate: float | None = None, *, retrain: bool = False) -> dict:
         """Train one model per pair; skip pairs already trained; resume interrupted ones."""
         return self._train(self.checked_config(epochs=epochs, batch_size=batch_size,
                                                learning_rate=learning_rate), retrain=retrain)
 
+    @_locked
     def step_3_train_models(self, epochs: int | None = None, batch_size: int | None = None,
                             learning_rate: float | None = None, *, retrain: bool = False) -> dict:
         """The guide's 'resume training' call: preprocess if needed, then continue training."""
@@ -260,40 +255,61 @@ class V3CoLabPipeline:
                  c.train.learning_rate, resolve_device(c.train.device))
         stale = [(s, i) for s, i in pairs if self._features_stale(s, i)]
         if stale:
-            self._preprocess(c, stale)
-        jobs = []
-        for n, (symbol, interval) in enumerate(pairs, 1):
-            key = pair_key(symbol, interval)
-            if not self.processed_path(symbol, interval).exists():
-                if self.store.status(key) != FAILED:
-                    self.store.fail(symbol, interval, "train", ConfigError(
-                        "no data for this pair: run steps 2 and 3 first."))
-                continue
-            try:
-                plan = plan_pair(self.layout, c, symbol, interval, retrain=retrain,
-                                 label=f"[{n}/{len(pairs)}] {key}")
-            except V3Error as e:
-                self.store.fail(symbol, interval, "train", e)
-                continue
-            if plan.job is None:
-                self.store.update(key, status=SKIPPED, skip_reason=plan.skip_reason, reason=None,
-                                  failed_step=None)
-            else:
-                jobs.append(plan.job)
+            self._preprocess(c, stale, retrain=retrain)
+        jobs = [job for n, (s, i) in enumerate(pairs, 1)
+                if (job := self._plan(c, s, i, retrain=retrain, label=f"[{n}/{len(pairs)}]"))]
+        finished: list[str] = []
 
         def done(job, outcome) -> dict:
             fields = finalize_pair(self.layout, c, job, outcome, prior=self.store.entry(job.key),
                                    created_at=now_iso())
+            finished.append(job.key)
             return self.store.update(job.key, status=SUCCESS, reason=None, failed_step=None,
                                      skip_reason=None, **fields)
 
-        train_jobs(jobs, c.train, show_progress=c.show_progress, on_done=done,
-                   on_error=lambda job, e: self.store.fail(job.symbol, job.interval, "train", e))
-        self._log_summary(pairs)
+        def failed(job, e) -> None:  # a full disk: with what the pairs not saved yet need
+            e = with_disk_need(e, [j for j in jobs if j.key not in finished])
+            self.store.fail(job.symbol, job.interval, "train", e)
+
+        train_jobs(jobs, c.train, show_progress=c.show_progress, on_done=done, on_error=failed)
+        log_summary(self.store.load(), pairs, self.results_path)
         if c.walk_forward:
             self._walk_forward(c, retrain=retrain)
-        self._report(c)
+        try:
+            self._report(c)
+        except StorageError as e:  # the pairs are done; only the report is missing
+            log.error("the report was not written: %s", e)
         return self.store.load()
+
+    def _plan(self, c: PipelineConfig, symbol: str, interval: str, *, retrain: bool,
+              label: str):
+        """One pair's TrainJob, or None (skipped, recorded; or failed, recorded). Damaged
+        features (processed/*.npz) are built again by step 3 first."""
+        key = pair_key(symbol, interval)
+        if not self.processed_path(symbol, interval).exists():
+            if self.store.status(key) != FAILED:
+                self.store.fail(symbol, interval, "train", ConfigError(
+                    "no data for this pair: run steps 2 and 3 first."))
+            return None
+        try:
+            try:
+                plan = plan_pair(self.layout, c, symbol, interval, retrain=retrain,
+                                 label=f"{label} {key}", prior=self.store.entry(key))
+            except DamagedFileError as e:
+                if e.path != self.processed_path(symbol, interval):
+                    raise
+                log.warning("%s: %s", key, e)
+                if key not in self._preprocess(c, [(symbol, interval)], retrain=retrain):
+                    return None  # step 3 failed it, with its reason
+                plan = plan_pair(self.layout, c, symbol, interval, retrain=retrain,
+                                 label=f"{label} {key}", prior=self.store.entry(key))
+            if plan.job is None:
+                self.store.update(key, status=SKIPPED, skip_reason=plan.skip_reason,
+                                  reason=None, failed_step=None, **plan.fields)
+        except V3Error as e:
+            self.store.fail(symbol, interval, "train", e)
+            return None
+        return plan.job
 
     def _features_stale(self, symbol: str, interval: str) -> bool:
         """Features missing or older than their candles (step 4 preprocesses them first)."""
@@ -301,33 +317,19 @@ class V3CoLabPipeline:
         return src.exists() and (not dst.exists() or dst.stat().st_mtime < src.stat().st_mtime)
 
     def _write_config(self, c: PipelineConfig) -> None:
+        """results/config.json, rewritten only when the settings change; a damaged one is set
+        aside and written afresh. A failed write is logged: training goes on without it."""
         cfg = dict(c.to_dict(), base_dir=str(self.base_dir), warmup_candles=WARMUP_CANDLES)
         path = self.layout.config_path
-        if not same_json(cfg, read_json(path, default={}) or {}):  # unchanged: keep written_at
-            atomic_write_json(path, dict(cfg, written_at=now_iso()))
-
-    def _log_summary(self, pairs) -> None:
-        results = self.store.load()
-        rows = []
-        for symbol, interval in pairs:
-            r = results.get(pair_key(symbol, interval), {})
-            t, b = r.get("test") or {}, (r.get("baseline") or {}).get("persistence") or {}
-            rows.append((pair_key(symbol, interval), r.get("status", "-"),
-                         fmt_num(t.get("mape"), ".4f"), fmt_num(b.get("mape"), ".4f"),
-                         fmt_num(t.get("directional_accuracy"), ".1f"),
-                         t.get("n_direction", "-"), r.get("reason") or r.get("skip_reason") or ""))
-        head = ("pair", "status", "MAPE %", "persist. %", "dir acc %", "n dir", "note")
-        synthetic = any(results.get(pair_key(*p), {}).get("synthetic") for p in pairs)
-        log.info("results (test split; persistence = 'next close = last close' on the same "
-                 "samples)%s:\n%s", " [SYNTHETIC DATA]" if synthetic else "",
-                 text_table(head, rows, max_width={6: 90}))
-        failed = [r for p in pairs if (r := results.get(pair_key(*p), {})).get("status") == FAILED]
-        if failed and len(failed) == len(pairs):
-            log.error("all %s failed (%s): the reasons are above and in %s", plural(len(pairs), "pair"),
-                      ", ".join(sorted({f"{r.get('failed_step', '?')}" for r in failed})),
-                      self.results_path)
+        try:
+            old = read_json_or_set_aside(path, {}, fix="writing it afresh") or {}
+            if not same_json(cfg, old):  # unchanged: keep written_at
+                atomic_write_json(path, dict(cfg, written_at=now_iso()))
+        except StorageError as e:
+            log.error("%s; training goes on without it (step 4 writes it again)", e)
 
     # -- evaluation: re-scoring, walk-forward, the report (v3_evaluation, v3_report) -----
+    @_locked
     def rescore_pairs(self, keys: list[str] | None = None) -> dict:
         """Score trained pairs (all, or `keys`) again from their saved model and features, with
         no training. A pair that cannot be re-scored keeps its old numbers and gets a
@@ -354,6 +356,7 @@ class V3CoLabPipeline:
         log.info("re-scored %s from their saved models", plural(len(done), "pair"))
         return done
 
+    @_locked
     def step_4_walk_forward(self, k: int, *, retrain: bool = False) -> dict:
         """Retrain every pair on K successive origins (expanding window; everything refitted on
         each fold's own training rows) and score each fold's next block of test samples;
@@ -390,6 +393,7 @@ class V3CoLabPipeline:
             done[key] = self.store.update(key, walk_forward=wf)["walk_forward"]
         return done
 
+    @_locked
     def write_report(self, *, rescore: bool = False) -> dict:
         """The across-pair summary (into the results JSON under '_summary') and
         results/report.md + report.html with plots. `rescore` first re-scores every pair;
@@ -422,7 +426,7 @@ class V3CoLabPipeline:
         summary["fee_per_side"] = c.fee_per_side
         if results.get("_summary") != summary:
             results["_summary"] = summary
-            atomic_write_json(self.results_path, results)
+            self.store.write_all(results)
         paths = write_report(self.base_dir, results, plots=c.plots)
         log.info("%s%s", "[SYNTHETIC DATA] " if summary["synthetic"] else "",
                  summary_sentences(summary)[0].replace("**", ""))
@@ -430,6 +434,7 @@ class V3CoLabPipeline:
         return summary
 
     # -- step 5 ------------------------------------------------------------------------
+    @_locked
     def step_5_upload_to_huggingface(self, repo_id: str | None = None, *, token: str | None = None,
                                      private: bool | None = None,
                                      folder: str | None = None) -> dict | None:
@@ -443,12 +448,14 @@ class V3CoLabPipeline:
         """
         c = self.config
         log.info("STEP 5/5: upload to the Hugging Face Hub")
+        self.store.load()  # a damaged results file is set aside and rebuilt before it goes up
         return upload_to_hub(self.base_dir, repo_id=repo_id or c.hf_repo,
                              token=token or self._hf_token, folder=folder or c.hf_folder,
                              private=c.hf_private if private is None else private,
                              show_progress=c.show_progress)
 
     # -- all ---------------------------------------------------------------------------
+    @_locked
     def run_full_pipeline(self, epochs: int | None = None, batch_size: int | None = None,
                           learning_rate: float | None = None, *, retrain: bool = False,
                           upload: bool | None = None) -> dict:
@@ -458,7 +465,7 @@ class V3CoLabPipeline:
                                 learning_rate=learning_rate)  # bad input fails before any work
         self.step_1_setup_environment()
         self._download(c)
-        self._preprocess(c)
+        self._preprocess(c, retrain=retrain)
         results = self._train(c, retrain=retrain)
         if not (c.upload if upload is None else upload):
             log.info("STEP 5/5: upload switched off")
@@ -483,6 +490,13 @@ def _as_list(v):
     return list(v) if isinstance(v, (list, tuple)) else v
 
 
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError as e:  # only costs the same warning once more in step 4
+        log.debug("could not touch %s: %s", path, e)
+
+
 # ---------------------------------------------------------------------------------------
 # Command line (the options are in v3_cli)
 
@@ -490,33 +504,12 @@ def _as_list(v):
 def pipeline_from_args(args) -> tuple[V3CoLabPipeline, list[str]]:
     """The pipeline and the steps (in order) that the parsed options ask for."""
     cfg = demo_config() if args.demo else PipelineConfig()
-    train_over = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                                    ("learning_rate", args.learning_rate), ("device", args.device),
-                                    ("seed", args.seed), ("engine", args.engine),
-                                    ("threads", args.threads), ("stop_on", args.stop_on))
-                  if v is not None}
-    api_urls = split_list(args.api_urls)
-    top = {k: v for k, v in (("candles", args.candles), ("source", args.source),
-                             ("data_dir", args.data_dir), ("hf_repo", args.hf_repo),
-                             ("hf_folder", args.hf_folder),
-                             ("api_urls", api_urls or None),
-                             ("archive_url", args.archive_url),
-                             ("download_workers", args.download_workers),
-                             ("walk_forward", args.walk_forward),
-                             ("fee_per_side", args.fee_per_side)) if v is not None}
-    flags = {"hf_private": args.private, "refresh": args.refresh}
-    top.update({k: True for k, v in flags.items() if v})
-    if args.hf_repo:
-        top["upload"] = True
-    if args.no_upload:
-        top["upload"] = False
-    if args.no_progress or args.quiet:
-        top["show_progress"] = False
-    if args.quantile_scale:
-        top["model"] = dataclasses.replace(cfg.model, quantile_scale=args.quantile_scale)
+    train_over, top = config_overrides(args)
+    if "quantile_scale" in top:
+        top["model"] = dataclasses.replace(cfg.model, quantile_scale=top.pop("quantile_scale"))
     cfg = dataclasses.replace(cfg.with_training(**train_over), **top)
     pipe = V3CoLabPipeline(args.base_dir, config=cfg, coins=split_list(args.coins),
-                           timeframes=split_list(args.timeframes))
+                           timeframes=split_list(args.timeframes), wait_for_lock=args.wait_lock)
     asked = {s for group in args.steps for s in group} if args.steps else set(STEPS)
     return pipe, [s for s in STEPS if s in asked]
 
@@ -530,7 +523,7 @@ def _run_steps(pipe: V3CoLabPipeline, c: PipelineConfig, steps: list[str], args)
         elif step == "download":
             produced = len(pipe._download(c))
         elif step == "preprocess":
-            produced = len(pipe._preprocess(c))
+            produced = len(pipe._preprocess(c, retrain=args.retrain))
         elif step == "train":
             produced = pipe.usable(pipe._train(c, retrain=args.retrain))
         elif step == "upload":
@@ -548,6 +541,21 @@ def _run_steps(pipe: V3CoLabPipeline, c: PipelineConfig, steps: list[str], args)
     return produced
 
 
+# a step that could not finish: exit 1 (the message says what to repair; re-run to go on),
+# where any other V3Error is bad input, a refused token or a folder in use: exit 2
+FAILED_STEP_ERRORS = (StorageError, RetryableUploadError, DamagedFileError)
+
+
+def _report_only(pipe: V3CoLabPipeline, c: PipelineConfig) -> int:
+    pipe._report(c, rescore=True)
+    failed = [k for k, v in pipe.store.trained().items() if v.get("rescore_error")]
+    if failed:
+        log.error("could not re-score %s (%s): see the report; re-train with --retrain",
+                  plural(len(failed), "pair"), ", ".join(failed))
+        return 1
+    return 0 if pipe.usable() else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("WARNING" if args.quiet else "INFO")
@@ -560,15 +568,13 @@ def main(argv: list[str] | None = None) -> int:
         if c.preset == "demo":
             log.info("demo preset: SYNTHETIC candles, small model (hidden %d, %d layers), %s",
                      c.model.hidden_size, c.model.num_layers, plural(c.train.epochs, "epoch"))
-        if args.report_only:
-            pipe._report(c, rescore=True)
-            failed = [k for k, v in pipe.store.trained().items() if v.get("rescore_error")]
-            if failed:
-                log.error("could not re-score %s (%s): see the report; re-train with --retrain",
-                          plural(len(failed), "pair"), ", ".join(failed))
-                return 1
-            return 0 if pipe.usable() else 1
-        produced = _run_steps(pipe, c, steps, args)
+        with pipe.run_lock:  # one run per base_dir (RunLockedError: exit 2)
+            if args.report_only:
+                return _report_only(pipe, c)
+            produced = _run_steps(pipe, c, steps, args)
+    except FAILED_STEP_ERRORS as e:
+        log.error("%s: %s", type(e).__name__, e)
+        return 1
     except V3Error as e:
         log.error("%s: %s", type(e).__name__, e)
         return 2
@@ -577,6 +583,10 @@ def main(argv: list[str] | None = None) -> int:
                     pipe.base_dir if pipe else "base_dir")
         return 130
     log.info("done in %.1f s; outputs in %s", time.perf_counter() - t0, pipe.base_dir.resolve())
+    if pipe.store.unsaved:
+        log.error("%s could not be written (the StorageError above says why): fix that and "
+                  "re-run; the models saved are rebuilt into it", pipe.results_path)
+        return 1
     if produced == 0:
         log.error("nothing usable was produced: see %s", pipe.results_path)
         return 1

@@ -5,10 +5,12 @@ Nothing here runs at import: no logging set-up, no device probing, no network.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -60,8 +62,32 @@ class UploadError(V3Error):
     """The Hugging Face upload cannot go on (bad token, no write access, missing repo)."""
 
 
+class RetryableUploadError(UploadError):
+    """The Hub did not answer (connection error, 5xx, 429) after the retries: re-run step 5
+    later; nothing local is wrong."""
+
+
 class CheckpointError(V3Error):
     """A checkpoint file is missing, corrupt or from an incompatible version."""
+
+
+class DamagedFileError(V3Error, ValueError):
+    """A file V3 wrote earlier is truncated or garbled: rebuilt where it can be (the damaged
+    one is set aside), else the message says which step writes it again. `path`: the file."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
+
+
+class StorageError(V3Error, OSError):
+    """A file could not be written (no permission, a full disk, a read-only file system):
+    fix the folder and re-run; what was written before is kept. `errno` is the OS's code."""
+
+
+class RunLockedError(V3Error):
+    """Another V3 run holds the run folder's lock: wait for it (--wait-lock) or use another
+    --base-dir."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -172,21 +198,77 @@ def progress(iterable: Iterable | None = None, *, enabled: bool = True, **kw: An
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename. An OS error (no
+    permission, a full disk, a read-only file system) raises StorageError and leaves the old
+    file as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise storage_error(path, e, size=len(data)) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and not isinstance(e, V3Error):
+            raise storage_error(path, e, size=len(data)) from e
         raise
+
+
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def storage_error(path: str | os.PathLike, e: OSError, *, size: int | None = None) -> StorageError:
+    """The StorageError for an OSError while writing `path`: what failed, and the fix for
+    its kind (permission, full disk, read-only file system)."""
+    path = Path(path)
+    name = errno.errorcode.get(e.errno or 0, type(e).__name__)
+    what = f"cannot write {path}: {e.strerror or e} ({name})."
+    if e.errno in (errno.EACCES, errno.EPERM):
+        fix = (f"Make {path.parent} writable (or choose another --base-dir) and re-run; "
+               f"finished work is kept.")
+    elif e.errno in DISK_FULL:
+        free = free_bytes(path.parent)
+        fix = (f"The disk is full: {fmt_bytes(free)} free in {path.parent}"
+               + (f", and this file alone needs {fmt_bytes(size)}" if size else "")
+               + ". Free some space (or choose another --base-dir) and re-run; finished work "
+                 "is kept.")
+    elif e.errno == errno.EROFS:
+        fix = "The file system is read-only: choose a --base-dir on a writable disk and re-run."
+    else:
+        fix = "Check the folder and the disk, then re-run; finished work is kept."
+    err = StorageError(f"{what} {fix}")
+    err.errno = e.errno
+    return err
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    """Free space on the disk of `folder` (or its nearest existing parent); None if unknown."""
+    p = Path(folder).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def fmt_bytes(n: int | None) -> str:
+    """'3.2 MB', '512 KB', '1.5 GB' (decimal units); '?' when unknown."""
+    if n is None:
+        return "?"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -216,11 +298,41 @@ def utc_minute(ms: int | None) -> str | None:
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    """The JSON in `path`, `default` when there is no file; DamagedFileError for a file that
+    is empty, truncated or not JSON (the caller decides whether to rebuild it)."""
     path = Path(path)
     if not path.exists():
         return default
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DamagedFileError(f"{path} is damaged: not readable JSON ({type(e).__name__}: "
+                               f"{shorten(str(e), 120)}).", path=path) from e
+
+
+def set_aside(path: str | os.PathLike) -> Path:
+    """Move a damaged file out of the way, to NAME.damaged-YYYYmmddTHHMMSS.EXT beside it (kept
+    for a person to look at); returns the new path. StorageError when it cannot be moved."""
+    path = Path(path)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    dst = path.with_name(f"{path.stem}.damaged-{stamp}{path.suffix}")
+    try:
+        os.replace(path, dst)
+    except OSError as e:
+        raise storage_error(dst, e) from e
+    return dst
+
+
+def read_json_or_set_aside(path: str | os.PathLike, default: Any, *, fix: str) -> Any:
+    """read_json, but a damaged file is set aside (set_aside) with one warning that names it,
+    the copy and `fix` (what happens next), and `default` is returned."""
+    try:
+        return read_json(path, default=default)
+    except DamagedFileError as e:
+        kept = set_aside(path)
+        log.warning("%s Kept it as %s; %s", e, kept.name, fix)
+        return default
 
 
 def in_colab() -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import io
 import time
+import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from v3_common import (INTERVAL_MS, REQUIRED_COLUMNS, CheckpointError, ConfigError,
-                       DataValidationError, InsufficientDataError, atomic_write_bytes,
+                       DamagedFileError, DataValidationError, InsufficientDataError, atomic_write_bytes,
                        check_interval, log, plural, utc_minute)
 from v3_har import HarFit, fit_har, range_features
 from v3_indicators import FEATURE_DOCS, feature_names, indicator_table
@@ -318,22 +319,41 @@ class PreparedData:
 
     @classmethod
     def load(cls, path: str | Path) -> "PreparedData":
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in ("vol_scale", "har_scale", "range_var") if k not in z.files]
-            if missing:
-                raise DataValidationError(
-                    f"{path} was written by an older V3 (no {', '.join(missing)}: the quantile "
-                    f"head's units). Run step 3 again (--steps preprocess,train) to rebuild it.")
-            scalars = ast.literal_eval(str(z["scalars"][0]))
-            har = HarFit.from_dict(scalars.pop("har"))
-            transform = FittedTransform.from_arrays(
-                {k[len("transform_"):]: z[k] for k in z.files if k.startswith("transform_")})
-            return cls(features=z["features"], ends=z["ends"], target=z["target"],
-                       vol_scale=z["vol_scale"], range_var=z["range_var"],
-                       next_range_var=z["next_range_var"], har_scale=z["har_scale"], har=har,
-                       last_close=z["last_close"], actual_close=z["actual_close"],
-                       target_open_time=z["target_open_time"], transform=transform,
-                       feature_names=[str(s) for s in z["feature_names"]], **scalars)
+        """Read a dataset `save` wrote. DamagedFileError for a truncated or garbled file (step 3
+        writes it again); DataValidationError for one of an older V3."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls._from_npz(z, path)
+        except (DataValidationError, FileNotFoundError):
+            raise
+        except NPZ_DAMAGE as e:
+            raise DamagedFileError(f"{path} is damaged ({type(e).__name__}: "
+                                   f"{' '.join(str(e).split())[:160]}): step 3 (preprocess) "
+                                   f"writes it again.", path=path) from e
+
+    @classmethod
+    def _from_npz(cls, z, path) -> "PreparedData":
+        missing = [k for k in ("vol_scale", "har_scale", "range_var") if k not in z.files]
+        if missing:
+            raise DataValidationError(
+                f"{path} was written by an older V3 (no {', '.join(missing)}: the quantile "
+                f"head's units). Run step 3 again (--steps preprocess,train) to rebuild it.")
+        scalars = ast.literal_eval(str(z["scalars"][0]))
+        har = HarFit.from_dict(scalars.pop("har"))
+        transform = FittedTransform.from_arrays(
+            {k[len("transform_"):]: z[k] for k in z.files if k.startswith("transform_")})
+        return cls(features=z["features"], ends=z["ends"], target=z["target"],
+                   vol_scale=z["vol_scale"], range_var=z["range_var"],
+                   next_range_var=z["next_range_var"], har_scale=z["har_scale"], har=har,
+                   last_close=z["last_close"], actual_close=z["actual_close"],
+                   target_open_time=z["target_open_time"], transform=transform,
+                   feature_names=[str(s) for s in z["feature_names"]], **scalars)
+
+
+# what a truncated or garbled .npz raises from np.load or its arrays (a missing file is
+# FileNotFoundError, an OSError: callers check for the file first)
+NPZ_DAMAGE = (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, SyntaxError, TypeError,
+              IndexError)
 
 
 def _same_npz(path: Path, arrays: dict[str, np.ndarray]) -> bool:
@@ -350,7 +370,7 @@ def _same_npz(path: Path, arrays: dict[str, np.ndarray]) -> bool:
                 if old.dtype != v.dtype or old.shape != v.shape or not np.array_equal(
                         old, v, equal_nan=v.dtype.kind in "fc"):
                     return False
-    except (OSError, ValueError, EOFError, KeyError):
+    except NPZ_DAMAGE:
         return False  # unreadable: write it afresh
     return True
 

@@ -158,6 +158,28 @@ def write_predictions(path, data: PreparedData, scored: dict, *, baselines: bool
     atomic_write_bytes(path, pd.DataFrame(cols).to_csv(index=False).encode())
 
 
+def predictions_problem(path, data: PreparedData) -> str | None:
+    """What is wrong with a predictions CSV that write_predictions wrote for `data` (missing,
+    unreadable, truncated: not one whole row per test sample), or None when it is whole."""
+    te = data.split("test")
+    if not path.exists():
+        return f"{path.name} is missing"
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
+        return f"{path.name} is unreadable ({type(e).__name__})"
+    need = ["open_time", "last_close", "actual_close", "predicted_close"]
+    if any(c not in df.columns for c in need):
+        return f"{path.name} lacks the column(s) {[c for c in need if c not in df.columns]}"
+    whole = df[need].notna().all(axis=1)
+    if len(df) != data.n_test or not whole.all():
+        return (f"{path.name} holds {int(whole.sum())} whole rows of the {data.n_test} test "
+                f"samples (truncated?)")
+    if not np.array_equal(df["open_time"].to_numpy(), data.target_open_time[te]):
+        return f"{path.name} is for other candles than the model's test split"
+    return None
+
+
 # ---------------------------------------------------------------------------------------
 # Re-scoring a saved model
 

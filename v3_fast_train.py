@@ -47,7 +47,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from v3_common import ConfigError, V3Error, log, progress
+from v3_common import ConfigError, StorageError, V3Error, log, progress
 from v3_fast_check import check_against_plain_loop
 from v3_fast_group import TrainGroup
 from v3_lstm_model import V3LSTMModel
@@ -223,13 +223,19 @@ def _finish(group: TrainGroup, ms: list[int], *, on_done, on_error, out: dict) -
 
 def _save_running(group: TrainGroup) -> None:
     """The resume state of every unfinished slot that has a checkpoint_fn (group.saved: the
-    state after the epoch just finished)."""
+    state after the epoch just finished). One that cannot be saved (a StorageError: a full
+    disk, no permission) is logged and its model trains on: its final save, in _finish,
+    fails that pair alone, as the plain loop does."""
     state = group.saved
     ms = [m for m, s in enumerate(state.slots) if not s.finished and s.job.checkpoint_fn]
     if ms:
         cpu = group.cpu_blocks(ms, state)
         for m in ms:
-            _callback(state.slots[m].job.checkpoint_fn, group.resume_state(m, cpu, state))
+            try:
+                _callback(state.slots[m].job.checkpoint_fn, group.resume_state(m, cpu, state))
+            except StorageError as e:
+                log.warning("%s: its training state was not saved: %s", state.slots[m].job.desc,
+                            " ".join(str(e).split()))
 
 
 def _save_interrupted(group: TrainGroup, out: dict) -> None:

@@ -13,7 +13,8 @@ root already has a README that V3 did not write (no CARD_MARKER line): then it g
 
 Re-running is safe: the Hub reports which files it already has, unchanged files are dropped
 from the commit, and a run with nothing new makes no commit at all. Transient failures (HTTP
-5xx/429/408, connection errors) are retried MAX_ATTEMPTS times in all, with growing waits.
+5xx/429/408, connection errors) are retried MAX_ATTEMPTS times in all, with growing waits;
+after the last, RetryableUploadError (an UploadError: re-run later; exit code 1).
 
 The token, in this order: the `token` argument, the HF_TOKEN environment variable, the stored
 login (`hf auth login`), the Colab secret HF_TOKEN (only inside the notebook UI, not from a
@@ -45,8 +46,9 @@ from huggingface_hub.utils import (are_progress_bars_disabled, disable_progress_
                                    enable_progress_bars, validate_repo_id)
 
 from v3_checkpoint import LoadedModel, load_checkpoint, load_model_file
-from v3_common import (CheckpointError, ConfigError, DownloadError, UploadError, check_interval,
-                       log, normalize_symbol, plural, read_json, shorten)
+from v3_common import (CheckpointError, ConfigError, DownloadError, RetryableUploadError,
+                       UploadError, check_interval, log, normalize_symbol, plural, read_json,
+                       shorten)
 from v3_layout import RunLayout, model_filename
 from v3_model_card import (CARD_LICENSE, CARD_MARKER, CONFIG_NAME, DEFAULT_FOLDER, RESULTS_NAME,
                            build_model_card)
@@ -203,9 +205,10 @@ def _upload_error(e: BaseException, *, what: str, repo_id: str, who: _Who, token
         msg = (f"{repo_id} was not found on {who.endpoint} (HTTP 404) while trying to {what}. "
                f"Check the repo id (--hf-repo NAMESPACE/NAME).")
     elif _transient(e):
-        msg = (f"the Hub at {who.endpoint} did not answer to {what} ({_describe(e, token)}) after "
-               f"{attempts} tries. Nothing was changed locally; re-run step 5 later: files "
-               f"already on the Hub are skipped.")
+        return RetryableUploadError(_scrub(
+            f"the Hub at {who.endpoint} did not answer to {what} ({_describe(e, token)}) after "
+            f"{attempts} tries. Nothing was changed locally; re-run step 5 later: files "
+            f"already on the Hub are skipped.", token))
     else:
         msg = f"could not {what} on {repo_id}: {_describe(e, token)}."
     return UploadError(_scrub(msg, token))

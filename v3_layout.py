@@ -10,6 +10,7 @@
       results/predictions/SYMBOL_INTERVAL.csv  per-sample test predictions
       results/walk_forward/SYMBOL_INTERVAL_foldK.csv
       results/report.md, report.html, plots/*.png
+      .v3.lock, .v3.lock.holder             the run folder's lock and who holds it (v3_run_lock)
 
 Pipeline, hub, report and predict ask a `RunLayout` for paths instead of spelling them.
 """
@@ -24,6 +25,7 @@ from v3_common import pair_key
 RESULTS_FILE = "v3_training_results.json"
 CONFIG_FILE = "config.json"
 RENAMES_FILE = "symbol_renames.json"  # in data/: requested -> traded symbol (MATICUSDT -> POLUSDT)
+LOCK_FILE = ".v3.lock"
 MODEL_GLOB = "v3_model_*.pt"
 MODEL_NAME_RE = re.compile(r"v3_model_([A-Z0-9]+)_(\w+)\.pt$")
 
@@ -87,6 +89,16 @@ class RunLayout:
     @property
     def renames_path(self) -> Path:
         return self.data_dir / RENAMES_FILE
+
+    @property
+    def lock_path(self) -> Path:
+        """The run folder's lock (a FileLock: held while a step runs)."""
+        return self.base_dir / LOCK_FILE
+
+    @property
+    def lock_holder_path(self) -> Path:
+        """Who holds the lock (pid, host, since, command), for the second run's message."""
+        return self.base_dir / f"{LOCK_FILE}.holder"
 
     @property
     def report_md(self) -> Path:

@@ -13,11 +13,11 @@ output nearest the median is the anchor, every other output is a softplus gap to
 neighbour towards the anchor, added one at a time. `model(x)` still returns the point
 forecast (B,); `model.forward_with_quantiles(x)` returns (point (B,), quantiles (B, Q)).
 Training minimises MSE(point) + quantile_weight * mean pinball loss over the levels, both
-on the standardised target (quantile_pinball). With quantile_scale "ewma" (the default) the
-head's quantiles are in units of the recent volatility at the window's last candle
-(PreparedData.vol_scale: an EWMA of the last 100 squared returns, known at t); with "har" in
-units of the HAR forecast of the next candle's volatility (PreparedData.har_scale: v3_har,
-from the ranges of the candles up to t and the clock of t+1). Either way the head learns the
+on the standardised target (quantile_pinball). With quantile_scale "har" (the default) the
+head's quantiles are in units of the HAR forecast of the next candle's volatility
+(PreparedData.har_scale: v3_har, from the ranges of the candles up to t and the clock of
+t+1); with "ewma" in units of the recent volatility at the window's last candle
+(PreparedData.vol_scale: an EWMA of the last 100 squared returns, known at t). Either way the head learns the
 shape and the correction, the unit carries the volatility regime, and the quantiles of the
 standardised target are head output x unit (v3_trainer and v3_predict multiply). "none"
 gives the head's outputs as they are.
@@ -54,10 +54,10 @@ class ModelConfig:
     # training loss = MSE(point) + quantile_weight * mean pinball loss over the levels (both
     # on the standardised target; validation loss and early stopping: the MSE alone)
     quantile_weight: float = 1.0
-    # the quantile head's unit: "ewma" = the recent volatility at t, "har" = the HAR forecast
-    # of candle t+1's range-based volatility (see the module's docstring), "none" = the
-    # standardised target itself
-    quantile_scale: str = "ewma"
+    # the quantile head's unit: "har" = the HAR forecast of candle t+1's range-based
+    # volatility (the default: better than "ewma" on validation, README "Intervals"), "ewma"
+    # = the recent EWMA volatility at t, "none" = the standardised target itself
+    quantile_scale: str = "har"
 
     def __post_init__(self):
         # a list (from JSON) becomes a tuple: the config stays hashable and compares equal

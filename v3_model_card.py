@@ -21,7 +21,7 @@ CARD_MARKER = "<!-- v3-cpb-models card: written by V3's step 5 -->"
 CARD_LICENSE = "mit"
 CARD_COLUMNS = ["pair", "status", "MAPE %", "persistence MAPE %", "RMSE", "persistence RMSE",
                 "direction %", "80 % interval coverage %", "GARCH 80 % coverage %",
-                "pinball skill vs GARCH %", "test samples", "data"]
+                "pinball skill vs GARCH %", "pinball skill vs HAR %", "test samples", "data"]
 CARD_TAGS = ["time-series-forecasting", "cryptocurrency", "lstm", "attention", "pytorch", "v3-cpb"]
 _TRAIN_KEYS = [("epochs", "epochs"), ("batch_size", "batch size"),
                ("learning_rate", "learning rate"), ("weight_decay", "AdamW weight decay"),
@@ -139,7 +139,9 @@ def _card_results(pairs: list[str], results: dict) -> list[str]:
             "counts the samples whose actual move is not zero (an honest coin flip scores 50 %). "
             "The 80 % interval of the next close (the quantile head) should cover 80 % of the "
             "test candles; beside it GARCH(1,1)-t, the field's standard, fitted on the training "
-            "split only; pinball skill > 0 means a better interval forecast than GARCH's.",
+            "split only; pinball skill > 0 means a better interval forecast than GARCH's, and "
+            "than HAR's (a regression on the candles' ranges and the clock, also fitted on the "
+            "training split).",
             "", "| " + " | ".join(CARD_COLUMNS) + " |", "|" + "---|" * len(CARD_COLUMNS),
             *["| " + " | ".join(_card_row(k, results[k])) + " |" for k in pairs]]
 
@@ -157,6 +159,7 @@ def _card_row(key: str, r: dict) -> list[str]:
             fmt_num(pct((iv.get("coverage") or {}).get("80")), ".1f"),
             fmt_num(pct((garch.get("coverage") or {}).get("80")), ".1f"),
             fmt_num(pct((iv.get("skill") or {}).get("garch")), "+.2f"),
+            fmt_num(pct((iv.get("skill") or {}).get("har")), "+.2f"),
             fmt_num(t.get("n"), "d"), source]
 
 

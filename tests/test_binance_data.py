@@ -23,7 +23,7 @@ import v3_binance_client
 import v3_binance_data as bd
 from fake_binance import FakeBinance, Reply, ms
 from v3_common import (ConfigError, DataValidationError, DelistedSymbolError, DownloadError,
-                       InvalidSymbolError, RetryableDownloadError)
+                       InvalidSymbolError, RetryableDownloadError, StorageError)
 from v3_market_data import data_path, read_klines, write_klines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -411,7 +411,9 @@ def test_failed_write_keeps_the_old_file_and_the_other_pairs(fake, tmp_path, mon
     monkeypatch.setattr(os, "replace", replace)
     rs = fetch(downloader(fake.url), [("BTCUSDT", "1h"), ("ETHUSDT", "1h")], 900, tmp_path,
                refresh=True)
-    assert "cannot write the candles" in str(rs[0].error) and "No space left" in str(rs[0].error)
+    # a StorageError (issue 21 item 5): the file, the disk's free space and the fix
+    assert isinstance(rs[0].error, StorageError)
+    assert "BTCUSDT_1h.csv: No space left on device (ENOSPC). The disk is full" in str(rs[0].error)
     assert r.path.read_bytes() == old and not list(tmp_path.glob(".*.tmp"))
     assert rs[1].ok and len(read_klines(rs[1].path)) == 900
 

@@ -1,10 +1,12 @@
+import errno
 import logging
 import os
 
 import pytest
 
-from v3_common import (ConfigError, atomic_write_bytes, check_interval, normalize_symbol,
-                       pair_key, read_json, atomic_write_json, setup_logging)
+from v3_common import (ConfigError, DamagedFileError, StorageError, atomic_write_bytes,
+                       atomic_write_json, check_interval, normalize_symbol, pair_key, read_json,
+                       read_json_or_set_aside, setup_logging)
 
 
 @pytest.mark.parametrize("given,expected", [
@@ -51,14 +53,45 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     atomic_write_json(path, {"a": 1})
 
     def broken_replace(src, dst):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device", dst)
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError) as e:
         atomic_write_bytes(path, b"partial")
     monkeypatch.undo()
     assert read_json(path) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temporary left behind
+    assert isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC
+    assert f"cannot write {path}: No space left on device (ENOSPC). The disk is full: " in str(e.value)
+    assert "and this file alone needs 7 B" in str(e.value)
+
+
+@pytest.mark.parametrize("code,fix", [
+    (errno.EACCES, "Make {folder} writable (or choose another --base-dir)"),
+    (errno.EROFS, "The file system is read-only: choose a --base-dir on a writable disk"),
+    (errno.EIO, "Check the folder and the disk"),
+])
+def test_write_errors_are_storage_errors_with_the_fix(tmp_path, monkeypatch, code, fix):
+    def refuse(src, dst):
+        raise OSError(code, os.strerror(code), dst)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(StorageError) as e:
+        atomic_write_json(tmp_path / "x.json", {"a": 1})
+    assert fix.format(folder=tmp_path) in str(e.value) and e.value.errno == code
+
+
+@pytest.mark.parametrize("text", ['{"a": ', "", "\ufffd garbage"])
+def test_damaged_json_is_a_named_error_and_can_be_set_aside(tmp_path, caplog, text):
+    path = tmp_path / "x.json"
+    path.write_bytes(text.encode() if text != "\ufffd garbage" else b"\xff\xfe garbage")
+    with pytest.raises(DamagedFileError, match=r"x.json is damaged: not readable JSON") as e:
+        read_json(path)
+    assert e.value.path == path
+    assert read_json_or_set_aside(path, {"default": 1}, fix="rebuilding it") == {"default": 1}
+    kept = list(tmp_path.glob("x.damaged-*.json"))
+    assert len(kept) == 1 and not path.exists()
+    assert f"Kept it as {kept[0].name}; rebuilding it" in caplog.text
 
 
 def test_setup_logging_is_idempotent():

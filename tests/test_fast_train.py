@@ -31,7 +31,7 @@ import v3_fast_check as check
 import v3_fast_group as fast_group
 import v3_fast_kernels as kernels
 import v3_fast_train as fast
-from v3_common import CheckpointError, ConfigError
+from v3_common import CheckpointError, ConfigError, StorageError
 from v3_data_processor import FeatureConfig, prepare_dataset
 from v3_lstm_model import ModelConfig, V3LSTMModel, quantile_pinball
 from v3_market_data import synthetic_klines
@@ -254,7 +254,7 @@ def test_both_engines_record_the_validation_pinball_of_the_quantile_head(pairs):
         model = V3LSTMModel(MODEL)
         model.load_state_dict(out.best_state)
         va = data.split("val")
-        unit = data.vol_scale[va].astype(np.float64)
+        unit = data.unit(MODEL.quantile_scale)[va].astype(np.float64)
         q = predict_quantiles_standardized(model, data, va) / unit[:, None]
         y = data.target[va]
         pin = quantile_pinball(torch.as_tensor(q, dtype=torch.float64),
@@ -318,6 +318,21 @@ def test_one_bad_pair_fails_alone_and_on_done_errors_go_to_on_error(pairs, caplo
     assert isinstance(failed["BTCUSDT"], ConfigError)
     assert "BTCUSDT: the data has 4 features per candle, the model expects 5" in str(failed["BTCUSDT"])
     assert isinstance(failed["ETHUSDT"], CheckpointError)
+
+
+def test_a_training_state_that_cannot_be_saved_fails_its_pair_alone(pairs, caplog):
+    """Issue 21 item 5: a StorageError from one model's periodic save stopped the group."""
+    def refuse(state):
+        raise StorageError("cannot write ETHUSDT_15m_resume.pt: No space left on device (test)")
+
+    jobs = [dataclasses.replace(j, checkpoint_fn=refuse if j.key == "ETHUSDT" else None)
+            for j in make_jobs(pairs)]
+    failed = {}
+    out = train_jobs(jobs, dataclasses.replace(TRAIN, epochs=3, engine="fast"), show_progress=False,
+                     on_error=lambda job, e: failed.setdefault(job.key, e))
+    assert sorted(out) == ["BTCUSDT", "SOLUSDT"] and list(failed) == ["ETHUSDT"]
+    assert isinstance(failed["ETHUSDT"], StorageError)
+    assert "ETHUSDT: its training state was not saved: cannot write" in caplog.text
 
 
 @pytest.mark.slow

@@ -17,7 +17,8 @@ import v3_hub
 from conftest import tiny_config
 from fake_hub import FakeHub, FakeUser
 from v3_colab_training import V3CoLabPipeline, main
-from v3_common import CheckpointError, ConfigError, DownloadError, UploadError, read_json
+from v3_common import (CheckpointError, ConfigError, DownloadError, RetryableUploadError,
+                       UploadError, read_json)
 from v3_hub import (NO_TOKEN_HINT, check_folder, check_repo_id, load_model_from_hub, resolve_token,
                     upload_to_hub)
 from v3_model_card import CARD_MARKER
@@ -194,6 +195,24 @@ def test_unreachable_hub_is_retried_a_bounded_number_of_times(trained, caplog):
     assert "did not answer to check the token (whoami)" in str(e.value)
     assert "after 2 tries" in str(e.value) and SECRET not in str(e.value)
     assert caplog.text.count("trying again") == 1
+    assert isinstance(e.value, RetryableUploadError)
+
+
+def _dead_endpoint() -> str:
+    import socket
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_an_unreachable_hub_exits_1_a_failed_step_not_2_bad_input(run_dir, monkeypatch, caplog):
+    """Issue 21 item 8: it exited 2, the README's code for bad input."""
+    monkeypatch.setenv("HF_ENDPOINT", _dead_endpoint())
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    assert main(["--steps", "upload", "--base-dir", str(run_dir), "--hf-repo", "alice/x",
+                 "--no-progress"]) == 1
+    assert "RetryableUploadError: the Hub at http://127.0.0.1:" in caplog.text
+    assert "re-run step 5 later" in caplog.text and SECRET not in caplog.text
 
 
 # -- tokens and access ---------------------------------------------------------------------

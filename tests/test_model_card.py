@@ -41,7 +41,7 @@ def test_card_table_lists_failed_pairs_without_metrics():
                               "reason": "no data", "data": {"source": "binance"}}}
     card = build_model_card(results, None, repo_id="a/b")
     meta, rows = parse_card(card)
-    assert list(rows["ETHUSDT_1h"].values())[1:] == ["failed"] + ["-"] * 9 + ["binance"]
+    assert list(rows["ETHUSDT_1h"].values())[1:] == ["failed"] + ["-"] * 10 + ["binance"]
     assert len(CARD_COLUMNS) == len(rows["ETHUSDT_1h"])
     assert "synthetic-data" not in meta["tags"] and "Synthetic data" not in card
     assert "# V3 cryptocurrency forecasters: 0 BiLSTM-attention models" in card
@@ -50,12 +50,13 @@ def test_card_table_lists_failed_pairs_without_metrics():
 def test_card_shows_the_interval_next_to_garch():
     results = one_pair()
     r = next(iter(results.values()))
-    r["test"]["interval"] = {"coverage": {"80": 0.784}, "skill": {"garch": -0.012}}
+    r["test"]["interval"] = {"coverage": {"80": 0.784}, "skill": {"garch": -0.012, "har": 0.004}}
     r["baseline"] = dict(r.get("baseline") or {}, garch={"interval": {"coverage": {"80": 0.801}}})
     card = build_model_card(results, None, repo_id="a/b")
     row = next(iter(parse_card(card)[1].values()))
     assert (row["80 % interval coverage %"], row["GARCH 80 % coverage %"],
-            row["pinball skill vs GARCH %"]) == ("78.4", "80.1", "-1.20")
+            row["pinball skill vs GARCH %"], row["pinball skill vs HAR %"]) == (
+        "78.4", "80.1", "-1.20", "+0.40")
     assert "quantile head" in card and "GARCH(1,1)-t" in card
 
 

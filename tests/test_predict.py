@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import v3_predict
-from conftest import tiny_config
+from conftest import TINY_MODEL, tiny_config
 from v3_colab_training import V3CoLabPipeline
 from v3_common import (INTERVAL_MS, CheckpointError, DownloadError, InsufficientDataError,
                        StaleDataError)
@@ -62,6 +62,30 @@ def test_last_test_sample_matches_the_saved_prediction(trained, symbol, interval
     assert got == sorted(got)
     assert p["interval_80"] == [p["quantiles"]["0.10"], p["quantiles"]["0.90"]]
     assert p["interval_90"] == [p["quantiles"]["0.05"], p["quantiles"]["0.95"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("interval", ["15m", "1h"])
+def test_the_har_unit_is_reproduced_exactly_by_predict_next(tmp_path, interval):
+    """With quantile_scale 'har' the head's unit is the HAR forecast from the last candles'
+    ranges (a week of them) and the next candle's clock, its coefficients from the
+    checkpoint: predict_next gives the saved test quantiles, for the last and an earlier
+    test sample, from only the history a live user would have had."""
+    import dataclasses
+    cfg = tiny_config(model=dataclasses.replace(TINY_MODEL, quantile_scale="har"), candles=1200)
+    base = tmp_path / "out"
+    V3CoLabPipeline(base, config=cfg, coins=["BTCUSDT"], timeframes=[interval]).run_full_pipeline(
+        epochs=2, batch_size=64, upload=False)
+    ckpt = torch.load(base / "all_models" / f"v3_model_BTCUSDT_{interval}.pt", weights_only=True)
+    assert ckpt["model_config"]["quantile_scale"] == "har" and len(ckpt["har"]["beta"]) == 29
+    saved = pd.read_csv(base / "results" / "predictions" / f"BTCUSDT_{interval}.csv")
+    cols = ["p05", "p10", "p25", "p50", "p75", "p90", "p95"]
+    for row in (saved.iloc[-1], saved.iloc[len(saved) // 3]):
+        t = int(row.open_time)
+        p = predict_next("BTCUSDT", interval, model=base, now_ms=t,
+                         candles=history_before(base, "BTCUSDT", interval, t))
+        np.testing.assert_allclose(list(p["quantiles"].values()), row[cols].to_numpy(float),
+                                   rtol=1e-5)
 
 
 def test_the_table_shows_the_80_percent_range():

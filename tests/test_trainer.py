@@ -267,8 +267,9 @@ def test_a_format_3_checkpoint_loads_as_trained(tmp_path, data):
     """Format 3 (the 'ewma' unit, before the HAR's coefficients were stored) loads with its
     own quantile_scale and predicts exactly as a format-4 file of the same weights."""
     path = tmp_path / "v3_model_BTCUSDT_1h.pt"
-    state = V3LSTMModel(TINY_MODEL).state_dict()
-    v3_checkpoint.save_checkpoint(path, model_state=state, model_config=TINY_MODEL, data=data,
+    ewma = dataclasses.replace(TINY_MODEL, quantile_scale="ewma")   # format 3's default
+    state = V3LSTMModel(ewma).state_dict()
+    v3_checkpoint.save_checkpoint(path, model_state=state, model_config=ewma, data=data,
                                   feature_config=TINY_FEATURES.to_dict(),
                                   meta={"symbol": "BTCUSDT", "interval": "1h"})
     new = v3_checkpoint.load_model_file(path)
@@ -278,7 +279,7 @@ def test_a_format_3_checkpoint_loads_as_trained(tmp_path, data):
     del ckpt["har"], ckpt["har_history_candles"]
     torch.save(ckpt, path)
     old = v3_checkpoint.load_model_file(path)
-    assert old.model.config == TINY_MODEL and old.model.config.quantile_scale == "ewma"
+    assert old.model.config == ewma and old.model.config.quantile_scale == "ewma"
     te = data.split("test")
     np.testing.assert_array_equal(v3_trainer.predict_quantiles_standardized(old.model, data, te),
                                   v3_trainer.predict_quantiles_standardized(new.model, data, te))
@@ -292,7 +293,7 @@ def test_a_format_2_checkpoint_loads_as_trained_with_unscaled_quantiles(tmp_path
                                   model_config=TINY_MODEL, data=data,
                                   feature_config=TINY_FEATURES.to_dict(),
                                   meta={"symbol": "BTCUSDT", "interval": "1h"})
-    assert v3_checkpoint.load_model_file(path).model.config.quantile_scale == "ewma"
+    assert v3_checkpoint.load_model_file(path).model.config.quantile_scale == "har"
     ckpt = torch.load(path, weights_only=True)
     ckpt["format"] = "v3-checkpoint-2"
     del ckpt["model_config"]["quantile_scale"]
@@ -340,7 +341,7 @@ def test_training_records_the_pinball_loss_and_keeps_val_loss_the_point_mse(data
     assert q.shape == (len(y), 7) and q.dtype == np.float32
     assert (np.diff(q, axis=1) >= 0).all()
     # the head learns, and the history records, in units of the recent volatility
-    unit = data.vol_scale[va].astype(np.float64)[:, None]
+    unit = data.unit(TINY_MODEL.quantile_scale)[va].astype(np.float64)[:, None]
     best = out.history[out.best_epoch - 1]
     assert best["val_pinball"] == pytest.approx(float(pinball_loss(y / unit[:, 0], q / unit)
                                                       .mean()), rel=1e-5)
@@ -370,7 +371,8 @@ def test_with_quantile_scale_none_the_head_learns_the_standardised_target(data):
     same = V3LSTMModel(TINY_MODEL)
     same.load_state_dict(out.best_state)
     np.testing.assert_allclose(v3_trainer.predict_quantiles_standardized(same, data, va),
-                               raw * data.vol_scale[va][:, None], rtol=1e-5, atol=1e-6)
+                               raw * data.unit(TINY_MODEL.quantile_scale)[va][:, None],
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_the_quantile_weight_is_the_pinball_share_of_the_loss(data):
