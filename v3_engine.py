@@ -43,7 +43,9 @@ def train_jobs(jobs: list[TrainJob], cfg: TrainConfig, *, show_progress: bool = 
     Returns {job.key: outcome} for the jobs that finished.
 
     `cfg.engine` picks how (see resolve_engine): 'plain' trains one model after another with
-    train_model; 'fast' trains them together (v3_fast_train), and is the default on a GPU.
+    train_model; 'fast' trains them together (v3_fast_train), and is the default on a GPU;
+    groups it cannot train (a failure inside torch, or a first step that disagrees with the
+    plain loop's: v3_fast_check) go to the plain loop, and their outcomes say why.
     On the CPU, torch's thread count is resolve_threads(cfg.threads) while the jobs train, and
     is put back afterwards (v3_trainer.cpu_threads)."""
     if not jobs:
@@ -63,9 +65,9 @@ def train_jobs(jobs: list[TrainJob], cfg: TrainConfig, *, show_progress: bool = 
         log.info("training engine: %s (%s)", engine, "engine=auto" if cfg.engine == "auto"
                  else f"engine={cfg.engine!r}")
 
-        def plain(js: list[TrainJob]) -> dict:
+        def plain(js: list[TrainJob], fallback_reason: str | None = None) -> dict:
             return _train_jobs_plain(js, cfg, show_progress=show_progress, on_done=on_done,
-                                     on_error=on_error)
+                                     on_error=on_error, fallback_reason=fallback_reason)
 
         if engine == "fast":
             return train_jobs_fast(jobs, cfg, device=device, show_progress=show_progress,
@@ -74,13 +76,16 @@ def train_jobs(jobs: list[TrainJob], cfg: TrainConfig, *, show_progress: bool = 
 
 
 def _train_jobs_plain(jobs: list[TrainJob], cfg: TrainConfig, *, show_progress: bool,
-                      on_done, on_error) -> dict:
+                      on_done, on_error, fallback_reason: str | None = None) -> dict:
+    """The plain loop, one job after another; `fallback_reason`: why the fast engine handed
+    these jobs over (TrainOutcome.engine_fallback_reason, in the results)."""
     out = {}
     for job in jobs:
         try:
             outcome = train_model(job.data, job.model_config, cfg, resume=job.resume,
                                   desc=job.desc, show_progress=show_progress,
                                   checkpoint_fn=job.checkpoint_fn)
+            outcome.engine_fallback_reason = fallback_reason
             if on_done:
                 on_done(job, outcome)
             out[job.key] = outcome

@@ -1,27 +1,30 @@
 """One group of v3_fast_train's fast engine: M jobs trained as one batched computation.
 
 `TrainGroup` holds every weight, AdamW moment and best weight of its M models stacked along a
-leading model axis, each model's `GroupSlot` (its place in the group and its early-stopping
-bookkeeping, as v3_trainer.train_model keeps it), the static per-batch tables, the training
+leading model axis, each model's `GroupSlot` (its place in the group, and the RunRecord of
+v3_train_state that v3_trainer.train_model keeps too), the static per-batch tables, the training
 step (captured in a CUDA graph on CUDA), one epoch with its validation pass, re-packing when
 models finish, and each model's results in train_model's formats (TrainOutcome, the resume
-state). v3_fast_train groups the jobs and runs the groups; the kernels are v3_fast_kernels'.
+state). After every epoch it keeps a device copy of its state (`saved`, what an interrupt
+saves); `trial` runs the first steps of an epoch and puts everything back (v3_fast_check).
+v3_fast_train groups the jobs and runs the groups; the kernels are v3_fast_kernels'.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from v3_checkpoint import RESUME_FORMAT
 from v3_common import log
 from v3_fast_kernels import (block_layout, cosine_warm_restarts_lr, grouped_adamw_,
                              grouped_forward_with_quantiles, pack_states, pick_cell, unpack_state)
 from v3_lstm_model import ModelConfig, V3LSTMModel, quantile_pinball
-from v3_trainer import TrainJob, TrainOutcome, stop_loss
+from v3_train_state import RunRecord
+from v3_trainer import TrainJob, TrainOutcome
 
 EVAL_ROWS = 4096              # validation windows per chunk, over all models of a group
 GRAPH_WARMUP_STEPS = 2        # eager steps on a side stream before capture, as torch's docs do
@@ -29,21 +32,24 @@ GRAPH_WARMUP_STEPS = 2        # eager steps on a side stream before capture, as 
 
 @dataclass
 class GroupSlot:
-    """One job's place in a group, and its early-stopping bookkeeping (as train_model's)."""
+    """One job's place in a group, and its run's RunRecord (v3_train_state, as train_model's)."""
     job: TrainJob
     n_train: int
     n_batches: int
     n_val: int
-    start_epoch: int = 0
-    epoch: int = 0
-    best_val: float = float("inf")
-    best_epoch: int = 0
-    bad: int = 0
+    record: RunRecord
     has_best: bool = False
-    stopped_early: bool = False
-    history: list = field(default_factory=list)
     finished: bool = False
-    seconds_before: float = 0.0     # training time of the runs this one resumes
+
+
+@dataclass
+class GroupState:
+    """A group's training state at the end of an epoch: its slots (each with a copy of its
+    record) and copies of its stacked blocks, on the device. TrainGroup.saved is the latest,
+    what a KeyboardInterrupt saves: never the half-trained epoch."""
+    slots: list[GroupSlot]
+    blocks: dict                    # 'params', 'best', 'exp_avg', 'exp_avg_sq': {block: (M, ...)}
+    steps: torch.Tensor             # (M,) AdamW steps
 
 
 def _initial_state(job, cfg, cache: dict) -> dict:
@@ -102,6 +108,7 @@ class TrainGroup:
         self.cell = pick_cell(device)
         self.use_graph = use_graph and device.type == "cuda"
         self.graph = None
+        self.saved: GroupState | None = None   # the state after the last finished epoch
         self.with_q = bool(self.model_cfg.quantiles)          # the quantile head
         self.q_weight = float(self.model_cfg.quantile_weight)
         self.q_levels = torch.tensor(self.model_cfg.quantiles, dtype=torch.float32, device=device)
@@ -110,20 +117,14 @@ class TrainGroup:
         states, best_states, opt_states = [], [], []
         self.slots: list[GroupSlot] = []
         for job in jobs:
-            d = job.data
-            n_train = int(d.n_train)
-            slot = GroupSlot(job=job, n_train=n_train, n_val=int(d.n_val),
-                         n_batches=(n_train + cfg.batch_size - 1) // cfg.batch_size)
-            r = job.resume
+            n_train, r = int(job.data.n_train), job.resume
+            slot = GroupSlot(job=job, n_train=n_train, n_val=int(job.data.n_val),
+                             n_batches=(n_train + cfg.batch_size - 1) // cfg.batch_size,
+                             record=RunRecord.from_resume(r, t_start=self.t_start))
             if r:
                 states.append(r["model_state"])
                 opt_states.append(r.get("optimizer_state"))
-                slot.start_epoch = slot.epoch = int(r["epoch"])
-                slot.best_val, slot.best_epoch = float(r["best_val_loss"]), int(r["best_epoch"])
-                slot.history = list(r.get("history", []))
-                slot.bad = 0 if r.get("stopped_early") else int(r.get("bad_epochs", 0))
                 slot.has_best = r.get("best_state") is not None
-                slot.seconds_before = float(r.get("train_seconds", 0.0))
                 best_states.append(r["best_state"] if slot.has_best else r["model_state"])
             else:
                 states.append(_initial_state(job, cfg, init_cache))
@@ -143,8 +144,11 @@ class TrainGroup:
     # -- set-up ---------------------------------------------------------------------------
     def _optimizer_blocks(self, opt_states: list):
         """AdamW moments as blocks, from each job's saved torch AdamW state (or zeros), and
-        each model's step count. torch numbers the state by named_parameters order."""
-        index = {n: i for i, n in enumerate(self.param_names)}
+        each model's step count. torch numbers the state by named_parameters order (not the
+        blocks' order: nn.LSTM lists a layer's forward weights, then its reverse ones)."""
+        with torch.device("meta"):   # names only: no memory, no draw from the generator
+            names = [n for n, _ in V3LSTMModel(self.model_cfg).named_parameters()]
+        index = {n: i for i, n in enumerate(names)}
         avg = {b: torch.zeros_like(t) for b, t in self.params.items()}
         avg_sq = {b: torch.zeros_like(t) for b, t in self.params.items()}
         steps = []
@@ -303,9 +307,9 @@ class TrainGroup:
         perms: dict = {}
         for m in active:
             s = self.slots[m]
-            d, ep = s.job.data, s.epoch
+            d, ep = s.job.data, s.record.epoch
             if (s.n_train, ep) not in perms:
-                torch.manual_seed(c.seed * 100_003 + ep)  # as train_model: (seed, epoch)
+                torch.manual_seed(RunRecord.epoch_seed(c.seed, ep))  # as train_model
                 perms[(s.n_train, ep)] = torch.randperm(s.n_train, device="cpu").numpy()
             perm = perms[(s.n_train, ep)]
             tr, nb_m = d.split("train"), s.n_batches
@@ -327,7 +331,8 @@ class TrainGroup:
                          (self.do_tab, do)):
             dst.copy_(torch.from_numpy(src))
         # dropout masks: one stream for the group, seeded by (seed, epoch) like the shuffles
-        torch.manual_seed(c.seed * 100_003 + min(self.slots[m].epoch for m in active) + 7919)
+        first = min(self.slots[m].record.epoch for m in active)
+        torch.manual_seed(RunRecord.epoch_seed(c.seed, first) + 7919)
         return max(self.slots[m].n_batches for m in active)
 
     @torch.no_grad()
@@ -374,27 +379,15 @@ class TrainGroup:
             [val, self.sse.to(val.dtype), val_pin, self.spin.to(val.dtype)]).cpu().tolist()
         improved, done = [], []
         for m in active:
-            s = self.slots[m]
-            s.epoch += 1
-            val_loss, train_loss = float(val_host[m]), float(sse_host[m]) / s.n_train
-            entry = {"epoch": s.epoch, "train_loss": train_loss, "val_loss": val_loss,
-                     "lr": self._lr(float(s.epoch))}
-            if self.with_q:
-                entry.update(train_pinball=float(spin_host[m]) / s.n_train,
-                             val_pinball=float(vpin_host[m]))
-            entry["val_stop"] = stop = stop_loss(c.stop_on, val_loss, entry.get("val_pinball"),
-                                                 self.q_weight)
-            s.history.append(entry)
-            if stop < s.best_val - c.min_delta:
-                s.best_val, s.best_epoch, s.bad, s.has_best = stop, s.epoch, 0, True
+            s, rec = self.slots[m], self.slots[m].record
+            if rec.end_epoch(c, train_loss=float(sse_host[m]) / s.n_train,
+                             val_loss=float(val_host[m]), lr=self._lr(float(rec.epoch + 1)),
+                             q_weight=self.q_weight, with_quantiles=self.with_q,
+                             train_pinball=float(spin_host[m]) / s.n_train,
+                             val_pinball=float(vpin_host[m]), desc=s.job.desc):
+                s.has_best = True
                 improved.append(m)
-            else:
-                s.bad += 1
-            if c.early_stopping and s.bad >= c.patience:
-                s.stopped_early = True
-                log.info("%s: early stop at epoch %d (best %.5f at epoch %d)",
-                         s.job.desc, s.epoch, s.best_val, s.best_epoch)
-            if s.stopped_early or s.epoch >= c.epochs:
+            if rec.finished(c.epochs):
                 s.finished = True
                 done.append(m)
         if improved:
@@ -402,6 +395,7 @@ class TrainGroup:
             with torch.no_grad():
                 for b, t in self.params.items():
                     self.best[b].index_copy_(0, idx, t.detach().index_select(0, idx))
+        self.keep_state()
         return done
 
     # -- leaving the group ------------------------------------------------------------------
@@ -434,30 +428,91 @@ class TrainGroup:
                  len(keep), M_old)
 
     # -- results ----------------------------------------------------------------------------
-    def cpu_blocks(self, ms: list[int]) -> dict:
-        """Weights, best weights, AdamW moments and step counts of slots `ms`, copied to the
-        CPU once per block; resume_state(m, cpu) slices them."""
+    def _blocks(self) -> dict:
+        return {"params": self.params, "best": self.best, "exp_avg": self.exp_avg,
+                "exp_avg_sq": self.exp_avg_sq}
+
+    @torch.no_grad()
+    def _copy_state(self) -> GroupState:
+        return GroupState(
+            slots=[dataclasses.replace(s, record=s.record.copy()) for s in self.slots],
+            blocks={n: {b: t.detach().clone() for b, t in d.items()} for n, d in self._blocks().items()},
+            steps=self.steps.clone())
+
+    def keep_state(self) -> None:
+        """Keep the state of now (an epoch boundary) as `saved`: one copy of every block on
+        the device (cheaper than to the CPU: no transfer, no wait) and of every record."""
+        self.saved = self._copy_state()
+
+    @torch.no_grad()
+    def _restore(self, state: GroupState) -> None:
+        """Put `state` (of these same slots) back, in place: a captured graph keeps working."""
+        for name, d in self._blocks().items():
+            for b, t in d.items():
+                t.copy_(state.blocks[name][b])
+        self.steps.copy_(state.steps)
+        for t in (*self.acc, self.sse, self.spin, self.step_i):
+            t.zero_()
+
+    def trial(self, n_steps: int) -> tuple[list[int], dict, dict]:
+        """The first `n_steps` training steps of every unfinished slot's next epoch and a
+        validation pass, with dropout off (the engines draw different masks), through the
+        same path as run_epoch (a CUDA graph where it captures one); then every weight,
+        moment and step count is put back. Returns the slots trained, their losses
+        (host lists over them: 'train_mse_sum', 'train_pinball_sum', 'val_mse',
+        'val_pinball') and cpu_blocks of them after the steps. v3_fast_train's first-group
+        check compares these with the plain loop."""
+        active = [m for m, s in enumerate(self.slots) if not s.finished]
+        before, model_cfg = self._copy_state(), self.model_cfg
+        self.model_cfg = dataclasses.replace(model_cfg, dropout=0.0)
+        try:
+            if self.use_graph and self.graph is None:
+                self._capture()
+            self._fill_tables(active)
+            self._restore(before)                # zero accumulators, step 0
+            for _ in range(n_steps):
+                if self.graph is not None:
+                    self.graph.replay()
+                else:
+                    self._train_step()
+            val, val_pin = self._validate()
+            losses = torch.stack([self.sse.to(val.dtype), self.spin.to(val.dtype), val, val_pin])
+            losses = dict(zip(("train_mse_sum", "train_pinball_sum", "val_mse", "val_pinball"),
+                              losses[:, active].cpu().tolist()))
+            cpu = self.cpu_blocks(active)
+        finally:
+            self.model_cfg = model_cfg
+            if self.graph is not None and model_cfg.dropout > 0:
+                self.graph = None                # captured without dropout: capture again
+            self._restore(before)
+        return active, losses, cpu
+
+    def cpu_blocks(self, ms: list[int], state: GroupState | None = None) -> dict:
+        """Weights, best weights, AdamW moments and step counts of slots `ms` (of the group
+        now, or of `state`), copied to the CPU once per block; resume_state(m, cpu) slices them."""
+        blocks, steps = (state.blocks, state.steps) if state else (self._blocks(), self.steps)
         idx = torch.tensor(ms, device=self.device)
-        cpu = {"row": {m: r for r, m in enumerate(ms)}, "steps": self.steps.index_select(0, idx).cpu()}
+        cpu = {"row": {m: r for r, m in enumerate(ms)}, "steps": steps.index_select(0, idx).cpu()}
         with torch.no_grad():
-            for name, d in (("params", self.params), ("best", self.best),
-                            ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+            for name, d in blocks.items():
                 cpu[name] = {b: t.detach().index_select(0, idx).cpu() for b, t in d.items()}
         return cpu
 
-    def resume_state(self, m: int, cpu: dict) -> dict:
-        """Slot m's training state in train_model's resume format (RESUME_FORMAT)."""
-        c, s, r = self.cfg, self.slots[m], cpu["row"][m]
+    def resume_state(self, m: int, cpu: dict, state: GroupState | None = None) -> dict:
+        """Slot m's training state (of the group now, or of `state`) in train_model's resume
+        format (RESUME_FORMAT)."""
+        c, s, r = self.cfg, (state or self).slots[m], cpu["row"][m]
+        rec = s.record
         model_state = unpack_state(cpu["params"], self.layout, r)
         model = V3LSTMModel(self.model_cfg)
         model.load_state_dict(model_state)
         opt = torch.optim.AdamW(model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
             opt, T_0=c.scheduler_t0, T_mult=c.scheduler_t_mult, eta_min=c.eta_min)
-        if s.epoch > 0:
+        if rec.epoch > 0:
             with warnings.catch_warnings():  # stepping the scheduler with no optimizer step
                 warnings.simplefilter("ignore")
-                sched.step(float(s.epoch))
+                sched.step(float(rec.epoch))
         step = float(cpu["steps"][r])
         if step > 0:
             avg = unpack_state(cpu["exp_avg"], self.layout, r)
@@ -466,19 +521,14 @@ class TrainGroup:
                 opt.state[p] = {"step": torch.tensor(step), "exp_avg": avg[name],
                                 "exp_avg_sq": avg_sq[name]}
         best = unpack_state(cpu["best"], self.layout, r) if s.has_best else model_state
-        return {"format": RESUME_FORMAT, "model_state": model_state,
-                "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict(),
-                "scaler_state": {}, "epoch": s.epoch, "best_val_loss": s.best_val,
-                "best_epoch": s.best_epoch, "best_state": best, "bad_epochs": s.bad,
-                "stopped_early": s.stopped_early, "history": list(s.history),
-                "epochs_requested": c.epochs, "train_config": c.to_dict(),
-                "train_seconds": s.seconds_before + time.monotonic() - self.t_start}
+        return rec.resume_dict(c, model_state=model_state, optimizer_state=opt.state_dict(),
+                               scheduler_state=sched.state_dict(), best_state=best)
 
     def outcome(self, m: int, cpu: dict) -> TrainOutcome:
-        s = self.slots[m]
+        rec = self.slots[m].record
         state = self.resume_state(m, cpu)
-        return TrainOutcome(best_state=state["best_state"], best_val_loss=s.best_val,
-                            best_epoch=s.best_epoch, epochs_done=s.epoch,
-                            stopped_early=s.stopped_early, history=list(s.history),
+        return TrainOutcome(best_state=state["best_state"], best_val_loss=rec.best_val,
+                            best_epoch=rec.best_epoch, epochs_done=rec.epoch,
+                            stopped_early=rec.stopped_early, history=list(rec.history),
                             resume_state=state, seconds=state["train_seconds"],
                             engine="fast-graph" if self.graph is not None else "fast-eager")

@@ -329,7 +329,9 @@ def finalize_pair(layout: RunLayout, cfg, job: TrainJob, outcome: TrainOutcome, 
                   val_interval=val["interval"],
                   stopped_early=outcome.stopped_early, features=features_info(data),
                   synthetic=synthetic, train_seconds=round(outcome.seconds, 2),
-                  device=str(resolve_device(cfg.train.device)),
+                  device=str(resolve_device(cfg.train.device)), engine=outcome.engine,
+                  **({"engine_fallback_reason": outcome.engine_fallback_reason}
+                     if outcome.engine_fallback_reason else {}),
                   model_path=layout.relative(mpath), predictions_path=layout.relative(ppath),
                   history=outcome.history)
     # the entry travels in the model file, so that a results write that never happened

@@ -12,7 +12,7 @@ With a quantile head (ModelConfig.quantiles, on by default) the loss of a batch 
 MSE(point) + quantile_weight * mean pinball loss of the quantiles (the pinball loss in the
 head's unit, ModelConfig.quantile_scale: PreparedData.quantile_target). Early stopping
 watches, and keeps the best epoch of, the validation value of the loss the model is trained
-on (TrainConfig.stop_on "loss", the default: `stop_loss`), or of the pinball loss alone
+on (TrainConfig.stop_on "loss", the default: v3_train_state.stop_loss), or of the pinball loss alone
 ("pinball"), or of the point MSE alone ("mse", what V3 did before: the point forecast has no
 skill, so that stopped at random). `best_val_loss` is the best such value; each history
 entry records the point head's `val_loss` (MSE), `train_pinball`, `val_pinball` and
@@ -34,10 +34,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from v3_checkpoint import RESUME_FORMAT
 from v3_common import ConfigError, log, progress
 from v3_data_processor import PreparedData
 from v3_lstm_model import ModelConfig, V3LSTMModel, quantile_pinball
+from v3_train_state import STOP_ON, RunRecord, cpu_copy, log_interrupted
 
 
 @dataclass(frozen=True)
@@ -140,18 +140,6 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
 
 
 ENGINES = ("auto", "fast", "plain")
-STOP_ON = ("loss", "pinball", "mse")
-
-
-def stop_loss(stop_on: str, mse: float, pinball: float | None, quantile_weight: float) -> float:
-    """The validation value early stopping compares (TrainConfig.stop_on): the trained loss
-    MSE + quantile_weight x pinball ('loss'), the pinball alone ('pinball') or the MSE
-    ('mse'). Without a quantile head (pinball None) every choice is the MSE."""
-    if pinball is None or stop_on == "mse":
-        return float(mse)
-    if stop_on == "pinball":
-        return float(pinball)
-    return float(mse) + float(quantile_weight) * float(pinball)
 THREADS_ENV = "V3_THREADS"
 
 
@@ -223,6 +211,7 @@ class TrainOutcome:
     resume_state: dict = field(default_factory=dict)  # everything needed to continue
     seconds: float = 0.0            # training wall time, over this run and the ones it resumes
     engine: str = "plain"           # 'plain', 'fast-graph' (CUDA graphs) or 'fast-eager'
+    engine_fallback_reason: str | None = None  # why the plain loop trained it instead of 'fast'
 
 
 @dataclass
@@ -249,7 +238,7 @@ def _cpu_state(module_or_dict) -> dict:
 
 @dataclass
 class _PlainRun:
-    """One train_model call: the model, its optimiser and the early-stopping bookkeeping."""
+    """One train_model call: the model, its optimiser, and its RunRecord (v3_train_state)."""
     cfg: TrainConfig
     model: V3LSTMModel
     opt: torch.optim.Optimizer
@@ -257,16 +246,8 @@ class _PlainRun:
     scaler: torch.amp.GradScaler
     autocast: Callable
     q_weight: float
-    start_epoch: int = 0
-    epoch: int = 0
-    best_val: float = float("inf")
-    best_epoch: int = 0             # 1-based
-    bad: int = 0                    # epochs since the best one
+    record: RunRecord
     best_state: dict | None = None
-    history: list = field(default_factory=list)
-    stopped_early: bool = False
-    seconds_before: float = 0.0     # training time of the runs this one resumes
-    t_start: float = 0.0
 
 
 @dataclass
@@ -285,7 +266,7 @@ class _OnDevice:
 def _set_up_run(model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device,
                 resume: dict | None) -> _PlainRun:
     """A fresh model, AdamW, the scheduler and the grad scaler, or all of them (and the
-    early-stopping counters) as `resume` left them."""
+    run's record) as `resume` left them."""
     dtype = amp_dtype(cfg, device)
     torch.manual_seed(cfg.seed)
     model = V3LSTMModel(model_cfg).to(device)
@@ -295,20 +276,14 @@ def _set_up_run(model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device,
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     run = _PlainRun(cfg=cfg, model=model, opt=opt, sched=sched, scaler=scaler, autocast=autocast,
-                    q_weight=float(model_cfg.quantile_weight))
+                    q_weight=float(model_cfg.quantile_weight), record=RunRecord.from_resume(resume))
     if resume:
         model.load_state_dict(resume["model_state"])
         opt.load_state_dict(resume["optimizer_state"])
         sched.load_state_dict(resume["scheduler_state"])
         if resume.get("scaler_state"):
             scaler.load_state_dict(resume["scaler_state"])
-        run.start_epoch = int(resume["epoch"])
-        run.best_val, run.best_epoch = float(resume["best_val_loss"]), int(resume["best_epoch"])
         run.best_state = resume["best_state"]
-        run.history = list(resume.get("history", []))
-        run.bad = 0 if resume.get("stopped_early") else int(resume.get("bad_epochs", 0))
-        run.seconds_before = float(resume.get("train_seconds", 0.0))
-    run.epoch = run.start_epoch
     model.lstm.flatten_parameters()
     return run
 
@@ -324,33 +299,41 @@ def _on_device(data: PreparedData, device: torch.device, quantile_scale: str) ->
                      train_yq=yq[tr], val_yq=yq[va])
 
 
-def _train_epoch(run: _PlainRun, d: _OnDevice, ep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One epoch over the shuffled training samples (seeded by (seed, epoch)); returns the
-    summed MSE and pinball loss, still on the device."""
+def _batch_loss(run: _PlainRun, d: _OnDevice, b: torch.Tensor):
+    """(loss, MSE, pinball or None) of the training samples `b`: the loss is what backward
+    sees, MSE + quantile_weight x pinball with a quantile head."""
+    model = run.model
+    x = _batch_windows(d.feats, d.train_ends[b], d.offsets)  # (B, T, K)
+    with run.autocast():
+        if model.has_quantiles:
+            pred, q = model.forward_with_quantiles(x)
+            mse = nn.functional.mse_loss(pred.float(), d.train_y[b])
+            pin = quantile_pinball(q.float(), d.train_yq[b], model.quantile_levels).mean()
+            return mse + run.q_weight * pin, mse, pin
+        mse = nn.functional.mse_loss(model(x).float(), d.train_y[b])
+    return mse, mse, None
+
+
+def _train_epoch(run: _PlainRun, d: _OnDevice, ep: int, *,
+                 max_batches: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch over the shuffled training samples (seeded by (seed, epoch)), or its first
+    `max_batches` batches; returns the summed MSE and pinball loss, still on the device."""
     cfg, model, opt, scaler = run.cfg, run.model, run.opt, run.scaler
-    device, with_q = d.feats.device, model.has_quantiles
+    device = d.feats.device
     n_train = len(d.train_ends)
     n_batches = (n_train + cfg.batch_size - 1) // cfg.batch_size
-    torch.manual_seed(cfg.seed * 100_003 + ep)  # dropout and shuffle depend on (seed, epoch)
+    torch.manual_seed(RunRecord.epoch_seed(cfg.seed, ep))  # dropout and shuffle: (seed, epoch)
     model.train()
     perm = torch.randperm(n_train, device="cpu").to(device)
     loss_sum = torch.zeros((), device=device)
     pin_sum = torch.zeros((), device=device)
     opt.zero_grad(set_to_none=True)
-    for i in range(n_batches):
+    for i in range(n_batches if max_batches is None else min(n_batches, max_batches)):
         b = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-        x = _batch_windows(d.feats, d.train_ends[b], d.offsets)  # (B, T, K)
-        with run.autocast():
-            if with_q:
-                pred, q = model.forward_with_quantiles(x)
-                mse = nn.functional.mse_loss(pred.float(), d.train_y[b])
-                pin = quantile_pinball(q.float(), d.train_yq[b], model.quantile_levels).mean()
-                loss = mse + run.q_weight * pin
-            else:
-                mse = loss = nn.functional.mse_loss(model(x).float(), d.train_y[b])
+        loss, mse, pin = _batch_loss(run, d, b)
         scaler.scale(loss / cfg.grad_accum_steps).backward()
         loss_sum += mse.detach() * len(b)
-        if with_q:
+        if pin is not None:
             pin_sum += pin.detach() * len(b)
         if (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == n_batches:
             scaler.unscale_(opt)
@@ -362,48 +345,34 @@ def _train_epoch(run: _PlainRun, d: _OnDevice, ep: int) -> tuple[torch.Tensor, t
     return loss_sum, pin_sum
 
 
-def _end_epoch(run: _PlainRun, d: _OnDevice, ep: int, loss_sum: torch.Tensor,
-               pin_sum: torch.Tensor, bar, desc: str) -> bool:
-    """Validate, append the history entry, keep the best weights and count the epochs
-    without improvement; True when early stopping ends the training."""
-    cfg, model = run.cfg, run.model
+def _end_epoch(run: _PlainRun, d: _OnDevice, loss_sum: torch.Tensor, pin_sum: torch.Tensor,
+               bar, desc: str) -> bool:
+    """Validate, record the epoch (history, early stopping: RunRecord.end_epoch) and keep
+    the best weights; True when early stopping ends the training."""
+    cfg, model, rec = run.cfg, run.model, run.record
     val_loss, val_pin = _mse(model, d.feats, d.val_ends, d.val_y, d.offsets,
                              cfg.eval_batch_size, run.autocast, with_pinball=True, yq=d.val_yq)
     n_train = len(d.train_ends)
     train_loss = float(loss_sum) / n_train  # one host sync per epoch
-    run.epoch = epoch = ep + 1
-    entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-             "lr": run.opt.param_groups[0]["lr"]}
-    if model.has_quantiles:
-        entry.update(train_pinball=float(pin_sum) / n_train, val_pinball=val_pin)
-    entry["val_stop"] = stop = stop_loss(cfg.stop_on, val_loss, val_pin, run.q_weight)
-    run.history.append(entry)
-    if stop < run.best_val - cfg.min_delta:
-        run.best_val, run.best_epoch, run.bad = stop, epoch, 0
+    if rec.end_epoch(cfg, train_loss=train_loss, val_loss=val_loss,
+                     lr=run.opt.param_groups[0]["lr"], q_weight=run.q_weight,
+                     with_quantiles=model.has_quantiles, train_pinball=float(pin_sum) / n_train,
+                     val_pinball=val_pin, desc=desc):
         run.best_state = _cpu_state(model)
-    else:
-        run.bad += 1
-    bar.set_postfix(train=f"{train_loss:.4f}", val=f"{stop:.4f}",
-                    best=f"{run.best_val:.4f}@{run.best_epoch}")
-    if cfg.early_stopping and run.bad >= cfg.patience:
-        run.stopped_early = True
-        log.info("%s: early stop at epoch %d (best %.5f at epoch %d)",
-                 desc, epoch, run.best_val, run.best_epoch)
-        return True
-    return False
+    bar.set_postfix(train=f"{train_loss:.4f}", val=f"{rec.history[-1]['val_stop']:.4f}",
+                    best=f"{rec.best_val:.4f}@{rec.best_epoch}")
+    return rec.stopped_early
 
 
 def _resume_state(run: _PlainRun) -> dict:
-    """Everything needed to continue the run (RESUME_FORMAT), on the CPU."""
-    model, scaler, cfg = run.model, run.scaler, run.cfg
-    return {"format": RESUME_FORMAT, "model_state": _cpu_state(model),
-            "optimizer_state": run.opt.state_dict(), "scheduler_state": run.sched.state_dict(),
-            "scaler_state": scaler.state_dict() if scaler.is_enabled() else {},
-            "epoch": run.epoch, "best_val_loss": run.best_val, "best_epoch": run.best_epoch,
-            "best_state": run.best_state if run.best_state is not None else _cpu_state(model),
-            "bad_epochs": run.bad, "stopped_early": run.stopped_early, "history": run.history,
-            "epochs_requested": cfg.epochs, "train_config": cfg.to_dict(),
-            "train_seconds": run.seconds_before + time.monotonic() - run.t_start}
+    """Everything needed to continue the run (RESUME_FORMAT), copied to the CPU: later
+    steps do not change it, so train_model keeps the one of the last finished epoch."""
+    model, scaler = run.model, run.scaler
+    return run.record.resume_dict(
+        run.cfg, model_state=_cpu_state(model), optimizer_state=cpu_copy(run.opt.state_dict()),
+        scheduler_state=cpu_copy(run.sched.state_dict()),
+        scaler_state=cpu_copy(scaler.state_dict()) if scaler.is_enabled() else {},
+        best_state=run.best_state if run.best_state is not None else _cpu_state(model))
 
 
 def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
@@ -414,38 +383,73 @@ def train_model(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
     `resume` is a previous outcome's `resume_state`: training continues from its last epoch
     (weights, optimizer and scheduler state) up to `cfg.epochs`. `checkpoint_fn(resume_state)`
     is called every `cfg.checkpoint_every_s` seconds, at the end, and on KeyboardInterrupt.
+    An interrupt saves the state after the last finished epoch (kept on the CPU after every
+    epoch), never the half-trained one, so the resumed run repeats the interrupted epoch from
+    its start and ends exactly as an uninterrupted run would.
     """
     check_train_config(cfg)
     device = resolve_device(cfg.device)
     run = _set_up_run(model_cfg, cfg, device, resume)
     d = _on_device(data, device, model_cfg.quantile_scale)
-    run.t_start = last_save = time.monotonic()
-    start_epoch = run.start_epoch
-    bar = progress(range(start_epoch, cfg.epochs), enabled=show_progress, desc=desc, unit="epoch",
-                   total=cfg.epochs, initial=start_epoch)
+    rec = run.record
+    rec.t_start = last_save = time.monotonic()
+    end = rec.start_epoch if rec.finished(cfg.epochs) else cfg.epochs   # stopped early: none
+    bar = progress(range(rec.start_epoch, end), enabled=show_progress, desc=desc,
+                   unit="epoch", total=cfg.epochs, initial=rec.start_epoch)
+    saved = None                    # the resume state after the last epoch this run finished
     try:
         for ep in bar:
             loss_sum, pin_sum = _train_epoch(run, d, ep)
-            if _end_epoch(run, d, ep, loss_sum, pin_sum, bar, desc):
+            stop = _end_epoch(run, d, loss_sum, pin_sum, bar, desc)
+            saved = _resume_state(run)
+            if stop:
                 break
             if checkpoint_fn and time.monotonic() - last_save >= cfg.checkpoint_every_s:
-                checkpoint_fn(_resume_state(run))
+                checkpoint_fn(dict(saved))
                 last_save = time.monotonic()
     except KeyboardInterrupt:
-        if checkpoint_fn and run.epoch > start_epoch:
-            checkpoint_fn(_resume_state(run))
-            log.warning("%s: interrupted after epoch %d; its state is saved, re-run to resume",
-                        desc, run.epoch)
+        if checkpoint_fn and saved is not None:
+            checkpoint_fn(dict(saved))
+            log_interrupted(desc, saved["epoch"])
         raise
     finally:
         bar.close()
     final = _resume_state(run)
     if checkpoint_fn:
         checkpoint_fn(final)
-    return TrainOutcome(best_state=final["best_state"], best_val_loss=run.best_val,
-                        best_epoch=run.best_epoch, epochs_done=run.epoch,
-                        stopped_early=run.stopped_early, history=run.history,
+    return TrainOutcome(best_state=final["best_state"], best_val_loss=rec.best_val,
+                        best_epoch=rec.best_epoch, epochs_done=rec.epoch,
+                        stopped_early=rec.stopped_early, history=rec.history,
                         resume_state=final, seconds=final["train_seconds"])
+
+
+@dataclass
+class PlainTrial:
+    """What the plain loop computes in plain_trial: the fast engine's first group is checked
+    against it (v3_fast_train.check_against_plain_loop)."""
+    train_mse_sum: float            # squared errors summed over the trial's training samples
+    train_pinball_sum: float        # mean pinball per sample, summed the same way (0 without)
+    val_mse: float                  # after the trial's optimizer step
+    val_pinball: float | None
+    model_state: dict               # the weights after that step (CPU)
+    exp_avg: dict                   # AdamW's first moment by parameter name (CPU)
+
+
+def plain_trial(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, *,
+                resume: dict | None, batches: int, device: torch.device) -> PlainTrial:
+    """The plain loop's first `batches` batches of the epoch after `resume` (None: a fresh
+    model), then one validation pass, exactly as train_model runs them (same seeds, shuffle,
+    accumulation, clipping and AdamW); dropout as model_cfg says."""
+    run = _set_up_run(model_cfg, cfg, device, resume)
+    d = _on_device(data, device, model_cfg.quantile_scale)
+    loss_sum, pin_sum = _train_epoch(run, d, run.record.epoch, max_batches=batches)
+    val, val_pin = _mse(run.model, d.feats, d.val_ends, d.val_y, d.offsets, cfg.eval_batch_size,
+                        run.autocast, with_pinball=True, yq=d.val_yq)
+    exp_avg = {n: run.opt.state[p]["exp_avg"].detach().to("cpu", copy=True)
+               for n, p in run.model.named_parameters() if p in run.opt.state}
+    return PlainTrial(train_mse_sum=float(loss_sum), train_pinball_sum=float(pin_sum),
+                      val_mse=val, val_pinball=val_pin, model_state=_cpu_state(run.model),
+                      exp_avg=exp_avg)
 
 
 @torch.no_grad()

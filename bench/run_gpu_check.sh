@@ -9,7 +9,8 @@
 # 1. tests/test_fast_train.py, test_engine.py and test_trainer.py, whole: the CPU equivalence tests
 #    run again under this machine's torch, and the CUDA-only ones (fused cell, CUDA-graph
 #    training against the plain loop, no host syncs in a step or a replay, dropout masks in a
-#    graph, a failed capture, with dropout too) run here and only here;
+#    graph, a failed capture, with dropout too, the first group's check against the plain
+#    loop on the real path) run here and only here;
 # 2. bench/bench_gpu_training.py: the guide's 40-model job, plain loop vs fast engine (a
 #    progress line every 10 epochs of the full job);
 # 3. a short table from the benchmark's JSON.

@@ -23,6 +23,33 @@ TINY_FEATURES = FeatureConfig(seq_len=16, n_components=8)
 TINY_TRAIN = TrainConfig(epochs=2, batch_size=64, patience=5, checkpoint_every_s=0.0, device="cpu")
 
 
+def assert_same_state(a, b, where: str = "state") -> None:
+    """Two training states (nested dicts and lists of tensors, numbers and strings) are the
+    same: the same keys, every tensor equal in dtype, shape and every value (torch.equal),
+    every other value ==. Exact on purpose: for a resumed run against an uninterrupted one
+    (the same code on the same inputs, one thread), where any difference is a bug."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), where
+        assert (a.dtype, a.shape) == (b.dtype, b.shape), \
+            f"{where}: {a.dtype} {tuple(a.shape)} vs {b.dtype} {tuple(b.shape)}"
+        assert torch.equal(a, b), f"{where}: differ by up to {float((a - b).abs().max())}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys {set(a) ^ set(b)}"
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), f"{where}: {len(a)} vs {len(b)} items"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def without_time(state: dict) -> dict:
+    """A resume state without its training time (a clock reading, not a result)."""
+    return {k: v for k, v in state.items() if k != "train_seconds"}
+
+
 def tiny_config(**over) -> PipelineConfig:
     """The suite's run: synthetic candles, a tiny model, no upload, no bars, and the report
     without its plots (drawing them is most of a tiny run's time); tests about the plots

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import v3_fast_group
+
 from tests.conftest import TINY_FEATURES, TINY_MODEL, TINY_TRAIN
 from v3_common import ConfigError, InsufficientDataError
 from v3_data_processor import prepare_dataset
@@ -143,3 +145,19 @@ def test_quantile_head_benchmark_tiny_run_times_both_engines(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| model | engine | ms/step without head (best / median) |" in out
     assert "command: python bench/bench_quantile_head.py --tiny" in out
+
+
+def test_a_group_that_fails_inside_torch_leaves_its_reason_on_the_plain_outcomes(data15, monkeypatch):
+    """What the results record (engine, engine_fallback_reason) when the fast engine hands
+    a group over after a RuntimeError such as CUDA out of memory."""
+    def oom(self):
+        raise RuntimeError("CUDA out of memory (test)")
+
+    monkeypatch.setattr(v3_fast_group.TrainGroup, "run_epoch", oom)
+    jobs = [TrainJob(key=k, symbol="BTCUSDT", interval="15m", data=data15, model_config=TINY_MODEL)
+            for k in ("a", "b")]
+    out = train_jobs(jobs, dataclasses.replace(TINY_TRAIN, epochs=1, engine="fast"), show_progress=False)
+    assert {(o.engine, o.engine_fallback_reason) for o in out.values()} == {
+        ("plain", "fast engine failed (RuntimeError: CUDA out of memory (test))")}
+    plain = train_jobs(jobs, dataclasses.replace(TINY_TRAIN, epochs=1, engine="plain"), show_progress=False)
+    assert {(o.engine, o.engine_fallback_reason) for o in plain.values()} == {("plain", None)}

@@ -24,7 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as hst
 
+import v3_fast_check as check
 import v3_fast_group as fast_group
 import v3_fast_kernels as kernels
 import v3_fast_train as fast
@@ -34,7 +37,9 @@ from v3_lstm_model import ModelConfig, V3LSTMModel, quantile_pinball
 from v3_market_data import synthetic_klines
 from v3_engine import train_jobs
 from v3_checkpoint import load_checkpoint, model_from_checkpoint
-from v3_trainer import TrainConfig, TrainJob, predict_quantiles_standardized, predict_standardized
+from v3_trainer import (PlainTrial, TrainConfig, TrainJob, predict_quantiles_standardized,
+                        predict_standardized)
+from tests.conftest import assert_same_state, without_time
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (bench/run_gpu_check.sh)")
@@ -361,6 +366,110 @@ def test_checkpoints_during_training_and_on_interrupt(pairs, monkeypatch, caplog
         assert_same_training(whole[key], out[key])
 
 
+# dropout, so the group's random masks must repeat too; 8, 10 and 11 batches an epoch
+INTERRUPT_MODEL = dataclasses.replace(MODEL, dropout=0.3)
+INTERRUPT_TRAIN = dataclasses.replace(TRAIN, epochs=3, early_stopping=False, engine="fast")
+
+
+@pytest.fixture(scope="module")
+def fast_uninterrupted(pairs):
+    """The fast run without interrupt, and each job's state after every epoch."""
+    states: dict = {}
+    jobs = [dataclasses.replace(j, checkpoint_fn=lambda st, k=j.key: states.setdefault(k, []).append(st))
+            for j in make_jobs(pairs, INTERRUPT_MODEL)]
+    return train_jobs(jobs, INTERRUPT_TRAIN, show_progress=False), states
+
+
+@pytest.mark.slow
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=hst.sampled_from(["step", "validation", "checkpoint"]), epoch=hst.integers(1, 3),
+       step=hst.integers(0, 10))
+@example(where="checkpoint", epoch=3, step=0)     # while the finished models are handed over
+def test_fast_engine_interrupted_anywhere_resumes_to_exactly_the_uninterrupted_run(
+        pairs, fast_uninterrupted, caplog, where, epoch, step):
+    """As the plain loop's test (tests/test_trainer.py): Ctrl-C before the grouped step
+    `step` of epoch `epoch`, in its validation pass or while the states after it are saved,
+    keeps each job's state after its last finished epoch; the resumed group ends with every
+    tensor equal to the uninterrupted run's."""
+    whole, per_epoch = fast_uninterrupted
+    saved: dict = {}
+    calls = {"val": 0, "ckpt": 0}
+    real_step, real_val = fast_group.TrainGroup._train_step, fast_group.TrainGroup._validate
+
+    def train_step(self):
+        if where == "step" and self.slots[0].record.epoch == epoch - 1 and int(self.step_i) == step:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    def validate(self):
+        calls["val"] += 1
+        if where == "validation" and calls["val"] == epoch:
+            raise KeyboardInterrupt
+        return real_val(self)
+
+    def checkpoint_fn(state, key):
+        calls["ckpt"] += 1
+        if where == "checkpoint" and calls["ckpt"] == 3 * (epoch - 1) + 2:   # the second job's
+            raise KeyboardInterrupt
+        saved.setdefault(key, []).append(state)
+
+    jobs = [dataclasses.replace(j, checkpoint_fn=lambda st, k=j.key: checkpoint_fn(st, k))
+            for j in make_jobs(pairs, INTERRUPT_MODEL)]
+    caplog.clear()
+    with pytest.MonkeyPatch.context() as mp, caplog.at_level(logging.WARNING, logger="v3"):
+        mp.setattr(fast_group.TrainGroup, "_train_step", train_step)
+        mp.setattr(fast_group.TrainGroup, "_validate", validate)
+        with pytest.raises(KeyboardInterrupt):
+            train_jobs(jobs, INTERRUPT_TRAIN, show_progress=False)
+    # in the last epoch the interrupted checkpoint is the final one of a finished model that
+    # is being handed over (ETHUSDT's): it and SOLUSDT are saved finished, BTCUSDT went before
+    last_done = epoch if where == "checkpoint" else epoch - 1
+    if last_done == 0:
+        assert saved == {} and "interrupted" not in caplog.text
+    for key in pairs:
+        if last_done:
+            assert saved[key][-1]["epoch"] == last_done
+            assert_same_state(without_time(saved[key][-1]), without_time(per_epoch[key][last_done - 1]))
+            assert (f"{key}: interrupted after epoch {last_done}; its state is saved" in caplog.text) \
+                == (key != "BTCUSDT" or last_done < INTERRUPT_TRAIN.epochs)
+    with caplog.at_level(logging.WARNING, logger="v3"):
+        resumed = train_jobs([dataclasses.replace(j, resume=saved[j.key][-1] if saved else None,
+                                                  checkpoint_fn=None) for j in jobs],
+                             INTERRUPT_TRAIN, show_progress=False)
+    assert "with the plain loop" not in caplog.text      # the fast engine resumed them itself
+    assert {o.engine for o in resumed.values()} == {"fast-eager"}
+    for key in pairs:
+        assert_same_state(without_time(resumed[key].resume_state),
+                          without_time(whole[key].resume_state), key)
+        assert resumed[key].history == whole[key].history
+
+
+def test_a_saved_state_comes_back_into_a_group_unchanged(pairs):
+    """A resume state (after AdamW steps) packed into a new group and written out again is
+    the same state, every tensor exact: the moments go back to the parameters they belong to
+    (torch numbers them in named_parameters order, not in the blocks' order)."""
+    one, cfg = dict(list(pairs.items())[:1]), dataclasses.replace(TRAIN, epochs=1, engine="fast")
+    state = train_jobs(make_jobs(one), cfg, show_progress=False)["BTCUSDT"].resume_state
+    assert state["optimizer_state"]["state"][0]["step"] > 0
+    group = fast_group.TrainGroup([dataclasses.replace(j, resume=state) for j in make_jobs(one)],
+                                  cfg, torch.device("cpu"), use_graph=False, label="t")
+    assert_same_state(without_time(group.resume_state(0, group.cpu_blocks([0]))), without_time(state))
+
+
+@pytest.mark.parametrize("engine", ["plain", "fast"])
+def test_a_state_that_stopped_early_resumes_finished(pairs, engine):
+    """What an interrupt while a finished model is handed over leaves (its state not yet
+    marked complete): resuming it trains nothing more, in either engine."""
+    one = {"ETHUSDT": pairs["ETHUSDT"]}                  # stops early at epoch 3 (of 8)
+    cfg = dataclasses.replace(TRAIN, engine=engine)
+    first = train_jobs(make_jobs(one), cfg, show_progress=False)["ETHUSDT"]
+    assert first.stopped_early and first.epochs_done == 3
+    again = train_jobs([dataclasses.replace(j, resume=first.resume_state) for j in make_jobs(one)],
+                       cfg, show_progress=False)["ETHUSDT"]
+    assert again.stopped_early and again.epochs_done == 3 and again.history == first.history
+    assert_same_state(without_time(again.resume_state), without_time(first.resume_state))
+
+
 def test_a_step_on_padded_tables_changes_nothing(pairs):
     """What CUDA-graph warm-up and capture rely on: with the padded tables (zero loss
     weights, no optimizer step) a training step leaves every model exactly as it was."""
@@ -504,7 +613,7 @@ def test_a_failure_inside_torch_hands_unfinished_models_to_the_plain_loop(pairs,
     real = fast_group.TrainGroup.run_epoch
 
     def oom_in_epoch_2(self):
-        if min(s.epoch for s in self.slots) == 1:
+        if min(s.record.epoch for s in self.slots) == 1:
             raise RuntimeError("CUDA out of memory (test)")
         return real(self)
 
@@ -532,6 +641,97 @@ def test_a_runtime_error_from_a_callback_reaches_the_caller(pairs, where, caplog
                 pytest.raises(RuntimeError, match=f"{where} broke \\(test\\)"):
             train_jobs(jobs, cfg, show_progress=False, **kw)
     assert "with the plain loop" not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------
+# The first group's check against the plain loop (v3_fast_check)
+
+
+def test_the_check_tolerates_float_rounding_and_catches_what_a_bug_does():
+    """v3_fast_check.disagreement on made-up numbers: rounding-sized differences pass, and
+    so does AdamW's sign-like first step going the other way on a few weights with TF32;
+    a loss 1 % off, a NaN, a gradient 5 % off or an update in the wrong direction do not."""
+    torch.manual_seed(0)
+    lr = 1e-3
+    w0 = {"a": torch.randn(1000), "b": torch.randn(10)}
+    g = {k: torch.randn_like(v) for k, v in w0.items()}
+    w1 = {k: w0[k] - lr * g[k].sign() for k in w0}               # AdamW's first step
+    m1 = {k: 0.1 * v for k, v in g.items()}
+    losses = {"train_mse_sum": 10.0, "train_pinball_sum": 4.0, "val_mse": 1.0, "val_pinball": 0.3}
+    plain = PlainTrial(train_mse_sum=10.0, train_pinball_sum=4.0, val_mse=1.0, val_pinball=0.3,
+                       model_state=w1, exp_avg=m1)
+    fp32, tf32 = check.TOLERANCES[False], check.TOLERANCES[True]
+
+    def dis(tol, losses=losses, w=w1, m=m1):
+        return check.disagreement(losses, w, m, plain, w0, tol)
+
+    assert dis(fp32) is None
+    assert dis(fp32, {k: v * (1 + 1e-5) for k, v in losses.items()},
+               m={k: v * (1 + 1e-4) for k, v in m1.items()}) is None
+    one_flip = dict(w1, a=w1["a"].clone())
+    one_flip["a"][0] = w0["a"][0] + lr * g["a"][0].sign()       # 1 weight of 1010: 2 sqrt(f) = 0.06
+    assert dis(tf32, w=one_flip) is None
+    assert "the weights after the step: off by 6.3e-02 of the update's norm > 0.01" in dis(fp32, w=one_flip)
+    assert "val_mse 1.01 (fast) vs 1 (plain): relative 1.0e-02 > 0.001" in \
+        dis(tf32, dict(losses, val_mse=1.01))
+    assert "train_mse_sum nan (fast)" in dis(tf32, dict(losses, train_mse_sum=float("nan")))
+    assert "the gradient of b (AdamW's first moment): off by 5.0e-02 of its norm > 0.01" in \
+        dis(tf32, m=dict(m1, b=m1["b"] * 1.05))
+    assert "the weights after the step: off by 2.0e+00" in dis(tf32, w={k: 2 * w0[k] - w1[k] for k in w0})
+
+
+@pytest.mark.slow
+def test_a_first_group_that_agrees_trains_on_exactly_as_without_the_check(pairs, monkeypatch, caplog):
+    """The check forced on the CPU: the engines agree, the run goes on with the fast engine,
+    and it ends exactly as a run without the check (the trial puts every weight, moment and
+    step count back; dropout on, so the random generator must not have moved either)."""
+    model = dataclasses.replace(MODEL, dropout=0.3)
+    cfg = dataclasses.replace(TRAIN, epochs=2, early_stopping=False, engine="fast")
+    without = train_jobs(make_jobs(pairs, model), cfg, show_progress=False)
+    monkeypatch.setattr(fast, "CHECK_DEVICES", ("cpu",))
+    with caplog.at_level(logging.INFO, logger="v3"):
+        checked = train_jobs(make_jobs(pairs, model), cfg, show_progress=False)
+    assert ("fast engine: its first training step and validation pass on cpu match the plain "
+            "loop's (3 models, fp32 tolerances)") in caplog.text
+    assert {(o.engine, o.engine_fallback_reason) for o in checked.values()} == {("fast-eager", None)}
+    for key in pairs:
+        assert_same_state(without_time(checked[key].resume_state), without_time(without[key].resume_state))
+
+
+@pytest.mark.slow
+def test_a_first_step_that_disagrees_sends_the_run_to_the_plain_loop_and_the_results_say_so(
+        tmp_path, monkeypatch, caplog):
+    """A grouped step that computes a wrong loss (1 % off), as a GPU bug would: the first
+    group's check sees it, warns, every pair trains with the plain loop, and each results
+    entry records engine 'plain' and the reason."""
+    from conftest import tiny_config
+    from v3_colab_training import V3CoLabPipeline
+    real = fast_group.TrainGroup._train_step
+
+    def off_by_one_percent(self):
+        real(self)
+        with torch.no_grad():
+            self.sse.mul_(1.01)
+
+    monkeypatch.setattr(fast_group.TrainGroup, "_train_step", off_by_one_percent)
+    monkeypatch.setattr(fast, "CHECK_DEVICES", ("cpu",))
+    cfg = tiny_config()
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, engine="fast", device="cpu"))
+    pipe = V3CoLabPipeline(tmp_path / "out", config=cfg, coins=["BTCUSDT"], timeframes=["15m", "1h"])
+    pipe.step_2_download_binance_data()
+    pipe.step_3_preprocess_features()
+    with caplog.at_level(logging.WARNING, logger="v3"):
+        res = pipe.step_4_train_models()
+    assert ("fast engine: the fast engine's first training step on cpu disagreed with the plain "
+            "loop's for BTCUSDT_15m: train_mse_sum") in caplog.text
+    assert "training all 2 unfinished models with the plain loop" in caplog.text
+    for key in ("BTCUSDT_15m", "BTCUSDT_1h"):
+        r = res[key]
+        assert r["status"] == "success" and r["total_epochs"] == 2 and r["engine"] == "plain"
+        assert r["engine_fallback_reason"].startswith(
+            "the fast engine's first training step on cpu disagreed with the plain loop's for "
+            "BTCUSDT_15m: train_mse_sum ")
+        assert r["engine_fallback_reason"].endswith("(fp32 tolerances, v3_fast_check)")
 
 
 @pytest.mark.slow
@@ -681,6 +881,38 @@ def test_cuda_graph_dropout_masks_change_from_replay_to_replay_and_repeat_with_t
     assert not torch.equal(a[0], a[1])                          # new masks every replay
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # the seed repeats them
     assert not torch.equal(a[0], c[0])
+
+
+@needs_cuda
+@pytest.mark.parametrize("dropout,wrong", [(0.0, False), (0.3, False), (0.3, True)],
+                         ids=["no-dropout", "dropout", "a-wrong-step"])
+def test_cuda_first_group_check_on_the_real_path(pairs, dropout, wrong, monkeypatch, caplog):
+    """On a GPU, as a user runs it (engine auto, TF32 where the GPU has it, CUDA graphs): the
+    first group's replayed step and validation pass match the plain loop's and the run goes
+    on with the fast engine (with dropout, the graph captured without it for the check is
+    captured again); a step made wrong inside the graph sends the run to the plain loop."""
+    if wrong:
+        real = fast_group.TrainGroup._train_step
+
+        def off_by_one_percent(self):
+            real(self)
+            with torch.no_grad():
+                self.sse.mul_(1.01)
+
+        monkeypatch.setattr(fast_group.TrainGroup, "_train_step", off_by_one_percent)
+    cfg = dataclasses.replace(TRAIN, epochs=2, early_stopping=False, device="cuda")
+    with caplog.at_level(logging.INFO, logger="v3"):
+        out = train_jobs(make_jobs(pairs, dataclasses.replace(MODEL, dropout=dropout)), cfg,
+                         show_progress=False)
+    assert "CUDA graph capture failed" not in caplog.text
+    assert all(o.epochs_done == 2 for o in out.values()) and sorted(out) == sorted(pairs)
+    if wrong:
+        assert {o.engine for o in out.values()} == {"plain"}
+        assert all("disagreed with the plain loop's for BTCUSDT: train_mse_sum" in o.engine_fallback_reason
+                   for o in out.values())
+    else:
+        assert "validation pass on " in caplog.text and "match the plain loop's (3 models" in caplog.text
+        assert {(o.engine, o.engine_fallback_reason) for o in out.values()} == {("fast-graph", None)}
 
 
 @pytest.fixture

@@ -5,8 +5,10 @@ import logging
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tests.conftest import TINY_FEATURES, TINY_MODEL, TINY_TRAIN
+from tests.conftest import TINY_FEATURES, TINY_MODEL, TINY_TRAIN, assert_same_state, without_time
 from v3_common import CheckpointError, ConfigError
 from v3_data_processor import prepare_dataset
 from v3_interval_scores import pinball_loss
@@ -16,6 +18,7 @@ import v3_trainer
 from v3_checkpoint import load_checkpoint, load_resume_state
 from v3_trainer import TrainConfig, amp_dtype, check_train_config, predict_standardized, train_model
 from v3_lstm_model import V3LSTMModel
+from v3_train_state import RunRecord
 
 
 @pytest.fixture(scope="module")
@@ -411,3 +414,110 @@ def test_a_checkpoint_rebuilds_the_quantile_head(tmp_path, data):
     te = data.split("test")
     np.testing.assert_array_equal(v3_trainer.predict_quantiles_standardized(loaded.model, data, te),
                                   v3_trainer.predict_quantiles_standardized(ref, data, te))
+
+
+# ---------------------------------------------------------------------------------------
+# Ctrl-C anywhere, then resume: exactly the uninterrupted run (issue 21)
+
+# two layers and dropout, so the random generator's state matters too; 9 batches an epoch
+INTERRUPT_MODEL = dataclasses.replace(TINY_MODEL, num_layers=2, dropout=0.3)
+INTERRUPT_TRAIN = dataclasses.replace(TINY_TRAIN, epochs=3, batch_size=32, early_stopping=False)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data):
+    """The run without interrupt, and its state after every epoch (checkpoint_every_s=0)."""
+    states: list = []
+    out = train_model(data, INTERRUPT_MODEL, INTERRUPT_TRAIN, show_progress=False,
+                      checkpoint_fn=states.append)
+    return out, states
+
+
+def interrupt_at(monkeypatch, where: str, epoch: int, batch: int):
+    """Raise KeyboardInterrupt in epoch `epoch` (1-based): before the forward of training
+    batch `batch`, in the validation pass, or in the checkpoint_fn call after the epoch.
+    Returns the checkpoint_fn, which keeps what it is given."""
+    calls = {"batch": 0, "val": 0, "ckpt": 0}
+    n_batches, saved = -(-268 // INTERRUPT_TRAIN.batch_size), []
+    real_loss, real_mse = v3_trainer._batch_loss, v3_trainer._mse
+
+    def batch_loss(*a, **k):
+        calls["batch"] += 1
+        if where == "batch" and calls["batch"] == (epoch - 1) * n_batches + batch + 1:
+            raise KeyboardInterrupt
+        return real_loss(*a, **k)
+
+    def mse(*a, **k):
+        calls["val"] += 1
+        if where == "validation" and calls["val"] == epoch:
+            raise KeyboardInterrupt
+        return real_mse(*a, **k)
+
+    def checkpoint_fn(state):
+        calls["ckpt"] += 1
+        if where == "checkpoint" and calls["ckpt"] == epoch:
+            raise KeyboardInterrupt
+        saved.append(state)
+
+    monkeypatch.setattr(v3_trainer, "_batch_loss", batch_loss)
+    monkeypatch.setattr(v3_trainer, "_mse", mse)
+    return checkpoint_fn, saved
+
+
+@pytest.mark.slow
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.sampled_from(["batch", "validation", "checkpoint"]), epoch=st.integers(1, 3),
+       batch=st.integers(0, 8))
+def test_an_interrupt_anywhere_resumes_to_exactly_the_uninterrupted_run(
+        data, uninterrupted, caplog, where, epoch, batch):
+    """Ctrl-C at a random batch (or in validation, or while saving) saves the state after the
+    last finished epoch, never the half-trained one, and the resumed run ends with every
+    tensor (weights, best weights, AdamW moments and steps, scheduler) and every history
+    value equal to the uninterrupted run's. Exact: same code, same inputs, one thread."""
+    assert data.n_train == 268                            # 9 batches of 32 (the last of 12)
+    whole, per_epoch = uninterrupted
+    caplog.clear()                                        # one test call, many examples
+    with pytest.MonkeyPatch.context() as mp, caplog.at_level(logging.WARNING, logger="v3"):
+        checkpoint_fn, saved = interrupt_at(mp, where, epoch, batch)
+        with pytest.raises(KeyboardInterrupt):
+            train_model(data, INTERRUPT_MODEL, INTERRUPT_TRAIN, show_progress=False,
+                        checkpoint_fn=checkpoint_fn)
+    last_done = epoch if where == "checkpoint" else epoch - 1   # finished before the interrupt
+    if last_done == 0:
+        assert saved == [] and "interrupted" not in caplog.text
+    else:
+        assert saved[-1]["epoch"] == last_done
+        assert_same_state(without_time(saved[-1]), without_time(per_epoch[last_done - 1]))
+        assert (f"train: interrupted after epoch {last_done}; its state is saved, re-run to "
+                f"resume (from the start of epoch {last_done + 1})") in caplog.text
+    resumed = train_model(data, INTERRUPT_MODEL, INTERRUPT_TRAIN, show_progress=False,
+                          resume=saved[-1] if saved else None)
+    assert_same_state(without_time(resumed.resume_state), without_time(whole.resume_state))
+    assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
+
+
+def test_run_record_stops_on_val_stop_and_round_trips_through_a_resume_state(caplog):
+    """v3_train_state.RunRecord, the bookkeeping both engines share: min_delta and patience
+    on val_stop (here the pinball, stop_on='pinball'), and from_resume(resume_dict()) gives
+    the same record back (one that stopped early stays stopped)."""
+    cfg = dataclasses.replace(TINY_TRAIN, epochs=9, patience=2, min_delta=0.01, stop_on="pinball")
+    rec = RunRecord()
+    got = [rec.end_epoch(cfg, train_loss=1.0, val_loss=9.0, lr=1e-3, q_weight=0.5,
+                         with_quantiles=True, train_pinball=0.5, val_pinball=p, desc="X")
+           for p in (0.50, 0.495, 0.40)]
+    assert got == [True, False, True]          # 0.495 is better by less than min_delta
+    assert (rec.epoch, rec.best_epoch, rec.best_val, rec.bad) == (3, 3, 0.40, 0)
+    assert [h["val_stop"] for h in rec.history] == [0.50, 0.495, 0.40]
+    state = rec.resume_dict(cfg, model_state={}, optimizer_state={}, scheduler_state={},
+                            best_state={})
+    back = RunRecord.from_resume(state, t_start=rec.t_start)
+    assert dataclasses.replace(back, seconds_before=0.0) == dataclasses.replace(rec, start_epoch=3)
+    with caplog.at_level(logging.INFO, logger="v3"):
+        for _ in range(2):
+            rec.update(0.45, cfg, desc="X")
+    assert rec.stopped_early and rec.finished(cfg.epochs) and not RunRecord().finished(1)
+    assert "X: early stop at epoch 3 (best 0.40000 at epoch 3)" in caplog.text
+    stopped = RunRecord.from_resume(rec.resume_dict(cfg, model_state={}, optimizer_state={},
+                                                    scheduler_state={}, best_state={}))
+    assert stopped.stopped_early and stopped.bad == 2 and stopped.finished(cfg.epochs)
+    assert RunRecord.epoch_seed(42, 3) == 42 * 100_003 + 3
